@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS email_attempts;
+DROP TABLE IF EXISTS emails;

@@ -1,0 +1,249 @@
+//! NATS JetStream: the stream holding every mailroom subject, the durable consumers the
+//! workers share, and the event bus the use cases publish through.
+//!
+//! Publishes wait for the server's PubAck (at-least-once from the publisher's side) and
+//! carry a `Nats-Msg-Id`, so a publish repeated after a lost ack is dropped by the
+//! server's duplicate window. At most `nats.publish.max_ack_inflight` publishes wait for
+//! their ack at once; more wait their turn (backpressure, not errors).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{
+    self, Context,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    message::PublishMessage,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::{
+    config::{ConsumerSettings, DeliverPolicySetting, NatsSettings, StreamStorage},
+    domain::{CreateEvent, DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
+    error::{Dependency, Error, Result},
+    ports::{EventBus, SendReason},
+};
+
+/// Subjects with the isolation prefix applied.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    pub create: String,
+    pub send: String,
+    pub errors: String,
+    pub status: String,
+}
+
+impl Subjects {
+    pub fn new(settings: &NatsSettings) -> Self {
+        Subjects {
+            create: settings.subject(&settings.subjects.create),
+            send: settings.subject(&settings.subjects.send),
+            errors: settings.subject(&settings.subjects.errors),
+            status: settings.subject(&settings.subjects.status),
+        }
+    }
+
+    fn all(&self) -> Vec<String> {
+        vec![
+            self.create.clone(),
+            self.send.clone(),
+            self.errors.clone(),
+            self.status.clone(),
+        ]
+    }
+}
+
+/// A connected JetStream context with the stream in place.
+#[derive(Clone)]
+pub struct JetStream {
+    pub client: async_nats::Client,
+    pub context: Context,
+    pub stream_name: String,
+    pub subjects: Subjects,
+}
+
+impl JetStream {
+    /// Connects and creates (or updates) the stream. Retries for `patience`, so a NATS
+    /// server that starts a little after mailroom is waited for.
+    pub async fn connect(settings: &NatsSettings, patience: Duration) -> anyhow::Result<Self> {
+        let deadline = tokio::time::Instant::now() + patience;
+        let client = loop {
+            let attempt = async_nats::ConnectOptions::new()
+                .name("mailroom")
+                .connection_timeout(Duration::from_secs(2))
+                .connect(&settings.url)
+                .await;
+            match attempt {
+                Ok(client) => break client,
+                Err(err) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %err, url = %settings.url, "NATS is not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => {
+                    return Err(err)
+                        .with_context(|| format!("connecting to NATS at {}", settings.url));
+                }
+            }
+        };
+        let context = jetstream::ContextBuilder::new()
+            .timeout(settings.publish.ack_timeout)
+            .max_ack_inflight(settings.publish.max_ack_inflight)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        let subjects = Subjects::new(settings);
+        let stream_name = settings.stream_name();
+        let config = stream::Config {
+            name: stream_name.clone(),
+            subjects: subjects.all(),
+            // Limits, not WorkQueue: history stays replayable by time and sequence.
+            retention: RetentionPolicy::Limits,
+            storage: match settings.storage {
+                StreamStorage::File => StorageType::File,
+                StreamStorage::Memory => StorageType::Memory,
+            },
+            max_age: settings.max_age,
+            max_bytes: settings.max_bytes,
+            max_messages: settings.max_messages,
+            discard: DiscardPolicy::Old,
+            duplicate_window: settings.duplicate_window,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        };
+        context
+            .create_or_update_stream(config)
+            .await
+            .with_context(|| format!("creating or updating the JetStream stream {stream_name}"))?;
+        Ok(JetStream {
+            client,
+            context,
+            stream_name,
+            subjects,
+        })
+    }
+
+    /// Gets or creates a durable pull consumer on `subject`, shared by every instance.
+    pub async fn durable_consumer(
+        &self,
+        durable: &str,
+        subject: &str,
+        settings: &ConsumerSettings,
+    ) -> anyhow::Result<PullConsumer> {
+        let stream = self.context.get_stream(&self.stream_name).await?;
+        let config = pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_deliver: settings.max_deliver,
+            max_ack_pending: settings.max_ack_pending,
+            deliver_policy: deliver_policy(settings),
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(durable, config)
+            .await
+            .with_context(|| format!("creating the durable consumer {durable} on {subject}"))
+    }
+
+    /// Publishes and waits for the PubAck.
+    pub async fn publish(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        msg_id: Option<&str>,
+    ) -> Result<u64> {
+        let mut publish = PublishMessage::build().payload(payload);
+        if let Some(msg_id) = msg_id {
+            publish = publish.message_id(msg_id);
+        }
+        let ack = self
+            .context
+            .send_publish(subject.to_owned(), publish)
+            .await
+            .map_err(|e| Error::unavailable(Dependency::Nats, e))?
+            .await
+            .map_err(|e| Error::unavailable(Dependency::Nats, e))?;
+        Ok(ack.sequence)
+    }
+}
+
+fn deliver_policy(settings: &ConsumerSettings) -> DeliverPolicy {
+    match settings.deliver_policy {
+        DeliverPolicySetting::All => DeliverPolicy::All,
+        DeliverPolicySetting::Last => DeliverPolicy::Last,
+        DeliverPolicySetting::LastPerSubject => DeliverPolicy::LastPerSubject,
+        DeliverPolicySetting::New => DeliverPolicy::New,
+        // Settings::check ensures the start points are present.
+        DeliverPolicySetting::ByStartSequence => DeliverPolicy::ByStartSequence {
+            start_sequence: settings.start_sequence.unwrap_or(1),
+        },
+        DeliverPolicySetting::ByStartTime => DeliverPolicy::ByStartTime {
+            start_time: settings.start_time.unwrap_or_default(),
+        },
+    }
+}
+
+#[async_trait]
+impl EventBus for JetStream {
+    #[tracing::instrument(name = "nats.publish create", skip_all, fields(email.id = %email.id), err)]
+    async fn request_create(&self, email: &NewEmail) -> Result<()> {
+        let payload = serde_json::to_vec(&CreateEvent::from_new_email(email))
+            .map_err(|e| Error::Internal(e.into()))?;
+        let msg_id = email
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| email.id.to_string());
+        self.publish(&self.subjects.create, payload.into(), Some(&msg_id))
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "nats.publish send", skip_all, fields(email.id = %id), err)]
+    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
+        let payload = serde_json::to_vec(&SendEvent { email_id: id })
+            .map_err(|e| Error::Internal(e.into()))?;
+        let msg_id = match reason {
+            SendReason::Created => format!("send:{id}"),
+            SendReason::Reconciled => {
+                format!("send:{id}:{}", chrono::Utc::now().timestamp_millis())
+            }
+        };
+        self.publish(&self.subjects.send, payload.into(), Some(&msg_id))
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "nats.publish status", skip_all, fields(email.id = %event.email_id), err)]
+    async fn publish_status(&self, event: &StatusEvent) -> Result<()> {
+        let payload = serde_json::to_vec(event).map_err(|e| Error::Internal(e.into()))?;
+        let msg_id = format!(
+            "status:{}:{}:{}",
+            event.email_id, event.attempt, event.status
+        );
+        self.publish(&self.subjects.status, payload.into(), Some(&msg_id))
+            .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(name = "nats.publish dead letter", skip_all, fields(subject = %letter.subject), err)]
+    async fn publish_dead_letter(&self, letter: &DeadLetter, dedup_key: &str) -> Result<()> {
+        self.publish(
+            &self.subjects.errors,
+            letter.to_json().into(),
+            Some(&format!("dead:{dedup_key}")),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(Error::unavailable(
+                Dependency::Nats,
+                anyhow::anyhow!("NATS connection is {state:?}"),
+            )),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! SMTP delivery with lettre: pooled connections, `none`/`starttls`/`tls` security, and
+//! failures sorted into transient (retry) and permanent (give up).
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use lettre::{
+    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+    message::{MultiPart, header::ContentType},
+    transport::smtp::{
+        PoolConfig,
+        authentication::Credentials,
+        client::{Tls, TlsParameters},
+        extension::ClientId,
+    },
+};
+use secrecy::ExposeSecret;
+
+use crate::{
+    config::{SmtpSecurity, SmtpSettings},
+    domain::Email,
+    ports::{Mailer, SendFailure, SmtpReply},
+};
+
+pub struct SmtpMailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    timeout: Duration,
+}
+
+impl SmtpMailer {
+    pub fn new(settings: &SmtpSettings) -> anyhow::Result<Self> {
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
+            .port(settings.port)
+            .timeout(Some(settings.timeout))
+            .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
+        if settings.security != SmtpSecurity::None {
+            let parameters = TlsParameters::builder(settings.host.clone())
+                .dangerous_accept_invalid_certs(!settings.verify_certificates)
+                .dangerous_accept_invalid_hostnames(!settings.verify_certificates)
+                .build_rustls()
+                .context("preparing SMTP TLS")?;
+            builder = builder.tls(match settings.security {
+                SmtpSecurity::Tls => Tls::Wrapper(parameters),
+                _ => Tls::Required(parameters),
+            });
+        }
+        if !settings.username.is_empty() {
+            builder = builder.credentials(Credentials::new(
+                settings.username.clone(),
+                settings.password.expose_secret().to_owned(),
+            ));
+        }
+        if !settings.hello_name.is_empty() {
+            builder = builder.hello_name(ClientId::Domain(settings.hello_name.clone()));
+        }
+        Ok(Self {
+            transport: builder.build(),
+            timeout: settings.timeout,
+        })
+    }
+}
+
+/// Builds the MIME message. The Message-ID is derived from the email id, so a message
+/// delivered twice (a crash between the SMTP reply and the database update) is
+/// recognisable as the same message downstream.
+pub fn build_message(email: &Email) -> Result<Message, SendFailure> {
+    let permanent = |text: String| SendFailure::Permanent { code: None, text };
+    let builder = Message::builder()
+        .from(
+            email
+                .from
+                .parse()
+                .map_err(|e| permanent(format!("invalid from address: {e}")))?,
+        )
+        .to(email
+            .to
+            .parse()
+            .map_err(|e| permanent(format!("invalid to address: {e}")))?)
+        .subject(&email.subject)
+        .message_id(Some(format!("<{}@mailroom>", email.id)))
+        .date_now();
+    let message = match &email.html {
+        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
+            email.message.clone(),
+            html.clone(),
+        )),
+        None => builder
+            .header(ContentType::TEXT_PLAIN)
+            .body(email.message.clone()),
+    };
+    message.map_err(|e| permanent(format!("cannot build the message: {e}")))
+}
+
+/// Sorts a lettre error: 5xx replies are permanent; 4xx replies, connection, TLS and
+/// network errors and timeouts are worth retrying.
+fn classify(err: &lettre::transport::smtp::Error) -> SendFailure {
+    let code = err
+        .status()
+        .map(|code| code.to_string().parse::<u16>().unwrap_or(0));
+    let text = err.to_string();
+    if err.is_permanent() {
+        SendFailure::Permanent { code, text }
+    } else {
+        SendFailure::Transient { code, text }
+    }
+}
+
+#[async_trait]
+impl Mailer for SmtpMailer {
+    #[tracing::instrument(name = "smtp.send", skip_all, fields(email.id = %email.id, smtp.code), err)]
+    async fn send(&self, email: &Email) -> Result<SmtpReply, SendFailure> {
+        let message = build_message(email)?;
+        // lettre bounds each command; this bounds the whole exchange, so a server that
+        // accepts the connection and never answers cannot hold a worker.
+        let reply = tokio::time::timeout(self.timeout, self.transport.send(message))
+            .await
+            .map_err(|_| SendFailure::Transient {
+                code: None,
+                text: format!("SMTP server did not answer within {:?}", self.timeout),
+            })?
+            .map_err(|err| classify(&err))?;
+        let code = reply.code().to_string().parse::<u16>().unwrap_or(250);
+        tracing::Span::current().record("smtp.code", code);
+        Ok(SmtpReply {
+            code,
+            text: reply.message().collect::<Vec<_>>().join(" "),
+        })
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        let ok = tokio::time::timeout(self.timeout, self.transport.test_connection())
+            .await
+            .context("SMTP server did not answer in time")??;
+        anyhow::ensure!(ok, "SMTP server refused the connection test");
+        Ok(())
+    }
+}

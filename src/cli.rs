@@ -1,0 +1,162 @@
+//! The command line: `mailroom [serve]`, `mailroom migrate up|down|status`,
+//! `mailroom openapi`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    adapters::postgres,
+    config::{Settings, Sources},
+    rest,
+    startup::Application,
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mailroom",
+    version,
+    about = "An email microservice: REST, gRPC and NATS in, SMTP out."
+)]
+pub struct Cli {
+    /// A settings file applied over every other layer.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The settings profile (local, test, docker, production); default MAILROOM_ENV or local.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Manage the database schema.
+    Migrate {
+        #[command(subcommand)]
+        action: MigrateAction,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MigrateAction {
+    /// Create the database if needed and apply every pending migration.
+    Up,
+    /// Revert the most recent migration (or down to --target).
+    Down {
+        /// Revert every migration newer than this version (0: all of them).
+        #[arg(long)]
+        target: Option<i64>,
+    },
+    /// List the migrations and whether each is applied.
+    Status,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<()> {
+        if let Some(Command::Openapi) = self.command {
+            print!("{}", rest::openapi_json());
+            return Ok(());
+        }
+        let settings = Settings::load(&Sources {
+            profile: self.profile.clone(),
+            config_dir: None,
+            file: self.config.clone(),
+        })?;
+        telemetry::init(&settings.telemetry)?;
+        match self.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(settings).await,
+            Command::Migrate { action } => migrate(settings, action).await,
+            Command::Openapi => unreachable!("handled before loading settings"),
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    tracing::info!(profile = %settings.profile, "starting mailroom {}", env!("CARGO_PKG_VERSION"));
+    let app = Application::build(settings).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => tracing::info!("SIGINT received"),
+        _ = terminate => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}
+
+async fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {
+    let pool = postgres::pool(&settings.database)?;
+    let migrator = &postgres::MIGRATOR;
+    match action {
+        MigrateAction::Up => {
+            postgres::create_and_migrate(&settings.database, &pool).await?;
+            println!(
+                "database at {} is up to date",
+                settings.database_url_redacted()
+            );
+        }
+        MigrateAction::Down { target } => {
+            let applied = postgres::applied_versions(&pool).await?;
+            let target = match target {
+                Some(target) => target,
+                // One step back: the newest applied migration goes.
+                None => applied.iter().rev().nth(1).copied().unwrap_or(0),
+            };
+            if applied.is_empty() {
+                println!("no migration is applied");
+                return Ok(());
+            }
+            migrator
+                .undo(&pool, target)
+                .await
+                .context("reverting migrations")?;
+            println!("reverted to version {target}");
+        }
+        MigrateAction::Status => {
+            let applied = postgres::applied_versions(&pool).await?;
+            for migration in migrator
+                .iter()
+                .filter(|m| m.migration_type.is_up_migration())
+            {
+                let state = if applied.contains(&migration.version) {
+                    "applied"
+                } else {
+                    "pending"
+                };
+                println!(
+                    "{:>16} {:8} {}",
+                    migration.version, state, migration.description
+                );
+            }
+        }
+    }
+    Ok(())
+}

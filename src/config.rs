@@ -1,0 +1,519 @@
+//! Settings: `config/default.yaml`, then the profile, then `MAILROOM__…` variables, then
+//! `--config FILE`, deserialised into typed sections and checked once at start.
+//!
+//! The default file and the profiles are also compiled into the binary, so `mailroom`
+//! runs from any directory; a `config/` directory on disk (or `MAILROOM_CONFIG_DIR`)
+//! takes precedence over the built-in copies.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The profiles shipped in `config/`, with their built-in copies.
+const BUILT_IN: &[(&str, &str)] = &[
+    ("default", include_str!("../config/default.yaml")),
+    ("local", include_str!("../config/local.yaml")),
+    ("test", include_str!("../config/test.yaml")),
+    ("docker", include_str!("../config/docker.yaml")),
+    ("production", include_str!("../config/production.yaml")),
+];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub grpc: GrpcSettings,
+    pub metrics: MetricsSettings,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    pub nats: NatsSettings,
+    pub smtp: SmtpSettings,
+    pub delivery: DeliverySettings,
+    pub reconciler: ReconcilerSettings,
+    pub telemetry: TelemetrySettings,
+    pub startup: StartupSettings,
+    pub shutdown: ShutdownSettings,
+    /// The profile these settings were loaded with; not a key in the files.
+    #[serde(skip)]
+    pub profile: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    pub cors_allowed_origins: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSettings {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: SecretString,
+    pub key_prefix: String,
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    pub url: String,
+    pub stream: String,
+    pub prefix: String,
+    pub subjects: Subjects,
+    pub storage: StreamStorage,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    pub max_bytes: i64,
+    pub max_messages: i64,
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    pub replicas: usize,
+    pub max_event_bytes: usize,
+    pub publish: PublishSettings,
+    pub consumers: ConsumersSettings,
+}
+
+impl NatsSettings {
+    /// The stream name with the isolation prefix applied.
+    pub fn stream_name(&self) -> String {
+        // Stream and consumer names may not contain '.', so the prefix is sanitised.
+        format!("{}{}", name_prefix(&self.prefix), self.stream)
+    }
+
+    /// A subject with the isolation prefix applied.
+    pub fn subject(&self, subject: &str) -> String {
+        format!("{}{}", self.prefix, subject)
+    }
+
+    /// A durable consumer name with the isolation prefix applied.
+    pub fn durable_name(&self, durable: &str) -> String {
+        format!("{}{}", name_prefix(&self.prefix), durable)
+    }
+}
+
+/// A list of durations written like `30s`.
+fn durations<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<Duration>, D::Error> {
+    let list: Vec<humantime_serde::Serde<Duration>> = Vec::deserialize(deserializer)?;
+    Ok(list.into_iter().map(|d| d.into_inner()).collect())
+}
+
+fn name_prefix(prefix: &str) -> String {
+    prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subjects {
+    pub create: String,
+    pub send: String,
+    pub errors: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStorage {
+    File,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishSettings {
+    pub max_ack_inflight: usize,
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumersSettings {
+    pub create: ConsumerSettings,
+    pub send: ConsumerSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerSettings {
+    pub durable: String,
+    pub workers: usize,
+    pub max_ack_pending: i64,
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    pub max_deliver: i64,
+    pub deliver_policy: DeliverPolicySetting,
+    pub start_sequence: Option<u64>,
+    pub start_time: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicySetting {
+    All,
+    Last,
+    LastPerSubject,
+    New,
+    ByStartSequence,
+    ByStartTime,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub verify_certificates: bool,
+    pub username: String,
+    pub password: SecretString,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub pool_max_size: u32,
+    pub hello_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    None,
+    Starttls,
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub max_attempts: u32,
+    #[serde(deserialize_with = "durations")]
+    pub backoff: Vec<Duration>,
+    #[serde(deserialize_with = "durations")]
+    pub create_backoff: Vec<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcilerSettings {
+    pub enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub queued_age: Duration,
+    pub batch_size: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub service_name: String,
+    pub otlp_endpoint: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartupSettings {
+    #[serde(with = "humantime_serde")]
+    pub wait_for_dependencies: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+/// Where the settings come from; `Default` reads the environment like the CLI does.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Profile name; `MAILROOM_ENV` or `local` when `None`.
+    pub profile: Option<String>,
+    /// Directory holding `default.yaml` and the profiles; `MAILROOM_CONFIG_DIR` or
+    /// `config` when `None`.
+    pub config_dir: Option<PathBuf>,
+    /// `--config FILE`, applied last.
+    pub file: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Loads and checks the settings from every layer.
+    pub fn load(sources: &Sources) -> anyhow::Result<Settings> {
+        let profile = sources
+            .profile
+            .clone()
+            .or_else(|| std::env::var("MAILROOM_ENV").ok())
+            .unwrap_or_else(|| "local".to_owned());
+        let dir = sources
+            .config_dir
+            .clone()
+            .or_else(|| std::env::var_os("MAILROOM_CONFIG_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("config"));
+
+        let mut builder = Config::builder()
+            .add_source(layer(&dir, "default")?)
+            .add_source(layer(&dir, &profile)?)
+            .add_source(
+                Environment::with_prefix("MAILROOM")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("http.cors_allowed_origins")
+                    .with_list_parse_key("delivery.backoff")
+                    .with_list_parse_key("delivery.create_backoff")
+                    .try_parsing(true),
+            );
+        if let Some(file) = &sources.file {
+            builder = builder.add_source(File::from(file.as_path()).required(true));
+        }
+        let mut settings: Settings = builder
+            .build()
+            .context("reading the configuration")?
+            .try_deserialize()
+            .context("invalid configuration")?;
+        settings.profile = profile;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Refuses settings that cannot work, or that are unsafe in production.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.delivery.max_attempts == 0 {
+            bail!("delivery.max_attempts must be at least 1");
+        }
+        if self.delivery.backoff.is_empty() || self.delivery.create_backoff.is_empty() {
+            bail!("delivery.backoff and delivery.create_backoff need at least one entry");
+        }
+        for (name, consumer) in [
+            ("create", &self.nats.consumers.create),
+            ("send", &self.nats.consumers.send),
+        ] {
+            if consumer.workers == 0 {
+                bail!("nats.consumers.{name}.workers must be at least 1");
+            }
+            match consumer.deliver_policy {
+                DeliverPolicySetting::ByStartSequence if consumer.start_sequence.is_none() => {
+                    bail!(
+                        "nats.consumers.{name}.deliver_policy by_start_sequence needs start_sequence"
+                    )
+                }
+                DeliverPolicySetting::ByStartTime if consumer.start_time.is_none() => {
+                    bail!("nats.consumers.{name}.deliver_policy by_start_time needs start_time")
+                }
+                _ => {}
+            }
+        }
+        if self.nats.consumers.send.ack_wait <= self.smtp.timeout {
+            bail!("nats.consumers.send.ack_wait must exceed smtp.timeout");
+        }
+        if self.profile == "production" {
+            if self.http.cors_allowed_origins.iter().any(|o| o == "*") {
+                bail!("production refuses http.cors_allowed_origins \"*\"");
+            }
+            if self.smtp.security != SmtpSecurity::None && !self.smtp.verify_certificates {
+                bail!("production refuses smtp.verify_certificates: false");
+            }
+        }
+        Ok(())
+    }
+
+    /// The database URL with the password hidden, for logs and error messages.
+    pub fn database_url_redacted(&self) -> String {
+        redact_url(self.database.url.expose_secret())
+    }
+}
+
+fn layer(
+    dir: &std::path::Path,
+    name: &str,
+) -> anyhow::Result<File<config::FileSourceString, FileFormat>> {
+    let path = dir.join(format!("{name}.yaml"));
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(File::from_str(&text, FileFormat::Yaml));
+    }
+    match BUILT_IN.iter().find(|(profile, _)| *profile == name) {
+        Some((_, text)) => Ok(File::from_str(text, FileFormat::Yaml)),
+        None => bail!(
+            "unknown profile {name:?}: no {} and no built-in profile of that name",
+            path.display()
+        ),
+    }
+}
+
+/// Replaces the password of a URL with `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{tail}")
+            } else {
+                format!("{scheme}://{user}@{host}{tail}")
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn built_in(profile: &str) -> Settings {
+        Settings::load(&Sources {
+            profile: Some(profile.to_owned()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn every_built_in_profile_loads() {
+        for profile in ["local", "test", "docker", "production"] {
+            let settings = built_in(profile);
+            assert_eq!(settings.profile, profile);
+        }
+    }
+
+    #[test]
+    fn local_profile_uses_the_documented_defaults() {
+        let settings = built_in("local");
+        assert_eq!(settings.http.addr.to_string(), "127.0.0.1:5000");
+        assert_eq!(settings.grpc.addr.to_string(), "127.0.0.1:5007");
+        assert_eq!(settings.metrics.addr.to_string(), "127.0.0.1:7070");
+        assert_eq!(settings.smtp.port, 1025);
+        assert_eq!(settings.redis.ttl, Duration::from_secs(3600));
+        assert_eq!(settings.nats.subjects.create, "mail:create");
+    }
+
+    #[test]
+    fn an_unknown_profile_is_refused_by_name() {
+        let err = Settings::load(&Sources {
+            profile: Some("staging".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: None,
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("staging"), "{err:#}");
+    }
+
+    #[test]
+    fn a_config_file_overrides_the_profile() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("override.yaml");
+        std::fs::write(&file, "http:\n  addr: 127.0.0.1:6000\n").unwrap();
+        let settings = Settings::load(&Sources {
+            profile: Some("local".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: Some(file),
+        })
+        .unwrap();
+        assert_eq!(settings.http.addr.port(), 6000);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_misspelt_key_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("typo.yaml");
+        std::fs::write(&file, "http:\n  adr: 127.0.0.1:6000\n").unwrap();
+        let err = Settings::load(&Sources {
+            profile: Some("local".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: Some(file),
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("adr"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn prefixes_make_names_valid_for_jetstream() {
+        let mut settings = built_in("test");
+        settings.nats.prefix = "t.1234.".into();
+        assert_eq!(settings.nats.stream_name(), "t_1234_MAIL");
+        assert_eq!(settings.nats.subject("mail:send"), "t.1234.mail:send");
+        assert_eq!(
+            settings.nats.durable_name("mailroom-send"),
+            "t_1234_mailroom-send"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls() {
+        assert_eq!(
+            redact_url("postgres://postgres:secret@127.0.0.1:5432/mails_db"),
+            "postgres://postgres:***@127.0.0.1:5432/mails_db"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_reach_debug_output() {
+        let settings = built_in("local");
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("postgres:postgres@"), "{debug}");
+    }
+}

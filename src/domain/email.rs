@@ -1,0 +1,129 @@
+//! The email as mailroom stores and delivers it, and its status lifecycle.
+
+use std::{fmt, str::FromStr};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Field, Violation, Violations};
+
+/// An email's id: a UUID (v7 for emails mailroom creates, so ids sort by creation time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct EmailId(Uuid);
+
+impl EmailId {
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// Parses an id given by a caller, naming `field` when it is not a UUID.
+    pub fn parse(raw: &str, field: Field) -> Result<Self, Violations> {
+        Uuid::try_parse(raw.trim())
+            .map(Self)
+            .map_err(|_| Violations::one(Violation::new(field, "uuid", "must be a UUID")))
+    }
+}
+
+impl From<Uuid> for EmailId {
+    fn from(id: Uuid) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for EmailId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
+/// `deferred` until its next attempt; a permanent failure or exhausted retries make it
+/// `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailStatus {
+    Queued,
+    Sending,
+    Sent,
+    Deferred,
+    Failed,
+}
+
+impl EmailStatus {
+    pub const ALL: [EmailStatus; 5] = [
+        EmailStatus::Queued,
+        EmailStatus::Sending,
+        EmailStatus::Sent,
+        EmailStatus::Deferred,
+        EmailStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EmailStatus::Queued => "queued",
+            EmailStatus::Sending => "sending",
+            EmailStatus::Sent => "sent",
+            EmailStatus::Deferred => "deferred",
+            EmailStatus::Failed => "failed",
+        }
+    }
+
+    /// Whether the email's delivery has ended, one way or the other.
+    pub fn is_final(self) -> bool {
+        matches!(self, EmailStatus::Sent | EmailStatus::Failed)
+    }
+}
+
+impl fmt::Display for EmailStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EmailStatus {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EmailStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown email status {s:?}"))
+    }
+}
+
+/// A stored email.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Email {
+    pub id: EmailId,
+    pub from: String,
+    pub to: String,
+    pub subject: String,
+    pub message: String,
+    pub html: Option<String>,
+    pub status: EmailStatus,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl Email {
+    /// Whether this stored email carries the same content as a new request, which decides
+    /// between an idempotent replay and a conflict.
+    pub fn has_same_content(&self, new: &super::NewEmail) -> bool {
+        self.from == AsRef::<str>::as_ref(&new.from)
+            && self.to == AsRef::<str>::as_ref(&new.to)
+            && self.subject == new.subject
+            && self.message == new.message
+            && self.html == new.html
+    }
+}

@@ -1,0 +1,78 @@
+//! The one error type of the use-case layer. Each delivery adapter maps it exhaustively
+//! (REST: `http::problem`, gRPC: `grpc::status`), so a new variant forces a decision in
+//! every protocol.
+
+use std::fmt;
+
+use crate::domain::{EmailId, Violations};
+
+/// A dependency mailroom needs to answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dependency {
+    Postgres,
+    Redis,
+    Nats,
+    Smtp,
+}
+
+impl Dependency {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dependency::Postgres => "postgres",
+            Dependency::Redis => "redis",
+            Dependency::Nats => "nats",
+            Dependency::Smtp => "smtp",
+        }
+    }
+}
+
+impl fmt::Display for Dependency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input breaks a rule; the violations say which and why.
+    #[error("invalid input: {0}")]
+    Validation(Violations),
+    #[error("email {0} not found")]
+    NotFound(EmailId),
+    /// The idempotency key was used before for different content.
+    #[error("idempotency key {key:?} was already used for another email ({existing})")]
+    IdempotencyConflict { key: String, existing: EmailId },
+    /// A dependency needed for this answer is down; the caller may retry later.
+    #[error("{dependency} is unavailable")]
+    Unavailable {
+        dependency: Dependency,
+        #[source]
+        source: anyhow::Error,
+    },
+    /// Anything else: a bug or an unexpected reply. Details are logged, never shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<Violations> for Error {
+    fn from(violations: Violations) -> Self {
+        Error::Validation(violations)
+    }
+}
+
+impl Error {
+    pub fn unavailable(dependency: Dependency, source: impl Into<anyhow::Error>) -> Self {
+        Error::Unavailable {
+            dependency,
+            source: source.into(),
+        }
+    }
+
+    /// Whether trying again later can succeed (used by workers to choose NAK over a dead
+    /// letter).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

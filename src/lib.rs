@@ -1,0 +1,23 @@
+//! mailroom: an email microservice. REST (axum), gRPC (tonic) and NATS JetStream feed one
+//! use-case layer that stores emails in PostgreSQL, caches them in Redis and delivers
+//! them over SMTP with retries and dead letters.
+//!
+//! Layers, from the outside in: delivery adapters ([`rest`], [`workers`]) call the use
+//! cases ([`usecase`]), which reach the world through small traits ([`ports`])
+//! implemented by [`adapters`]. [`domain`] holds the types all of them share.
+#![forbid(unsafe_code)]
+
+pub mod adapters;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod metrics;
+pub mod ports;
+pub mod rest;
+pub mod startup;
+pub mod telemetry;
+pub mod usecase;
+pub mod workers;
+
+pub use error::{Error, Result};

@@ -1,0 +1,171 @@
+//! The small traits the use cases need from the outside world. PostgreSQL, Redis,
+//! JetStream and SMTP adapters (in `adapters/`) implement them; tests may too.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::{DeadLetter, Email, EmailId, NewEmail, SearchPage, SearchQuery, StatusEvent},
+    error::Result,
+};
+
+/// What an insert found.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// A new row.
+    Created(Email),
+    /// A row with the same id or idempotency key was already there; it is returned as is.
+    Existing(Email),
+}
+
+/// What trying to take an email for delivery found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The email is now `sending`, leased to the caller; `attempts` counts this attempt.
+    Claimed(Email),
+    /// The email is `sent` or `failed`: nothing to do.
+    Finished(Email),
+    /// Another worker holds the lease, or a retry is not due yet; ask again after this.
+    NotDue(Duration),
+    /// No such email.
+    Missing,
+}
+
+/// How a delivery attempt went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Sent,
+    Transient,
+    Permanent,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Sent => "sent",
+            AttemptOutcome::Transient => "transient",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// One delivery attempt, as recorded in `email_attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub outcome: AttemptOutcome,
+    pub smtp_code: Option<u16>,
+    pub smtp_text: String,
+}
+
+/// Where an email goes after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterAttempt {
+    Sent,
+    Deferred { next_attempt_at: DateTime<Utc> },
+    Failed,
+}
+
+#[async_trait]
+pub trait EmailStore: Send + Sync + 'static {
+    /// Stores a new email as `queued`. When its id or idempotency key is already taken,
+    /// returns the stored email instead of failing.
+    async fn insert(&self, email: &NewEmail) -> Result<Inserted>;
+    async fn get(&self, id: EmailId) -> Result<Option<Email>>;
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>>;
+    /// Takes an email for one delivery attempt, for at most `lease`: only one worker of
+    /// any instance can hold it at a time.
+    async fn claim(&self, id: EmailId, lease: Duration) -> Result<Claim>;
+    /// Records an attempt and moves the email on, atomically.
+    async fn finish_attempt(
+        &self,
+        id: EmailId,
+        record: &AttemptRecord,
+        after: AfterAttempt,
+        error: Option<&str>,
+    ) -> Result<Email>;
+    /// Emails whose delivery should have moved on more than `age` ago (a lost send event,
+    /// a crashed worker). Each is returned to one caller only, then not again for `age`,
+    /// however many instances ask.
+    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>>;
+    /// The attempts of an email, oldest first.
+    async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// A read-through cache. Errors are the caller's to log and ignore: PostgreSQL has the
+/// truth.
+#[async_trait]
+pub trait EmailCache: Send + Sync + 'static {
+    async fn get(&self, id: EmailId) -> anyhow::Result<Option<Email>>;
+    /// Stores the email's new state, replacing whatever was cached (after a write).
+    async fn put(&self, email: &Email) -> anyhow::Result<()>;
+    /// Caches the email only when nothing is cached for it (after a read). A reader's
+    /// copy may be older than a writer's, so it must never replace one.
+    async fn fill(&self, email: &Email) -> anyhow::Result<()>;
+    async fn ping(&self) -> anyhow::Result<()>;
+}
+
+/// Why a send event is being published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendReason {
+    /// Right after the email was stored: deduplicated by the email id.
+    Created,
+    /// Again, by the reconciler: must not be dropped as a duplicate of the first.
+    Reconciled,
+}
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Asks for an email to be created asynchronously (the `mail:create` event).
+    async fn request_create(&self, email: &NewEmail) -> Result<()>;
+    /// Asks the send workers to deliver an email (the `mail:send` event).
+    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()>;
+    async fn publish_status(&self, event: &StatusEvent) -> Result<()>;
+    /// Publishes a dead letter; `dedup_key` makes a repeated publish of the same letter
+    /// a no-op.
+    async fn publish_dead_letter(&self, letter: &DeadLetter, dedup_key: &str) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// What the SMTP server said when it took a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpReply {
+    pub code: u16,
+    pub text: String,
+}
+
+/// Why a message could not be sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendFailure {
+    /// Worth retrying: a 4xx reply, a refused or dropped connection, a timeout.
+    #[error("transient SMTP failure: {text}")]
+    Transient { code: Option<u16>, text: String },
+    /// Retrying cannot help: a 5xx reply or a message the server will never take.
+    #[error("permanent SMTP failure: {text}")]
+    Permanent { code: Option<u16>, text: String },
+}
+
+impl SendFailure {
+    pub fn code(&self) -> Option<u16> {
+        match self {
+            SendFailure::Transient { code, .. } | SendFailure::Permanent { code, .. } => *code,
+        }
+    }
+
+    pub fn text(&self) -> &str {
+        match self {
+            SendFailure::Transient { text, .. } | SendFailure::Permanent { text, .. } => text,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Mailer: Send + Sync + 'static {
+    async fn send(&self, email: &Email) -> std::result::Result<SmtpReply, SendFailure>;
+    /// Whether the SMTP server answers.
+    async fn ping(&self) -> anyhow::Result<()>;
+}

@@ -1,0 +1,193 @@
+//! The REST API (axum): routes, middleware and the OpenAPI document. Handlers only
+//! translate between HTTP and the use cases.
+
+pub mod dto;
+mod emails;
+mod extract;
+mod health;
+pub mod problem;
+
+use std::time::{Duration, Instant};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+};
+use tower::ServiceBuilder;
+use tower_http::{
+    cors::{AllowOrigin, CorsLayer},
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    set_header::SetResponseHeaderLayer,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{config::HttpSettings, metrics::Metrics, usecase::Mailroom};
+
+use problem::Problem;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub mailroom: Mailroom,
+    pub metrics: Metrics,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "mailroom",
+        description = "An email microservice: store emails, deliver them over SMTP with retries, \
+            and follow their status. Errors are RFC 9457 problem documents.",
+        license(name = "MIT", identifier = "MIT"),
+    ),
+    tags(
+        (name = "emails", description = "Create, read and search emails"),
+        (name = "health", description = "Liveness and readiness"),
+    ),
+)]
+struct ApiDoc;
+
+fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(emails::create))
+        .routes(routes!(emails::search))
+        .routes(routes!(emails::get_by_id))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+}
+
+/// The OpenAPI document, as served and as committed in `docs/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api_router().into_openapi()
+}
+
+/// The OpenAPI document as pretty JSON with a final newline.
+pub fn openapi_json() -> String {
+    let mut json = openapi()
+        .to_pretty_json()
+        .expect("the OpenAPI document serialises");
+    json.push('\n');
+    json
+}
+
+/// The whole REST application.
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let (api, openapi) = api_router().split_for_parts();
+    let swagger: Router<AppState> = SwaggerUi::new("/swagger-ui")
+        .url(OPENAPI_PATH, openapi)
+        .into();
+
+    let middleware = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|path| path.as_str().to_owned())
+                .unwrap_or_else(|| request.uri().path().to_owned());
+            let request_id = request
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            tracing::info_span!("http.request", otel.name = format!("{} {route}", request.method()),
+                http.request.method = %request.method(), http.route = %route, request_id = %request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(cors(&settings.cors_allowed_origins))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(middleware::map_response(problem_for_bare_errors))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
+        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_metrics));
+
+    Router::new()
+        .merge(api.layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        )))
+        .merge(swagger)
+        .fallback(|| async { Problem::from_status(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async {
+            Problem::from_status(StatusCode::METHOD_NOT_ALLOWED)
+        })
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware)
+        .with_state(state)
+}
+
+fn cors(origins: &[String]) -> CorsLayer {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            emails::IDEMPOTENCY_KEY,
+            HeaderName::from_static("prefer"),
+            REQUEST_ID,
+        ])
+        .expose_headers([header::LOCATION, REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+/// Gives error answers produced below the handlers (a timeout, an unknown method) a
+/// problem document like every other error.
+async fn problem_for_bare_errors(response: Response) -> Response {
+    let status = response.status();
+    if (status.is_client_error() || status.is_server_error())
+        && !response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        let mut problem = Problem::from_status(status).into_response();
+        for (name, value) in response.headers() {
+            if name != header::CONTENT_LENGTH {
+                problem
+                    .headers_mut()
+                    .entry(name)
+                    .or_insert_with(|| value.clone());
+            }
+        }
+        return problem;
+    }
+    response
+}
+
+/// Counts requests and their latency by method and route template, never raw paths.
+async fn track_metrics(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics
+        .http_requests
+        .with_label_values(&[&method, &route, &status])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[&method, &route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}

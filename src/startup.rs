@@ -1,0 +1,286 @@
+//! Wiring: [`Application::build`] connects the adapters, builds the use cases and binds
+//! every listener (so the ports are known before anything runs, and tests can bind port
+//! 0); [`Application::run_until_stopped`] serves until the shutdown token fires, then
+//! stops in order: listeners stop accepting and finish their requests, workers stop
+//! pulling and drain, all within `shutdown.timeout`.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::{Router, routing::get};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
+    config::Settings,
+    metrics::Metrics,
+    rest::{self, AppState},
+    usecase::{DeliveryPolicy, Mailroom, Ports},
+    workers::{CreateHandler, SendHandler, WorkerPool},
+};
+
+pub struct Application {
+    settings: Settings,
+    mailroom: Mailroom,
+    metrics: Metrics,
+    jetstream: JetStream,
+    http: TcpListener,
+    metrics_listener: TcpListener,
+    pools: Vec<WorkerPool>,
+}
+
+impl Application {
+    /// Connects to PostgreSQL (creating and migrating the database when configured),
+    /// Redis (lazily), NATS (creating the stream and the durable consumers) and binds the
+    /// listeners.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let patience = settings.startup.wait_for_dependencies;
+        let pool = postgres::pool(&settings.database)?;
+        if settings.database.migrate_on_start {
+            retry_for(patience, "PostgreSQL", || {
+                postgres::create_and_migrate(&settings.database, &pool)
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "preparing the database at {}",
+                    settings.database_url_redacted()
+                )
+            })?;
+        }
+        let cache = RedisCache::new(&settings.redis)?;
+        let jetstream = JetStream::connect(&settings.nats, patience).await?;
+        let mailer = SmtpMailer::new(&settings.smtp)?;
+
+        let metrics = Metrics::new();
+        let bus = Arc::new(jetstream.clone());
+        let ports = Ports {
+            store: Arc::new(postgres::PgEmailStore::new(pool)),
+            cache: Arc::new(cache),
+            bus: bus.clone(),
+            mailer: Arc::new(mailer),
+        };
+        let policy = DeliveryPolicy {
+            max_attempts: settings.delivery.max_attempts,
+            backoff: settings.delivery.backoff.clone(),
+            lease: settings.nats.consumers.send.ack_wait,
+        };
+        let mailroom = Mailroom::new(ports, policy, metrics.clone());
+
+        let nats = &settings.nats;
+        let create = &nats.consumers.create;
+        let send = &nats.consumers.send;
+        let pools = vec![
+            WorkerPool {
+                label: nats.subjects.create.clone(),
+                consumer: jetstream
+                    .durable_consumer(
+                        &nats.durable_name(&create.durable),
+                        &jetstream.subjects.create,
+                        create,
+                    )
+                    .await?,
+                handler: Arc::new(CreateHandler {
+                    mailroom: mailroom.clone(),
+                    max_event_bytes: nats.max_event_bytes,
+                    max_deliver: create.max_deliver,
+                    backoff: settings.delivery.create_backoff.clone(),
+                }),
+                workers: create.workers,
+                ack_wait: create.ack_wait,
+                bus: bus.clone(),
+                metrics: metrics.clone(),
+            },
+            WorkerPool {
+                label: nats.subjects.send.clone(),
+                consumer: jetstream
+                    .durable_consumer(
+                        &nats.durable_name(&send.durable),
+                        &jetstream.subjects.send,
+                        send,
+                    )
+                    .await?,
+                handler: Arc::new(SendHandler {
+                    mailroom: mailroom.clone(),
+                    max_deliver: send.max_deliver,
+                    backoff: settings.delivery.create_backoff.clone(),
+                }),
+                workers: send.workers,
+                ack_wait: send.ack_wait,
+                bus,
+                metrics: metrics.clone(),
+            },
+        ];
+
+        let http = bind(settings.http.addr, "http.addr").await?;
+        let metrics_listener = bind(settings.metrics.addr, "metrics.addr").await?;
+        Ok(Application {
+            settings,
+            mailroom,
+            metrics,
+            jetstream,
+            http,
+            metrics_listener,
+            pools,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn mailroom(&self) -> &Mailroom {
+        &self.mailroom
+    }
+
+    pub fn jetstream(&self) -> &JetStream {
+        &self.jetstream
+    }
+
+    /// Serves until `shutdown` is cancelled, then shuts down gracefully.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Application {
+            settings,
+            mailroom,
+            metrics,
+            jetstream: _,
+            http,
+            metrics_listener,
+            pools,
+        } = self;
+        let drain = settings.shutdown.timeout;
+        let mut tasks = JoinSet::new();
+
+        let app = rest::router(
+            AppState {
+                mailroom: mailroom.clone(),
+                metrics: metrics.clone(),
+            },
+            &settings.http,
+        );
+        tracing::info!(addr = %http.local_addr()?, "REST API listening");
+        tasks.spawn(serve(http, app, shutdown.clone(), "REST API"));
+
+        let metrics_app = Router::new().route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics.render() }
+            }),
+        );
+        tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");
+        tasks.spawn(serve(
+            metrics_listener,
+            metrics_app,
+            shutdown.clone(),
+            "metrics",
+        ));
+
+        for pool in pools {
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                pool.run(shutdown, drain).await;
+                Ok(())
+            });
+        }
+
+        if settings.reconciler.enabled {
+            let reconciler = settings.reconciler.clone();
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let mut ticks = tokio::time::interval(reconciler.interval);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = ticks.tick() => {}
+                    }
+                    if let Err(err) = mailroom
+                        .reconcile(reconciler.queued_age, reconciler.batch_size)
+                        .await
+                    {
+                        tracing::warn!(error = format!("{err:#}"), "reconciler pass failed");
+                    }
+                }
+            });
+        }
+
+        // The first task to fail stops the others; otherwise wait for the shutdown.
+        let mut outcome = Ok(());
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            Some(result) = tasks.join_next() => {
+                outcome = flatten(result);
+                shutdown.cancel();
+            }
+        }
+        tracing::info!("shutting down");
+        let finish = async {
+            while let Some(result) = tasks.join_next().await {
+                if let Err(err) = flatten(result) {
+                    tracing::error!(error = format!("{err:#}"), "task failed during shutdown");
+                }
+            }
+        };
+        if tokio::time::timeout(drain + Duration::from_secs(1), finish)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown timed out; abandoning what is left");
+        }
+        outcome
+    }
+}
+
+fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    result.context("a task panicked")?
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: CancellationToken,
+    name: &'static str,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .with_context(|| format!("serving the {name}"))
+}
+
+/// Runs `attempt` until it succeeds or `patience` has passed.
+async fn retry_for<F, Fut, T>(patience: Duration, what: &str, mut attempt: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(err) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "{what} is not reachable yet; retrying"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! Creating, reading and searching emails.
+
+use crate::{
+    domain::{Email, EmailDraft, EmailId, NewEmail, SearchPage, SearchQuery},
+    error::{Error, Result},
+    metrics::CacheResult,
+    ports::{Inserted, SendReason},
+};
+
+use super::Mailroom;
+
+/// A created email, and whether it was created by an earlier request with the same
+/// idempotency key (or id).
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub email: Email,
+    pub replayed: bool,
+}
+
+impl Mailroom {
+    /// Validates and stores an email as `queued`, then asks for its delivery.
+    ///
+    /// Once the row is stored the email is accepted: a failed send event publish is only
+    /// logged, because the reconciler publishes it again later.
+    #[tracing::instrument(name = "usecase.create", skip_all, fields(email.id), err)]
+    pub async fn create(&self, draft: EmailDraft) -> Result<Created> {
+        let new = NewEmail::try_from(draft)?;
+        tracing::Span::current().record("email.id", tracing::field::display(new.id));
+        match self.ports.store.insert(&new).await? {
+            Inserted::Created(email) => {
+                self.status_changed(&email, None).await;
+                if let Err(err) = self
+                    .ports
+                    .bus
+                    .request_send(email.id, SendReason::Created)
+                    .await
+                {
+                    tracing::warn!(
+                        email.id = %email.id,
+                        error = format!("{err:#}"),
+                        "send event not published; the reconciler will publish it"
+                    );
+                }
+                Ok(Created {
+                    email,
+                    replayed: false,
+                })
+            }
+            Inserted::Existing(email) if email.has_same_content(&new) => Ok(Created {
+                email,
+                replayed: true,
+            }),
+            Inserted::Existing(email) => Err(Error::IdempotencyConflict {
+                key: new.idempotency_key.unwrap_or_else(|| new.id.to_string()),
+                existing: email.id,
+            }),
+        }
+    }
+
+    /// Validates an email and publishes a `mail:create` event for the create workers,
+    /// without storing it: the original service's asynchronous path. Returns the email
+    /// with the id it will be stored under.
+    #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id), err)]
+    pub async fn accept(&self, draft: EmailDraft) -> Result<NewEmail> {
+        let new = NewEmail::try_from(draft)?;
+        tracing::Span::current().record("email.id", tracing::field::display(new.id));
+        self.ports.bus.request_create(&new).await?;
+        Ok(new)
+    }
+
+    /// Reads an email, from the cache when it is there. A cache outage only costs the
+    /// detour through PostgreSQL.
+    #[tracing::instrument(name = "usecase.get", skip_all, fields(email.id = %id), err)]
+    pub async fn get(&self, id: EmailId) -> Result<Email> {
+        match self.ports.cache.get(id).await {
+            Ok(Some(email)) => {
+                self.metrics.cache(CacheResult::Hit);
+                return Ok(email);
+            }
+            Ok(None) => self.metrics.cache(CacheResult::Miss),
+            Err(err) => {
+                self.metrics.cache(CacheResult::Error);
+                tracing::warn!(email.id = %id, error = format!("{err:#}"), "cache read failed; reading PostgreSQL");
+            }
+        }
+        let email = self.ports.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        if let Err(err) = self.ports.cache.fill(&email).await {
+            tracing::debug!(email.id = %id, error = format!("{err:#}"), "cache fill failed");
+        }
+        Ok(email)
+    }
+
+    /// Full-text search over recipient, subject and message, newest first.
+    #[tracing::instrument(name = "usecase.search", skip_all, err)]
+    pub async fn search(&self, query: SearchQuery) -> Result<SearchPage<Email>> {
+        self.ports.store.search(&query).await
+    }
+}

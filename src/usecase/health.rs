@@ -1,0 +1,82 @@
+//! What each dependency looks like right now. PostgreSQL and NATS are required to serve;
+//! Redis and SMTP only degrade the service when down (reads skip the cache, deliveries
+//! are retried later).
+
+use std::time::Duration;
+
+use futures::future::join_all;
+
+use crate::error::Dependency;
+
+use super::Mailroom;
+
+/// Budget of one check, so a hung dependency cannot hang a probe.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct DependencyCheck {
+    pub dependency: Dependency,
+    pub required: bool,
+    /// `None` when up.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthReport {
+    pub checks: Vec<DependencyCheck>,
+}
+
+impl HealthReport {
+    /// Whether every required dependency is up.
+    pub fn ready(&self) -> bool {
+        self.checks.iter().all(|c| !c.required || c.error.is_none())
+    }
+
+    pub fn all_up(&self) -> bool {
+        self.checks.iter().all(|c| c.error.is_none())
+    }
+}
+
+impl Mailroom {
+    /// Checks the dependencies concurrently. `with_smtp` adds the SMTP server, which
+    /// costs a connection, so readiness probes leave it out.
+    pub async fn health(&self, with_smtp: bool) -> HealthReport {
+        let ports = &self.ports;
+        let mut checks: Vec<(
+            Dependency,
+            bool,
+            futures::future::BoxFuture<'_, anyhow::Result<()>>,
+        )> = vec![
+            (
+                Dependency::Postgres,
+                true,
+                Box::pin(async { Ok(ports.store.ping().await?) }),
+            ),
+            (
+                Dependency::Nats,
+                true,
+                Box::pin(async { Ok(ports.bus.ping().await?) }),
+            ),
+            (Dependency::Redis, false, Box::pin(ports.cache.ping())),
+        ];
+        if with_smtp {
+            checks.push((Dependency::Smtp, false, Box::pin(ports.mailer.ping())));
+        }
+        let results = join_all(checks.into_iter().map(
+            |(dependency, required, check)| async move {
+                let error = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(format!("{err:#}")),
+                    Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+                };
+                DependencyCheck {
+                    dependency,
+                    required,
+                    error,
+                }
+            },
+        ))
+        .await;
+        HealthReport { checks: results }
+    }
+}

@@ -1,0 +1,94 @@
+//! The use cases every protocol shares: create, read, search, deliver, reconcile. They
+//! speak in domain types and [`crate::Error`], and reach the outside world only through
+//! the traits in [`crate::ports`].
+
+mod delivery;
+mod emails;
+mod health;
+mod reconcile;
+
+use std::{sync::Arc, time::Duration};
+
+pub use delivery::{Delivery, DeliveryPolicy};
+pub use emails::Created;
+pub use health::{DependencyCheck, HealthReport};
+
+use crate::{
+    domain::{Email, StatusEvent},
+    metrics::Metrics,
+    ports::{EmailCache, EmailStore, EventBus, Mailer},
+};
+
+/// The adapters the use cases run on.
+#[derive(Clone)]
+pub struct Ports {
+    pub store: Arc<dyn EmailStore>,
+    pub cache: Arc<dyn EmailCache>,
+    pub bus: Arc<dyn EventBus>,
+    pub mailer: Arc<dyn Mailer>,
+}
+
+/// The use-case layer; cheap to clone.
+#[derive(Clone)]
+pub struct Mailroom {
+    ports: Ports,
+    policy: Arc<DeliveryPolicy>,
+    metrics: Metrics,
+}
+
+impl Mailroom {
+    pub fn new(ports: Ports, policy: DeliveryPolicy, metrics: Metrics) -> Self {
+        Self {
+            ports,
+            policy: Arc::new(policy),
+            metrics,
+        }
+    }
+
+    pub fn ports(&self) -> &Ports {
+        &self.ports
+    }
+
+    /// Follows a status change: metrics, the cache and the `mail:status` event. None of
+    /// these may fail the change itself, which PostgreSQL already holds.
+    async fn status_changed(&self, email: &Email, error: Option<&str>) {
+        self.metrics.email_entered(email.status);
+        if let Err(err) = self.ports.cache.put(email).await {
+            tracing::warn!(email.id = %email.id, error = format!("{err:#}"), "could not refresh the cached email");
+        }
+        let event = StatusEvent {
+            email_id: email.id,
+            status: email.status,
+            attempt: email.attempts,
+            error: error.map(str::to_owned),
+            at: email.updated_at,
+        };
+        if let Err(err) = self.ports.bus.publish_status(&event).await {
+            tracing::warn!(email.id = %email.id, error = format!("{err:#}"), "could not publish the status event");
+        }
+    }
+}
+
+/// The wait before retry number `attempt` (1-based) from a schedule whose last entry
+/// repeats.
+pub fn backoff(schedule: &[Duration], attempt: u32) -> Duration {
+    let index = (attempt.max(1) as usize - 1).min(schedule.len().saturating_sub(1));
+    schedule
+        .get(index)
+        .copied()
+        .unwrap_or(Duration::from_secs(30))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_walks_the_schedule_and_repeats_its_last_entry() {
+        let schedule = [Duration::from_secs(30), Duration::from_secs(120)];
+        assert_eq!(backoff(&schedule, 1), Duration::from_secs(30));
+        assert_eq!(backoff(&schedule, 2), Duration::from_secs(120));
+        assert_eq!(backoff(&schedule, 9), Duration::from_secs(120));
+        assert_eq!(backoff(&schedule, 0), Duration::from_secs(30));
+    }
+}

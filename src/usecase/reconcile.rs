@@ -1,0 +1,42 @@
+//! The reconciler: PostgreSQL is the source of truth, so an email whose send event was
+//! lost (a NATS outage between the insert and the publish, a crashed worker) is found
+//! there and its send event published again. Safe on every instance at once: the store
+//! hands each stranded email to one caller only, and the send worker's claim makes a
+//! duplicate event harmless.
+
+use std::time::Duration;
+
+use crate::{error::Result, ports::SendReason};
+
+use super::Mailroom;
+
+impl Mailroom {
+    /// Republishes send events for emails more than `age` past due; returns how many.
+    #[tracing::instrument(name = "usecase.reconcile", skip_all, err)]
+    pub async fn reconcile(&self, age: Duration, limit: i64) -> Result<usize> {
+        let stranded = self.ports.store.take_stranded(age, limit).await?;
+        let mut published = 0;
+        for id in &stranded {
+            match self
+                .ports
+                .bus
+                .request_send(*id, SendReason::Reconciled)
+                .await
+            {
+                Ok(()) => published += 1,
+                Err(err) => {
+                    // Still stranded: the next pass after `age` tries again.
+                    tracing::warn!(email.id = %id, error = format!("{err:#}"), "could not republish a send event");
+                }
+            }
+        }
+        if !stranded.is_empty() {
+            tracing::info!(
+                found = stranded.len(),
+                published,
+                "reconciler republished send events"
+            );
+        }
+        Ok(published)
+    }
+}

@@ -1,0 +1,472 @@
+//! The test harness: `spawn_app()` runs a real mailroom on port 0 against the real
+//! PostgreSQL, Redis, NATS and SMTP, isolated by its own database, NATS prefix and Redis
+//! prefix, and cleans them up when dropped.
+
+pub mod smtp;
+
+use std::{
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy};
+use futures::StreamExt;
+use mailroom::{
+    config::{Settings, Sources},
+    startup::Application,
+    usecase::Mailroom,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// Where the tests find PostgreSQL; each test gets a database of its own on it.
+pub fn admin_database_url() -> String {
+    std::env::var("MAILROOM_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// maildev's web API (the SMTP sink at 127.0.0.1:1025).
+pub const MAILDEV_API: &str = "http://127.0.0.1:8025";
+
+static TRACING: Once = Once::new();
+
+/// Logs only when TEST_LOG is set.
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let mut settings = test_settings();
+            settings.telemetry.log_filter = std::env::var("TEST_LOG")
+                .ok()
+                .filter(|v| v.contains('='))
+                .unwrap_or("info,mailroom=debug".into());
+            mailroom::telemetry::init(&settings.telemetry).expect("installing the test subscriber");
+        }
+    });
+}
+
+/// The `test` profile, with every listener on port 0.
+pub fn test_settings() -> Settings {
+    let mut settings = Settings::load(&Sources {
+        profile: Some("test".into()),
+        config_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/config").into()),
+        file: None,
+    })
+    .expect("the test profile loads");
+    let any_port = "127.0.0.1:0".parse().unwrap();
+    settings.http.addr = any_port;
+    settings.grpc.addr = any_port;
+    settings.metrics.addr = any_port;
+    settings
+}
+
+/// Names that isolate one test from the others.
+#[derive(Clone, Debug)]
+pub struct Isolation {
+    pub database: String,
+    pub nats_prefix: String,
+    pub redis_prefix: String,
+}
+
+impl Isolation {
+    pub fn new() -> Self {
+        // The creation time in the name lets `scripts/test.sh` remove leftovers of
+        // interrupted runs.
+        let tag = format!(
+            "{}_{}",
+            chrono::Utc::now().timestamp(),
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        Isolation {
+            database: format!("mailroom_test_{tag}"),
+            nats_prefix: format!("t{tag}."),
+            redis_prefix: format!("mailroom-test:{tag}:"),
+        }
+    }
+
+    /// Drops the database and the stream. Blocking, for `Drop`: runs on a thread with a
+    /// runtime of its own, since it may be called from inside an async context.
+    pub fn clean_up(&self, settings: &Settings) {
+        let database = self.database.clone();
+        let stream = settings.nats.stream_name();
+        let nats_url = settings.nats.url.clone();
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                if let Ok(client) = async_nats::connect(&nats_url).await {
+                    let _ = jetstream::new(client).delete_stream(&stream).await;
+                }
+                if let Ok(mut admin) = PgConnection::connect(&admin_database_url()).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+
+    /// Points the settings at the isolated database, stream and keys.
+    pub fn apply(&self, settings: &mut Settings) {
+        let mut url = url::Url::parse(&admin_database_url()).expect("a valid database URL");
+        url.set_path(&self.database);
+        settings.database.url = SecretString::from(url.to_string());
+        settings.nats.prefix = self.nats_prefix.clone();
+        settings.redis.key_prefix = self.redis_prefix.clone();
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub metrics_address: String,
+    pub client: reqwest::Client,
+    pub settings: Settings,
+    pub isolation: Isolation,
+    pub db: PgPool,
+    pub nats: async_nats::Client,
+    pub jetstream: jetstream::Context,
+    pub mailroom: Mailroom,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    owns_resources: bool,
+}
+
+/// Starts an application with the test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts an application with the test settings, changed by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let isolation = Isolation::new();
+    let mut settings = test_settings();
+    isolation.apply(&mut settings);
+    configure(&mut settings);
+    start(settings, isolation, true).await
+}
+
+/// Starts a second instance on the same database, stream and keys as `other`.
+pub async fn spawn_sibling(other: &TestApp, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = other.settings.clone();
+    settings.http.addr = "127.0.0.1:0".parse().unwrap();
+    settings.metrics.addr = "127.0.0.1:0".parse().unwrap();
+    settings.grpc.addr = "127.0.0.1:0".parse().unwrap();
+    configure(&mut settings);
+    start(settings, other.isolation.clone(), false).await
+}
+
+async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -> TestApp {
+    init_tracing();
+    let app = Application::build(settings.clone())
+        .await
+        .expect("the application builds");
+    let address = format!("http://{}", app.http_addr());
+    let metrics_address = format!("http://{}", app.metrics_addr());
+    let mailroom = app.mailroom().clone();
+    let nats = app.jetstream().client.clone();
+    let jetstream = app.jetstream().context.clone();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let db = PgPool::connect(settings.database.url.expose_secret())
+        .await
+        .expect("the test database");
+    TestApp {
+        address,
+        metrics_address,
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        settings,
+        isolation,
+        db,
+        nats,
+        jetstream,
+        mailroom,
+        shutdown,
+        task: Some(task),
+        owns_resources,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub fn subject(&self, name: &str) -> String {
+        self.settings.nats.subject(name)
+    }
+
+    pub async fn post_email(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/email"))
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/email")
+    }
+
+    pub async fn get_email(&self, id: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(&format!("/api/v1/email/{id}")))
+            .send()
+            .await
+            .expect("GET /api/v1/email/{id}")
+    }
+
+    /// Creates an email and returns its JSON.
+    pub async fn create_email(&self, body: &Value) -> Value {
+        let response = self.post_email(body).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json().await.unwrap()
+    }
+
+    /// Waits until the email has `status`, and returns it.
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT status FROM emails WHERE email_id = $1::uuid")
+                    .bind(id)
+                    .fetch_optional(&self.db)
+                    .await
+                    .unwrap();
+            if row.as_ref().is_some_and(|(s,)| s == status) {
+                let response = self.get_email(id).await;
+                assert_eq!(response.status(), 200);
+                return response.json().await.unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "email {id} did not become {status} within {within:?}; it is {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes raw bytes on a subject with plain core NATS, like any producer would.
+    pub async fn publish_raw(&self, subject: &str, payload: impl Into<bytes::Bytes>) {
+        self.nats
+            .publish(subject.to_owned(), payload.into())
+            .await
+            .unwrap();
+        self.nats.flush().await.unwrap();
+    }
+
+    /// Every message stored on a subject so far (read with an ephemeral consumer, which
+    /// leaves the durable ones alone), waiting until there are at least `at_least`.
+    pub async fn messages_on(
+        &self,
+        subject: &str,
+        at_least: usize,
+        within: Duration,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.read_subject(subject).await;
+            if found.len() >= at_least || Instant::now() >= deadline {
+                return found;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn read_subject(&self, subject: &str) -> Vec<Value> {
+        let stream = self
+            .jetstream
+            .get_stream(self.settings.nats.stream_name())
+            .await
+            .unwrap();
+        let consumer = stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let pending = consumer.cached_info().num_pending as usize;
+        let mut out = Vec::new();
+        if pending == 0 {
+            return out;
+        }
+        let mut messages = consumer.messages().await.unwrap().take(pending);
+        while let Some(message) = messages.next().await {
+            let message = message.unwrap();
+            out.push(
+                serde_json::from_slice(&message.payload)
+                    .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&message.payload)})),
+            );
+        }
+        out
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.metrics_address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the application gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await
+                .expect("the application task")
+                .expect("the application stopped cleanly");
+        }
+    }
+
+    /// Kills the application: its tasks are dropped mid-flight, nothing drains.
+    pub fn kill(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if !self.owns_resources {
+            return;
+        }
+        self.isolation.clean_up(&self.settings);
+    }
+}
+
+/// A unique recipient address, so a test finds its own mail in the shared SMTP sink.
+pub fn unique_recipient(name: &str) -> String {
+    format!("{name}.{}@example.com", Uuid::new_v4().simple())
+}
+
+/// A valid create request body for `to`.
+pub fn email_body(to: &str) -> Value {
+    json!({
+        "from": "sender@example.com",
+        "to": to,
+        "subject": "Hello from mailroom",
+        "message": "This is a test message.",
+    })
+}
+
+/// The messages maildev holds for `to`.
+pub async fn maildev_messages_to(to: &str) -> Vec<Value> {
+    let all: Vec<Value> = reqwest::get(format!("{MAILDEV_API}/api/email"))
+        .await
+        .expect("maildev's API answers (run `make deps`)")
+        .json()
+        .await
+        .unwrap();
+    all.into_iter()
+        .filter(|m| {
+            m["to"]
+                .as_array()
+                .is_some_and(|to_list| to_list.iter().any(|t| t["address"] == to))
+        })
+        .collect()
+}
+
+/// Waits until `check` passes or `within` is over.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(within, what, || {
+        let pending = check();
+        async move { pending.await.then_some(()) }
+    })
+    .await
+}
+
+/// Waits until `probe` finds something, and returns it; fails after `within`.
+pub async fn wait_for<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A port nothing listens on.
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A private redis-server on its own port, stopped when dropped.
+pub struct PrivateRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub async fn start() -> Self {
+        let port = closed_port();
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        eventually(Duration::from_secs(5), "private redis starts", || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        PrivateRedis {
+            port,
+            child: Some(child),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,196 @@
+//! `GET /api/v1/email/{emailID}` and `GET /api/v1/email/search`.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{email_body, spawn_app, unique_recipient};
+
+#[tokio::test]
+async fn get_returns_the_stored_email() {
+    let app = spawn_app().await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("get")))
+        .await;
+    let id = created["emailID"].as_str().unwrap();
+    let response = app.get_email(id).await;
+    assert_eq!(response.status(), 200);
+    let email: Value = response.json().await.unwrap();
+    assert_eq!(email["emailID"], created["emailID"]);
+    assert_eq!(email["message"], "This is a test message.");
+}
+
+#[tokio::test]
+async fn get_with_a_non_uuid_id_is_a_400_naming_the_id() {
+    let app = spawn_app().await;
+    let response = app.get_email("not-a-uuid").await;
+    assert_eq!(response.status(), 400);
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["field"], "emailID");
+}
+
+#[tokio::test]
+async fn get_with_an_unknown_id_is_a_404() {
+    let app = spawn_app().await;
+    let response = app.get_email(&uuid::Uuid::now_v7().to_string()).await;
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+}
+
+#[tokio::test]
+async fn get_serves_repeated_reads_from_the_cache() {
+    let app = spawn_app().await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("cache")))
+        .await;
+    let id = created["emailID"].as_str().unwrap();
+    for _ in 0..3 {
+        assert_eq!(app.get_email(id).await.status(), 200);
+    }
+    let metrics = app.metrics().await;
+    let hits = metrics
+        .lines()
+        .find(|l| l.starts_with("mailroom_cache_requests_total{result=\"hit\"}"))
+        .unwrap_or_else(|| panic!("no cache hits in:\n{metrics}"));
+    let hits: f64 = hits.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(hits >= 3.0, "{hits}");
+}
+
+async fn search(app: &crate::helpers::TestApp, query: &[(&str, &str)]) -> reqwest::Response {
+    app.client
+        .get(app.url("/api/v1/email/search"))
+        .query(query)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn search_finds_by_recipient_subject_and_message_newest_first() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for (i, subject) in ["Invoice for March", "Weekly digest", "Invoice for April"]
+        .iter()
+        .enumerate()
+    {
+        let mut body = email_body(&format!("user{i}@shop.example.com"));
+        body["subject"] = json!(subject);
+        body["message"] = json!(format!("message number {i} about penguins"));
+        ids.push(app.create_email(&body).await["emailID"].clone());
+    }
+
+    let page: Value = search(&app, &[("search", "invoice")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 2);
+    assert_eq!(page["emails"][0]["emailID"], ids[2], "newest first");
+    assert_eq!(page["emails"][1]["emailID"], ids[0]);
+
+    let page: Value = search(&app, &[("search", "penguins")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 3);
+    let page: Value = search(&app, &[("search", "user1@shop.example.com")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 1);
+    assert_eq!(page["emails"][0]["emailID"], ids[1]);
+    let page: Value = search(&app, &[("search", "shop.example.com")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 3);
+}
+
+#[tokio::test]
+async fn search_pages_through_results() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        let mut body = email_body(&format!("pager{i}@example.com"));
+        body["subject"] = json!("paging test");
+        app.create_email(&body).await;
+    }
+    let page: Value = search(&app, &[("search", "paging"), ("page", "2"), ("size", "2")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 5);
+    assert_eq!(page["totalPages"], 3);
+    assert_eq!(page["page"], 2);
+    assert_eq!(page["size"], 2);
+    assert_eq!(page["hasMore"], true);
+    assert_eq!(page["emails"].as_array().unwrap().len(), 2);
+
+    let last: Value = search(&app, &[("search", "paging"), ("page", "3"), ("size", "2")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["hasMore"], false);
+    assert_eq!(last["emails"].as_array().unwrap().len(), 1);
+
+    let all: Value = search(&app, &[]).await.json().await.unwrap();
+    assert_eq!(all["size"], 10, "size defaults to 10");
+    assert_eq!(all["page"], 1, "page defaults to 1");
+    assert_eq!(all["totalCount"], 5);
+}
+
+#[tokio::test]
+async fn search_accepts_tsquery_metacharacters_safely() {
+    let app = spawn_app().await;
+    app.create_email(&email_body(&unique_recipient("meta")))
+        .await;
+    for nasty in [
+        "!:*&|()",
+        "a & b | !c",
+        "'",
+        "\"unterminated",
+        "foo:* <-> bar",
+        "\\",
+        "' OR 1=1 --",
+        "()",
+        "&&&",
+    ] {
+        let response = search(&app, &[("search", nasty)]).await;
+        assert_eq!(
+            response.status(),
+            200,
+            "{nasty:?}: {}",
+            response.text().await.unwrap()
+        );
+    }
+}
+
+#[tokio::test]
+async fn search_refuses_a_page_size_over_100_and_bad_numbers() {
+    let app = spawn_app().await;
+    for (query, field) in [
+        (vec![("size", "101")], "size"),
+        (vec![("size", "0")], "size"),
+        (vec![("page", "0")], "page"),
+        (vec![("page", "-1")], "page"),
+        (vec![("page", "abc")], "page"),
+        (vec![("size", "1.5")], "size"),
+    ] {
+        let response = search(&app, &query).await;
+        assert_eq!(response.status(), 400, "{query:?}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["field"], field, "{query:?}: {problem}");
+    }
+    let long = "x".repeat(257);
+    let response = search(&app, &[("search", long.as_str())]).await;
+    assert_eq!(response.status(), 400);
+}
