@@ -1,5 +1,5 @@
 //! The command line: `mailroom [serve]`, `mailroom migrate up|down|status`,
-//! `mailroom openapi`.
+//! `mailroom openapi`, `mailroom events tail`, `mailroom dlq list|redrive`.
 
 use std::path::PathBuf;
 
@@ -8,10 +8,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    adapters::postgres,
+    adapters::{jetstream::JetStream, postgres},
+    commands,
     config::{Settings, Sources},
     rest,
-    startup::Application,
+    startup::{Application, Core},
     telemetry,
 };
 
@@ -43,6 +44,54 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Read the event stream.
+    Events {
+        #[command(subcommand)]
+        action: EventsAction,
+    },
+    /// The dead letters on mail:errors.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsAction {
+    /// Print events as JSON lines, from a start point, following new ones.
+    Tail {
+        /// Only this subject (e.g. mail:create); default: every mailroom subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Where to begin: all, last, last_per_subject, new, seq:N, time:RFC3339,
+        /// ago:DURATION (e.g. ago:30s).
+        #[arg(long, default_value = "new")]
+        start: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Stop once caught up instead of waiting for new events.
+        #[arg(long)]
+        no_follow: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print the outstanding dead letters as JSON lines.
+    List {
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Publish dead letters again on their original subject, and remove them.
+    Redrive {
+        /// The dead letter's sequence (`dlqSequence` in `dlq list`).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        seq: Option<u64>,
+        /// Every outstanding dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +124,8 @@ impl Cli {
             Command::Serve => serve(settings).await,
             Command::Migrate { action } => migrate(settings, action).await,
             Command::Openapi => unreachable!("handled before loading settings"),
+            Command::Events { action } => events(settings, action).await,
+            Command::Dlq { action } => dlq(settings, action).await,
         }
     }
 }
@@ -110,6 +161,42 @@ async fn stop_on_signal(shutdown: CancellationToken) {
         _ = terminate => tracing::info!("SIGTERM received"),
     }
     shutdown.cancel();
+}
+
+async fn events(settings: Settings, action: EventsAction) -> anyhow::Result<()> {
+    let jetstream =
+        JetStream::connect(&settings.nats, settings.startup.wait_for_dependencies).await?;
+    match action {
+        EventsAction::Tail {
+            subject,
+            start,
+            limit,
+            no_follow,
+        } => {
+            commands::events::tail(&jetstream, subject.as_deref(), &start, limit, !no_follow).await
+        }
+    }
+}
+
+async fn dlq(settings: Settings, action: DlqAction) -> anyhow::Result<()> {
+    match action {
+        DlqAction::List { limit } => {
+            let jetstream =
+                JetStream::connect(&settings.nats, settings.startup.wait_for_dependencies).await?;
+            let count = commands::dlq::list(&jetstream, limit).await?;
+            eprintln!("{count} dead letter(s)");
+        }
+        DlqAction::Redrive { seq, all } => {
+            let core = Core::connect(&settings).await?;
+            let selection = match (seq, all) {
+                (Some(seq), _) => commands::dlq::Selection::One(seq),
+                (None, _) => commands::dlq::Selection::All,
+            };
+            let count = commands::dlq::redrive(&core.jetstream, &core.mailroom, selection).await?;
+            eprintln!("{count} dead letter(s) redriven");
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(settings: Settings, action: MigrateAction) -> anyhow::Result<()> {

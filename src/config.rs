@@ -230,7 +230,7 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "durations")]
     pub backoff: Vec<Duration>,
     #[serde(deserialize_with = "durations")]
-    pub create_backoff: Vec<Duration>,
+    pub outage_backoff: Vec<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -310,7 +310,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("http.cors_allowed_origins")
                     .with_list_parse_key("delivery.backoff")
-                    .with_list_parse_key("delivery.create_backoff")
+                    .with_list_parse_key("delivery.outage_backoff")
                     .try_parsing(true),
             );
         if let Some(file) = &sources.file {
@@ -331,8 +331,8 @@ impl Settings {
         if self.delivery.max_attempts == 0 {
             bail!("delivery.max_attempts must be at least 1");
         }
-        if self.delivery.backoff.is_empty() || self.delivery.create_backoff.is_empty() {
-            bail!("delivery.backoff and delivery.create_backoff need at least one entry");
+        if self.delivery.backoff.is_empty() || self.delivery.outage_backoff.is_empty() {
+            bail!("delivery.backoff and delivery.outage_backoff need at least one entry");
         }
         for (name, consumer) in [
             ("create", &self.nats.consumers.create),
@@ -352,9 +352,6 @@ impl Settings {
                 }
                 _ => {}
             }
-        }
-        if self.nats.consumers.send.ack_wait <= self.smtp.timeout {
-            bail!("nats.consumers.send.ack_wait must exceed smtp.timeout");
         }
         if self.profile == "production" {
             if self.http.cors_allowed_origins.iter().any(|o| o == "*") {

@@ -9,6 +9,7 @@
 
 pub mod adapters;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -91,6 +91,9 @@ pub trait EmailStore: Send + Sync + 'static {
     /// a crashed worker). Each is returned to one caller only, then not again for `age`,
     /// however many instances ask.
     async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>>;
+    /// Queues a `failed` email again with a fresh retry budget; `None` when it is not
+    /// failed (already queued, deferred, sending or sent).
+    async fn requeue(&self, id: EmailId) -> Result<Option<Email>>;
     /// The attempts of an email, oldest first.
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>>;
     async fn ping(&self) -> Result<()>;

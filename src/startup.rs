@@ -30,11 +30,18 @@ pub struct Application {
     pools: Vec<WorkerPool>,
 }
 
-impl Application {
+/// The use cases on their adapters, without listeners or workers: what the service
+/// runs on, and what the admin commands (`dlq`, `events`) need.
+pub struct Core {
+    pub mailroom: Mailroom,
+    pub jetstream: JetStream,
+    pub metrics: Metrics,
+}
+
+impl Core {
     /// Connects to PostgreSQL (creating and migrating the database when configured),
-    /// Redis (lazily), NATS (creating the stream and the durable consumers) and binds the
-    /// listeners.
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+    /// Redis (lazily), NATS (creating or updating the stream) and prepares SMTP.
+    pub async fn connect(settings: &Settings) -> anyhow::Result<Core> {
         let patience = settings.startup.wait_for_dependencies;
         let pool = postgres::pool(&settings.database)?;
         if settings.database.migrate_on_start {
@@ -54,19 +61,38 @@ impl Application {
         let mailer = SmtpMailer::new(&settings.smtp)?;
 
         let metrics = Metrics::new();
-        let bus = Arc::new(jetstream.clone());
         let ports = Ports {
             store: Arc::new(postgres::PgEmailStore::new(pool)),
             cache: Arc::new(cache),
-            bus: bus.clone(),
+            bus: Arc::new(jetstream.clone()),
             mailer: Arc::new(mailer),
         };
         let policy = DeliveryPolicy {
             max_attempts: settings.delivery.max_attempts,
             backoff: settings.delivery.backoff.clone(),
-            lease: settings.nats.consumers.send.ack_wait,
+            // Covers a whole SMTP exchange plus the handling around it; the NATS message
+            // itself is kept alive by progress reports meanwhile.
+            lease: settings.smtp.timeout + settings.nats.consumers.send.ack_wait,
         };
         let mailroom = Mailroom::new(ports, policy, metrics.clone());
+        Ok(Core {
+            mailroom,
+            jetstream,
+            metrics,
+        })
+    }
+}
+
+impl Application {
+    /// Connects everything ([`Core::connect`]), creates the durable consumers and binds
+    /// the listeners.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let Core {
+            mailroom,
+            jetstream,
+            metrics,
+        } = Core::connect(&settings).await?;
+        let bus = mailroom.ports().bus.clone();
 
         let nats = &settings.nats;
         let create = &nats.consumers.create;
@@ -83,9 +109,10 @@ impl Application {
                     .await?,
                 handler: Arc::new(CreateHandler {
                     mailroom: mailroom.clone(),
+                    stream_incarnation: jetstream.stream_incarnation.clone(),
                     max_event_bytes: nats.max_event_bytes,
                     max_deliver: create.max_deliver,
-                    backoff: settings.delivery.create_backoff.clone(),
+                    backoff: settings.delivery.outage_backoff.clone(),
                 }),
                 workers: create.workers,
                 ack_wait: create.ack_wait,
@@ -104,7 +131,7 @@ impl Application {
                 handler: Arc::new(SendHandler {
                     mailroom: mailroom.clone(),
                     max_deliver: send.max_deliver,
-                    backoff: settings.delivery.create_backoff.clone(),
+                    backoff: settings.delivery.outage_backoff.clone(),
                 }),
                 workers: send.workers,
                 ack_wait: send.ack_wait,

@@ -1,4 +1,5 @@
-//! Logging: JSON or pretty lines, filtered by `telemetry.log_filter` (or `RUST_LOG`).
+//! Logging: JSON or pretty lines on stderr (stdout belongs to commands' output),
+//! filtered by `telemetry.log_filter` (or `RUST_LOG`).
 //! Installed once per process by `main` (or by the test harness), never by the library
 //! itself, so several application instances can share one process.
 
@@ -20,7 +21,9 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<()> {
                     .with_span_list(false),
             )
             .try_init()?,
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init()?,
+        LogFormat::Pretty => registry
+            .with(fmt::layer().compact().with_writer(std::io::stderr))
+            .try_init()?,
     }
     Ok(())
 }

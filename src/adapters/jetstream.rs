@@ -60,6 +60,8 @@ pub struct JetStream {
     pub client: async_nats::Client,
     pub context: Context,
     pub stream_name: String,
+    /// The stream's name and creation time: sequences are unique within it.
+    pub stream_incarnation: String,
     pub subjects: Subjects,
 }
 
@@ -110,19 +112,24 @@ impl JetStream {
             num_replicas: settings.replicas,
             ..Default::default()
         };
-        context
+        let info = context
             .create_or_update_stream(config)
             .await
             .with_context(|| format!("creating or updating the JetStream stream {stream_name}"))?;
+        let stream_incarnation = format!("{stream_name}@{}", info.created.to_rfc3339());
         Ok(JetStream {
             client,
             context,
             stream_name,
+            stream_incarnation,
             subjects,
         })
     }
 
-    /// Gets or creates a durable pull consumer on `subject`, shared by every instance.
+    /// Creates the durable pull consumer on `subject`, shared by every instance, or
+    /// updates it to the configured settings. Settings the server cannot change on an
+    /// existing consumer (the deliver policy and its start point) stop the start with a
+    /// message saying what to do, rather than being silently ignored.
     pub async fn durable_consumer(
         &self,
         durable: &str,
@@ -140,10 +147,12 @@ impl JetStream {
             deliver_policy: deliver_policy(settings),
             ..Default::default()
         };
-        stream
-            .get_or_create_consumer(durable, config)
-            .await
-            .with_context(|| format!("creating the durable consumer {durable} on {subject}"))
+        stream.create_consumer(config).await.with_context(|| {
+            format!(
+                "creating or updating the durable consumer {durable} on {subject} (a deliver policy \
+                 cannot change on an existing consumer: delete it, or choose a new durable name)"
+            )
+        })
     }
 
     /// Publishes and waits for the PubAck.

@@ -28,7 +28,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 macro_rules! columns {
     () => {
         "email_id, address_from, address_to, subject, message, html, status, attempts, \
-         last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
+         retry_base, last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
     };
 }
 
@@ -100,6 +100,7 @@ struct EmailRow {
     html: Option<String>,
     status: String,
     attempts: i32,
+    retry_base: i32,
     last_error: Option<String>,
     idempotency_key: Option<String>,
     created_at: DateTime<Utc>,
@@ -124,6 +125,7 @@ impl TryFrom<EmailRow> for Email {
                 .parse()
                 .map_err(|e: String| Error::Internal(anyhow::anyhow!(e)))?,
             attempts: row.attempts,
+            retry_base: row.retry_base,
             last_error: row.last_error,
             idempotency_key: row.idempotency_key,
             created_at: row.created_at,
@@ -364,6 +366,22 @@ impl EmailStore for PgEmailStore {
         .await
         .map_err(db_error)?;
         Ok(ids.into_iter().map(EmailId::from).collect())
+    }
+
+    #[tracing::instrument(name = "postgres.requeue", skip_all, fields(email.id = %id), err)]
+    async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
+        let sql = concat!(
+            "UPDATE emails SET status = 'queued', retry_base = attempts, last_error = NULL, \
+                 next_attempt_at = now(), updated_at = now() \
+             WHERE email_id = $1 AND status = 'failed' RETURNING ",
+            columns!()
+        );
+        let requeued: Option<EmailRow> = sqlx::query_as(sql)
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        requeued.map(Email::try_from).transpose()
     }
 
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>> {

@@ -18,6 +18,23 @@ impl EmailId {
         Self(Uuid::now_v7())
     }
 
+    /// The id of the email created from a given stream message: the same message always
+    /// gives the same id, so a redelivered create event finds the email it created
+    /// before instead of creating a second one. `stream` names the stream incarnation
+    /// (sequences restart when a stream is recreated). A UUID v7 on the message's
+    /// publish time, so ids still sort by time.
+    pub fn for_message(stream: &str, sequence: u64, published: DateTime<Utc>) -> Self {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::new()
+            .chain_update(stream.as_bytes())
+            .chain_update(sequence.to_be_bytes())
+            .finalize();
+        let mut random = [0u8; 10];
+        random.copy_from_slice(&digest[..10]);
+        let millis = published.timestamp_millis().max(0) as u64;
+        Self(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
+    }
+
     pub fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -27,6 +44,21 @@ impl EmailId {
         Uuid::try_parse(raw.trim())
             .map(Self)
             .map_err(|_| Violations::one(Violation::new(field, "uuid", "must be a UUID")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_always_gives_the_same_email_id() {
+        let at = Utc::now();
+        let id = EmailId::for_message("MAIL@2026-11-26T00:00:00Z", 7, at);
+        assert_eq!(id, EmailId::for_message("MAIL@2026-11-26T00:00:00Z", 7, at));
+        assert_ne!(id, EmailId::for_message("MAIL@2026-11-26T00:00:00Z", 8, at));
+        assert_ne!(id, EmailId::for_message("MAIL@2026-11-27T00:00:00Z", 7, at));
+        assert_eq!(id.as_uuid().get_version_num(), 7);
     }
 }
 
@@ -107,7 +139,12 @@ pub struct Email {
     pub message: String,
     pub html: Option<String>,
     pub status: EmailStatus,
+    /// Delivery attempts made, ever.
     pub attempts: i32,
+    /// The value of `attempts` when the current retry budget began (0, or when the email
+    /// was redriven from the dead letters).
+    #[serde(default)]
+    pub retry_base: i32,
     pub last_error: Option<String>,
     pub idempotency_key: Option<String>,
     pub created_at: DateTime<Utc>,

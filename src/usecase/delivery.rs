@@ -64,6 +64,8 @@ impl Mailroom {
         timer.observe_duration();
 
         let attempt = email.attempts;
+        // Attempts in the current retry budget (a redriven email starts a new one).
+        let round = (attempt - email.retry_base).max(1) as u32;
         let (record, after, error) = match &result {
             Ok(reply) => (
                 AttemptRecord {
@@ -81,10 +83,10 @@ impl Mailroom {
                     SendFailure::Transient { .. } => AttemptOutcome::Transient,
                     SendFailure::Permanent { .. } => AttemptOutcome::Permanent,
                 };
-                let retry = outcome == AttemptOutcome::Transient
-                    && (attempt as u32) < self.policy.max_attempts;
+                let retry =
+                    outcome == AttemptOutcome::Transient && round < self.policy.max_attempts;
                 let after = if retry {
-                    let delay = backoff(&self.policy.backoff, attempt as u32);
+                    let delay = backoff(&self.policy.backoff, round);
                     AfterAttempt::Deferred {
                         next_attempt_at: Utc::now() + delay,
                     }
@@ -93,7 +95,7 @@ impl Mailroom {
                 };
                 let error = match (outcome, retry) {
                     (AttemptOutcome::Transient, false) => {
-                        format!("gave up after {attempt} attempts: {}", failure.text())
+                        format!("gave up after {round} attempts: {}", failure.text())
                     }
                     _ => failure.text().to_owned(),
                 };

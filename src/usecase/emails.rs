@@ -96,3 +96,16 @@ impl Mailroom {
         self.ports.store.search(&query).await
     }
 }
+
+impl Mailroom {
+    /// Gives a `failed` email a fresh retry budget and queues it again (a dead letter
+    /// being redriven). `None` when the email is not failed; nothing changes then.
+    #[tracing::instrument(name = "usecase.requeue", skip_all, fields(email.id = %id), err)]
+    pub async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
+        let requeued = self.ports.store.requeue(id).await?;
+        if let Some(email) = &requeued {
+            self.status_changed(email, None).await;
+        }
+        Ok(requeued)
+    }
+}

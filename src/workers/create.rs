@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::{
-    domain::CreateEvent,
+    domain::{CreateEvent, EmailId},
     error::Error,
     usecase::{Mailroom, backoff},
 };
@@ -17,6 +17,8 @@ use super::{Handler, Inbound, Verdict};
 
 pub struct CreateHandler {
     pub mailroom: Mailroom,
+    /// Names the stream incarnation, for ids of events that bring none.
+    pub stream_incarnation: String,
     pub max_event_bytes: usize,
     pub max_deliver: i64,
     pub backoff: Vec<Duration>,
@@ -36,7 +38,7 @@ impl Handler for CreateHandler {
                 ),
             );
         }
-        let draft = match CreateEvent::decode(&message.payload)
+        let mut draft = match CreateEvent::decode(&message.payload)
             .and_then(|event| event.into_draft(message.msg_id.as_deref()))
         {
             Ok(draft) => draft,
@@ -44,6 +46,15 @@ impl Handler for CreateHandler {
                 return Verdict::dead(message, format!("invalid create event: {violations}"));
             }
         };
+        // An event without an id gets one derived from the message, so its redelivery
+        // (a crash between storing the email and acknowledging) stores nothing twice.
+        draft.id.get_or_insert_with(|| {
+            EmailId::for_message(
+                &self.stream_incarnation,
+                message.stream_sequence,
+                message.published,
+            )
+        });
         match self.mailroom.create(draft).await {
             Ok(created) => {
                 tracing::debug!(email.id = %created.email.id, replayed = created.replayed, "create event handled");
@@ -62,7 +73,7 @@ impl Handler for CreateHandler {
                     )
                 } else {
                     tracing::warn!(
-                        error = format!("{err:#}"),
+                        error = ?err,
                         delivered = message.delivered,
                         "create failed; will retry"
                     );

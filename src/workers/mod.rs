@@ -49,13 +49,16 @@ pub enum Verdict {
     Retry(Duration),
     /// Never: publish a dead letter (deduplicated by `dedup_key`), then acknowledge.
     DeadLetter { reason: String, dedup_key: String },
+    /// Not by this message: stop its redelivery (TERM). For work whose state lives
+    /// elsewhere and will be picked up again (the reconciler republishes send events).
+    Abandon(String),
 }
 
 impl Verdict {
     fn outcome(&self) -> MessageOutcome {
         match self {
             Verdict::Ack => MessageOutcome::Ok,
-            Verdict::Retry(_) => MessageOutcome::Retry,
+            Verdict::Retry(_) | Verdict::Abandon(_) => MessageOutcome::Retry,
             Verdict::DeadLetter { .. } => MessageOutcome::Dead,
         }
     }
@@ -219,6 +222,10 @@ impl WorkerPool {
         let reply = match &verdict {
             Verdict::Ack | Verdict::DeadLetter { .. } => message.ack().await,
             Verdict::Retry(delay) => message.ack_with(AckKind::Nak(Some(*delay))).await,
+            Verdict::Abandon(reason) => {
+                tracing::warn!(%reason, "message abandoned; its work will be picked up again");
+                message.ack_with(AckKind::Term).await
+            }
         };
         if let Err(err) = reply {
             // The server redelivers after ack_wait; handlers are idempotent.

@@ -19,7 +19,7 @@ const MIN_RETRY: Duration = Duration::from_millis(100);
 pub struct SendHandler {
     pub mailroom: Mailroom,
     pub max_deliver: i64,
-    /// Backoff when a dependency (PostgreSQL) is down.
+    /// Backoff when a dependency (PostgreSQL) is down (`delivery.outage_backoff`).
     pub backoff: Vec<Duration>,
 }
 
@@ -57,14 +57,15 @@ impl Handler for SendHandler {
             }
             Err(err) => {
                 if self.max_deliver > 0 && message.delivered >= self.max_deliver {
-                    // The email stays queued in PostgreSQL; the reconciler will try again.
-                    Verdict::dead(
-                        message,
-                        format!("gave up after {} deliveries: {err:#}", message.delivered),
-                    )
+                    // The email is safe in PostgreSQL, still due: the reconciler publishes
+                    // its send event again once the outage is over.
+                    Verdict::Abandon(format!(
+                        "gave up after {} deliveries: {err:#}",
+                        message.delivered
+                    ))
                 } else {
                     tracing::warn!(
-                        error = format!("{err:#}"),
+                        error = ?err,
                         delivered = message.delivered,
                         "delivery failed; will retry"
                     );

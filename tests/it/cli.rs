@@ -6,36 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{Isolation, closed_port, eventually, test_settings};
+use crate::helpers::{Cleanup, Isolation, closed_port, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mailroom");
 
-/// The binary, configured through MAILROOM__ variables for an isolated run.
 fn mailroom(isolation: &Isolation) -> Command {
-    let mut settings = test_settings();
-    isolation.apply(&mut settings);
-    let mut command = Command::new(BINARY);
-    command
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("MAILROOM_ENV", "test")
-        .env(
-            "MAILROOM__DATABASE__URL",
-            secrecy::ExposeSecret::expose_secret(&settings.database.url),
-        )
-        .env("MAILROOM__NATS__PREFIX", &settings.nats.prefix)
-        .env("MAILROOM__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
-        .env("RUST_LOG", "warn");
-    command
-}
-
-struct Cleanup(Isolation);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let mut settings = test_settings();
-        self.0.apply(&mut settings);
-        self.0.clean_up(&settings);
-    }
+    isolation.command()
 }
 
 fn run(command: &mut Command) -> (bool, String, String) {
@@ -47,8 +23,8 @@ fn run(command: &mut Command) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn migrations_go_up_report_their_status_and_come_down() {
+#[tokio::test]
+async fn migrations_go_up_report_their_status_and_come_down() {
     let isolation = Isolation::new();
     let _cleanup = Cleanup(isolation.clone());
 
@@ -68,13 +44,44 @@ fn migrations_go_up_report_their_status_and_come_down() {
         "{out}"
     );
 
+    // One step down: only the newest migration is reverted.
     let (ok, out, err) = run(mailroom(&isolation).args(["migrate", "down"]));
+    assert!(ok, "{out}{err}");
+    let (ok, out, _) = run(mailroom(&isolation).args(["migrate", "status"]));
+    let states: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert!(ok && states.len() >= 2, "{out}");
+    assert_eq!(states.last(), Some(&"pending"), "{out}");
+    assert!(
+        states[..states.len() - 1].iter().all(|s| *s == "applied"),
+        "{out}"
+    );
+
+    // All the way down.
+    let (ok, out, err) = run(mailroom(&isolation).args(["migrate", "down", "--target", "0"]));
     assert!(ok, "{out}{err}");
     let (ok, out, _) = run(mailroom(&isolation).args(["migrate", "status"]));
     assert!(
         ok && out.contains("pending") && !out.contains("applied"),
         "{out}"
     );
+    let tables: (i64,) = {
+        let mut settings = crate::helpers::test_settings();
+        isolation.apply(&mut settings);
+        let db =
+            sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+                .await
+                .unwrap();
+        sqlx::query_as(
+            "SELECT count(*) FROM pg_tables WHERE tablename IN ('emails', 'email_attempts')",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap()
+    };
+    assert_eq!(tables.0, 0, "the tables are gone");
 
     let (ok, out, err) = run(mailroom(&isolation).args(["migrate", "up"]));
     assert!(ok, "migrations apply again after coming down: {out}{err}");

@@ -3,12 +3,15 @@
 
 mod helpers;
 
+mod admin;
 mod cli;
 mod create;
 mod delivery;
 mod docs;
 mod events;
+mod faults;
 mod health;
+mod jetstream;
 mod read;
 mod resilience;
 mod workers;

@@ -133,6 +133,7 @@ async fn a_create_event_over_the_size_limit_is_dead_lettered() {
     let app = spawn_app_with(|s| s.reconciler.enabled = false).await;
     let handler = CreateHandler {
         mailroom: app.mailroom.clone(),
+        stream_incarnation: "test".into(),
         max_event_bytes: 1024,
         max_deliver: 5,
         backoff: vec![Duration::from_secs(1)],
@@ -144,6 +145,31 @@ async fn a_create_event_over_the_size_limit_is_dead_lettered() {
         panic!("{verdict:?}")
     };
     assert!(reason.contains("exceeds the limit"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_create_event_handled_twice_stores_one_email() {
+    let app = spawn_app_with(|s| s.reconciler.enabled = false).await;
+    let handler = CreateHandler {
+        mailroom: app.mailroom.clone(),
+        stream_incarnation: "MAIL@test".into(),
+        max_event_bytes: 1 << 20,
+        max_deliver: 5,
+        backoff: vec![Duration::from_secs(1)],
+    };
+    // An event with no id and no key, delivered again after a crash before its ack.
+    let event = message("mail:create", email_body(&unique_recipient("twice")), 1);
+    assert_eq!(handler.handle(&event).await, Verdict::Ack);
+    let again = Inbound {
+        delivered: 2,
+        ..event
+    };
+    assert_eq!(handler.handle(&again).await, Verdict::Ack);
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 1);
 }
 
 #[tokio::test]

@@ -113,6 +113,32 @@ impl Isolation {
         let _ = cleanup.join();
     }
 
+    /// The test settings pointed at this isolation, changed by `configure`.
+    pub fn settings(&self, configure: impl FnOnce(&mut Settings)) -> Settings {
+        let mut settings = test_settings();
+        self.apply(&mut settings);
+        configure(&mut settings);
+        settings
+    }
+
+    /// The `mailroom` binary, configured through `MAILROOM__…` variables for this
+    /// isolation.
+    pub fn command(&self) -> std::process::Command {
+        let settings = self.settings(|_| {});
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mailroom"));
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("MAILROOM_ENV", "test")
+            .env(
+                "MAILROOM__DATABASE__URL",
+                settings.database.url.expose_secret(),
+            )
+            .env("MAILROOM__NATS__PREFIX", &settings.nats.prefix)
+            .env("MAILROOM__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+            .env("RUST_LOG", "warn");
+        command
+    }
+
     /// Points the settings at the isolated database, stream and keys.
     pub fn apply(&self, settings: &mut Settings) {
         let mut url = url::Url::parse(&admin_database_url()).expect("a valid database URL");
@@ -120,6 +146,16 @@ impl Isolation {
         settings.database.url = SecretString::from(url.to_string());
         settings.nats.prefix = self.nats_prefix.clone();
         settings.redis.key_prefix = self.redis_prefix.clone();
+    }
+}
+
+/// Removes an isolation's database and stream at the end of a test that runs the
+/// binary rather than an in-process application.
+pub struct Cleanup(pub Isolation);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.0.clean_up(&self.0.settings(|_| {}));
     }
 }
 
@@ -145,10 +181,13 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts an application with the test settings, changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let isolation = Isolation::new();
-    let mut settings = test_settings();
-    isolation.apply(&mut settings);
-    configure(&mut settings);
+    spawn_app_in(Isolation::new(), configure).await
+}
+
+/// Starts an application in a given isolation (whose stream may already hold events);
+/// the application cleans it up when dropped.
+pub async fn spawn_app_in(isolation: Isolation, configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let settings = isolation.settings(configure);
     start(settings, isolation, true).await
 }
 

@@ -32,6 +32,8 @@ pub struct FakeSmtp {
     pub received: Arc<Mutex<Vec<String>>>,
     /// `RCPT TO` commands seen, accepted or not.
     pub recipients_seen: Arc<AtomicUsize>,
+    /// Most messages in their DATA phase at the same time.
+    pub peak_in_flight: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,9 +43,12 @@ impl FakeSmtp {
         let port = listener.local_addr().unwrap().port();
         let received = Arc::new(Mutex::new(Vec::new()));
         let recipients_seen = Arc::new(AtomicUsize::new(0));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let peak_in_flight = Arc::new(AtomicUsize::new(0));
         let task = {
             let received = received.clone();
             let recipients_seen = recipients_seen.clone();
+            let counters = (in_flight.clone(), peak_in_flight.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
@@ -52,8 +57,10 @@ impl FakeSmtp {
                     let behaviour = behaviour.clone();
                     let received = received.clone();
                     let recipients_seen = recipients_seen.clone();
+                    let counters = counters.clone();
                     tokio::spawn(async move {
-                        let _ = session(socket, behaviour, received, recipients_seen).await;
+                        let _ =
+                            session(socket, behaviour, received, recipients_seen, counters).await;
                     });
                 }
             })
@@ -62,6 +69,7 @@ impl FakeSmtp {
             port,
             received,
             recipients_seen,
+            peak_in_flight,
             task,
         }
     }
@@ -82,6 +90,7 @@ async fn session(
     behaviour: Behaviour,
     received: Arc<Mutex<Vec<String>>>,
     recipients_seen: Arc<AtomicUsize>,
+    (in_flight, peak): (Arc<AtomicUsize>, Arc<AtomicUsize>),
 ) -> std::io::Result<()> {
     let (reader, mut writer) = socket.into_split();
     let mut lines = BufReader::new(reader).lines();
@@ -112,6 +121,8 @@ async fn session(
             writer
                 .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
                 .await?;
+            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
             let mut data = String::new();
             while let Some(line) = lines.next_line().await? {
                 if line == "." {
@@ -124,6 +135,7 @@ async fn session(
                 tokio::time::sleep(*delay).await;
             }
             received.lock().unwrap().push(data);
+            in_flight.fetch_sub(1, Ordering::SeqCst);
             "250 2.0.0 queued as fake".into()
         } else if command.starts_with("QUIT") {
             writer.write_all(b"221 bye\r\n").await?;
