@@ -34,6 +34,7 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
     pub telemetry: TelemetrySettings,
+    pub auth: AuthSettings,
     pub startup: StartupSettings,
     pub shutdown: ShutdownSettings,
     /// The profile these settings were loaded with; not a key in the files.
@@ -262,6 +263,21 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// `NAME:SHA256HEX` entries.
+    pub api_keys: Vec<String>,
+    pub rate_limit: RateLimitSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StartupSettings {
     #[serde(with = "humantime_serde")]
     pub wait_for_dependencies: Duration,
@@ -309,6 +325,7 @@ impl Settings {
                     .separator("__")
                     .list_separator(",")
                     .with_list_parse_key("http.cors_allowed_origins")
+                    .with_list_parse_key("auth.api_keys")
                     .with_list_parse_key("delivery.backoff")
                     .with_list_parse_key("delivery.outage_backoff")
                     .try_parsing(true),
@@ -353,9 +370,22 @@ impl Settings {
                 _ => {}
             }
         }
+        crate::auth::ApiKeys::parse(&self.auth.api_keys)?;
+        if self.auth.rate_limit.per_second <= 0.0 || self.auth.rate_limit.burst == 0 {
+            bail!("auth.rate_limit.per_second and auth.rate_limit.burst must be positive");
+        }
         if self.profile == "production" {
+            if self.auth.api_keys.is_empty() {
+                bail!("production refuses to start without auth.api_keys");
+            }
             if self.http.cors_allowed_origins.iter().any(|o| o == "*") {
                 bail!("production refuses http.cors_allowed_origins \"*\"");
+            }
+            let loopback = matches!(self.smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+            if self.smtp.security == SmtpSecurity::None && !loopback {
+                bail!(
+                    "production refuses smtp.security: none to a remote host (use starttls or tls)"
+                );
             }
             if self.smtp.security != SmtpSecurity::None && !self.smtp.verify_certificates {
                 bail!("production refuses smtp.verify_certificates: false");
@@ -423,10 +453,81 @@ mod tests {
 
     #[test]
     fn every_built_in_profile_loads() {
-        for profile in ["local", "test", "docker", "production"] {
+        for profile in ["local", "test", "docker"] {
             let settings = built_in(profile);
             assert_eq!(settings.profile, profile);
         }
+    }
+
+    /// Loads the production profile with `extra` YAML on top.
+    fn production_with(extra: &str) -> anyhow::Result<Settings> {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("production.yaml");
+        std::fs::write(&file, extra).unwrap();
+        let settings = Settings::load(&Sources {
+            profile: Some("production".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: Some(file),
+        });
+        std::fs::remove_dir_all(dir).unwrap();
+        settings
+    }
+
+    const A_KEY: &str = "auth:\n  api_keys: [\"ops:ed5a18fb8f807f996d649e379d3f35f39c543a91bdbf88c492f2ebd10d4df86c\"]\n";
+
+    #[test]
+    fn production_loads_with_api_keys() {
+        let settings = production_with(A_KEY).unwrap();
+        assert_eq!(settings.profile, "production");
+        assert_eq!(settings.smtp.security, SmtpSecurity::Starttls);
+    }
+
+    #[test]
+    fn production_refuses_to_start_without_api_keys() {
+        let err = production_with("{}").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("without auth.api_keys"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_smtp_without_certificate_verification() {
+        let err =
+            production_with(&format!("{A_KEY}smtp:\n  verify_certificates: false\n")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("verify_certificates"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn production_refuses_plain_smtp_to_a_remote_host() {
+        let err = production_with(&format!(
+            "{A_KEY}smtp:\n  host: mail.example.com\n  security: none\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("security: none"), "{err:#}");
+        assert!(
+            production_with(&format!(
+                "{A_KEY}smtp:\n  host: 127.0.0.1\n  security: none\n"
+            ))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn production_refuses_cors_for_any_origin() {
+        let err = production_with(&format!("{A_KEY}http:\n  cors_allowed_origins: [\"*\"]\n"))
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("cors"), "{err:#}");
+    }
+
+    #[test]
+    fn a_malformed_api_key_entry_is_refused_at_start() {
+        let err = production_with("auth:\n  api_keys: [\"just-a-key\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("NAME:SHA256HEX"), "{err:#}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub smtp_duration: HistogramVec,
     pub cache_requests: IntCounterVec,
     pub emails: IntCounterVec,
+    pub auth_denied: IntCounterVec,
 }
 
 /// How a cache lookup went.
@@ -124,6 +125,11 @@ impl Metrics {
                 "emails_total",
                 "Email status transitions, by the status entered.",
                 &["status"],
+            ),
+            auth_denied: counter(
+                "auth_denied_total",
+                "API calls refused, by protocol and reason (missing, invalid, rate_limited).",
+                &["protocol", "reason"],
             ),
             registry,
         };

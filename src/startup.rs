@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
+    auth::Gate,
     config::Settings,
     metrics::Metrics,
     rest::{self, AppState},
@@ -24,6 +25,7 @@ pub struct Application {
     settings: Settings,
     mailroom: Mailroom,
     metrics: Metrics,
+    gate: Arc<Gate>,
     jetstream: JetStream,
     http: TcpListener,
     metrics_listener: TcpListener,
@@ -140,12 +142,14 @@ impl Application {
             },
         ];
 
+        let gate = Arc::new(Gate::new(&settings.auth, metrics.clone())?);
         let http = bind(settings.http.addr, "http.addr").await?;
         let metrics_listener = bind(settings.metrics.addr, "metrics.addr").await?;
         Ok(Application {
             settings,
             mailroom,
             metrics,
+            gate,
             jetstream,
             http,
             metrics_listener,
@@ -179,6 +183,7 @@ impl Application {
             settings,
             mailroom,
             metrics,
+            gate,
             jetstream: _,
             http,
             metrics_listener,
@@ -191,6 +196,7 @@ impl Application {
             AppState {
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
+                gate,
             },
             &settings.http,
         );

@@ -62,6 +62,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 /// content returns the first email (header `Idempotent-Replayed: true`); with other
 /// content, 409.
 #[utoipa::path(post, path = "/api/v1/email", tag = "emails",
+    security(("api_key" = [])),
     request_body = CreateEmailRequest,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: at most 255 printable characters", max_length = 255),
@@ -76,6 +77,9 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         (status = 409, description = "Idempotency key reused with other content", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
@@ -120,11 +124,15 @@ pub async fn create(
 
 /// Get an email by id, with its delivery status.
 #[utoipa::path(get, path = "/api/v1/email/{emailID}", tag = "emails",
+    security(("api_key" = [])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
         (status = 200, description = "The email", body = EmailResponse),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such email", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_by_id(
@@ -137,10 +145,14 @@ pub async fn get_by_id(
 
 /// Search emails: full text over recipient, subject and message, newest first.
 #[utoipa::path(get, path = "/api/v1/email/search", tag = "emails",
+    security(("api_key" = [])),
     params(SearchParams),
     responses(
         (status = 200, description = "One page of results", body = SearchResponse),
         (status = 400, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn search(

@@ -1,13 +1,17 @@
 //! The REST API (axum): routes, middleware and the OpenAPI document. Handlers only
 //! translate between HTTP and the use cases.
 
+mod auth;
 pub mod dto;
 mod emails;
 mod extract;
 mod health;
 pub mod problem;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
@@ -24,11 +28,14 @@ use tower_http::{
     timeout::TimeoutLayer,
     trace::TraceLayer,
 };
-use utoipa::OpenApi;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{config::HttpSettings, metrics::Metrics, usecase::Mailroom};
+use crate::{auth::Gate, config::HttpSettings, metrics::Metrics, usecase::Mailroom};
 
 use problem::Problem;
 
@@ -40,10 +47,15 @@ pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
 pub struct AppState {
     pub mailroom: Mailroom,
     pub metrics: Metrics,
+    pub gate: Arc<Gate>,
 }
+
+/// The name of the security scheme in the OpenAPI document.
+pub const API_KEY_SCHEME: &str = "api_key";
 
 #[derive(OpenApi)]
 #[openapi(
+    modifiers(&BearerAuth),
     info(
         title = "mailroom",
         description = "An email microservice: store emails, deliver them over SMTP with retries, \
@@ -57,18 +69,45 @@ pub struct AppState {
 )]
 struct ApiDoc;
 
-fn api_router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// The email routes: behind an API key.
+fn emails_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(emails::create))
         .routes(routes!(emails::search))
         .routes(routes!(emails::get_by_id))
+}
+
+/// Liveness and readiness: open to probes.
+fn health_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
 }
 
 /// The OpenAPI document, as served and as committed in `docs/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api_router().into_openapi()
+    OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .merge(emails_router())
+        .merge(health_router())
+        .into_openapi()
+}
+
+/// Declares the bearer scheme, so Swagger UI's Authorize button works.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            API_KEY_SCHEME,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key: Authorization: Bearer KEY"))
+                    .build(),
+            ),
+        );
+    }
 }
 
 /// The OpenAPI document as pretty JSON with a final newline.
@@ -82,9 +121,10 @@ pub fn openapi_json() -> String {
 
 /// The whole REST application.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
-    let (api, openapi) = api_router().split_for_parts();
+    let (emails, _) = emails_router().split_for_parts();
+    let (health, _) = health_router().split_for_parts();
     let swagger: Router<AppState> = SwaggerUi::new("/swagger-ui")
-        .url(OPENAPI_PATH, openapi)
+        .url(OPENAPI_PATH, openapi())
         .into();
 
     let middleware = ServiceBuilder::new()
@@ -114,11 +154,19 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
         .layer(middleware::from_fn_with_state(state.metrics.clone(), track_metrics));
 
+    let emails = emails.route_layer(middleware::from_fn_with_state(
+        state.gate.clone(),
+        auth::require_api_key,
+    ));
     Router::new()
-        .merge(api.layer(SetResponseHeaderLayer::if_not_present(
-            header::CACHE_CONTROL,
-            HeaderValue::from_static("no-store"),
-        )))
+        .merge(
+            emails
+                .merge(health)
+                .layer(SetResponseHeaderLayer::if_not_present(
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("no-store"),
+                )),
+        )
         .merge(swagger)
         .fallback(|| async { Problem::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {

@@ -84,6 +84,22 @@ impl Problem {
         problem
     }
 
+    /// Too many calls: 429 with `Retry-After` (whole seconds, at least 1).
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut problem = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "urn:mailroom:problem:rate-limited",
+            "Too Many Requests",
+            format!(
+                "this API key is over its rate limit; retry in {} s",
+                seconds.max(1)
+            ),
+        );
+        problem.retry_after = Some(seconds.max(1));
+        problem
+    }
+
     pub fn validation(violations: &Violations) -> Self {
         let mut problem = Problem::new(
             StatusCode::BAD_REQUEST,

@@ -14,4 +14,5 @@ mod health;
 mod jetstream;
 mod read;
 mod resilience;
+mod security;
 mod workers;

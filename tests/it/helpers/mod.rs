@@ -28,6 +28,9 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The API key the `test` profile accepts; `TestApp::client` sends it.
+pub const TEST_API_KEY: &str = "test-key";
+
 /// maildev's web API (the SMTP sink at 127.0.0.1:1025).
 pub const MAILDEV_API: &str = "http://127.0.0.1:8025";
 
@@ -221,6 +224,14 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
         metrics_address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {TEST_API_KEY}").parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            )
             .build()
             .unwrap(),
         settings,
