@@ -78,6 +78,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.create", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -127,6 +128,7 @@ pub async fn create(
         (status = 404, description = "No such email", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.get_by_id", skip_all)]
 pub async fn get_by_id(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -143,6 +145,7 @@ pub async fn get_by_id(
         (status = 400, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.search", skip_all)]
 pub async fn search(
     State(state): State<AppState>,
     params: Result<Query<SearchParams>, QueryRejection>,

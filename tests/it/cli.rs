@@ -11,7 +11,7 @@ use crate::helpers::{Isolation, closed_port, eventually, test_settings};
 const BINARY: &str = env!("CARGO_BIN_EXE_mailroom");
 
 /// The binary, configured through MAILROOM__ variables for an isolated run.
-fn mailroom(isolation: &Isolation) -> Command {
+pub(crate) fn mailroom(isolation: &Isolation) -> Command {
     let mut settings = test_settings();
     isolation.apply(&mut settings);
     let mut command = Command::new(BINARY);
@@ -28,7 +28,7 @@ fn mailroom(isolation: &Isolation) -> Command {
     command
 }
 
-struct Cleanup(Isolation);
+pub(crate) struct Cleanup(pub(crate) Isolation);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

@@ -11,4 +11,5 @@ mod events;
 mod health;
 mod read;
 mod resilience;
+mod traces;
 mod workers;
