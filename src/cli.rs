@@ -119,14 +119,18 @@ impl Cli {
             config_dir: None,
             file: self.config.clone(),
         })?;
-        telemetry::init(&settings.telemetry)?;
-        match self.command.unwrap_or(Command::Serve) {
+        let telemetry = telemetry::init(&settings.telemetry)?;
+        let flush_within = settings.shutdown.timeout;
+        let outcome = match self.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate { action } => migrate(settings, action).await,
             Command::Openapi => unreachable!("handled before loading settings"),
             Command::Events { action } => events(settings, action).await,
             Command::Dlq { action } => dlq(settings, action).await,
-        }
+        };
+        // Last, after servers and workers have stopped: their final spans go out too.
+        telemetry.shutdown(flush_within).await;
+        outcome
     }
 }
 

@@ -252,6 +252,22 @@ pub struct TelemetrySettings {
     pub log_filter: String,
     pub service_name: String,
     pub otlp_endpoint: String,
+    pub sampler: SamplerSetting,
+    /// Fraction of new traces kept by the `ratio` samplers, from 0.0 to 1.0.
+    pub sample_ratio: f64,
+}
+
+/// Which traces are recorded and exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SamplerSetting {
+    AlwaysOn,
+    AlwaysOff,
+    /// `sample_ratio` of all traces, whatever the caller decided.
+    Ratio,
+    /// The caller's decision when a request carries a trace context, otherwise
+    /// `sample_ratio` of new traces.
+    ParentBasedRatio,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -373,6 +389,9 @@ impl Settings {
         crate::auth::ApiKeys::parse(&self.auth.api_keys)?;
         if self.auth.rate_limit.per_second <= 0.0 || self.auth.rate_limit.burst == 0 {
             bail!("auth.rate_limit.per_second and auth.rate_limit.burst must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
         }
         if self.profile == "production" {
             if self.auth.api_keys.is_empty() {
@@ -606,6 +625,29 @@ mod tests {
             redact_url("redis://127.0.0.1:6379"),
             "redis://127.0.0.1:6379"
         );
+    }
+
+    #[test]
+    fn traces_are_all_kept_unless_a_caller_decided_otherwise_by_default() {
+        let settings = built_in("local");
+        assert_eq!(settings.telemetry.sampler, SamplerSetting::ParentBasedRatio);
+        assert_eq!(settings.telemetry.sample_ratio, 1.0);
+    }
+
+    #[test]
+    fn a_sample_ratio_outside_zero_to_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("ratio.yaml");
+        std::fs::write(&file, "telemetry:\n  sample_ratio: 1.5\n").unwrap();
+        let err = Settings::load(&Sources {
+            profile: Some("local".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: Some(file),
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("sample_ratio"), "{err:#}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

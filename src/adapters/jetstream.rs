@@ -23,6 +23,7 @@ use crate::{
     domain::{CreateEvent, DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
     error::{Dependency, Error, Result},
     ports::{EventBus, SendReason},
+    telemetry::propagation,
 };
 
 /// Subjects with the isolation prefix applied.
@@ -155,16 +156,22 @@ impl JetStream {
         })
     }
 
-    /// Publishes and waits for the PubAck.
+    /// Publishes and waits for the PubAck. The message carries the current trace context
+    /// (`traceparent`), so its consumer continues the publisher's trace.
     pub async fn publish(
         &self,
         subject: &str,
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> Result<u64> {
-        let mut publish = PublishMessage::build().payload(payload);
+        let mut headers = async_nats::HeaderMap::new();
+        propagation::inject_nats(&mut headers);
         if let Some(msg_id) = msg_id {
-            publish = publish.message_id(msg_id);
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+        }
+        let mut publish = PublishMessage::build().payload(payload);
+        if !headers.is_empty() {
+            publish = publish.headers(headers);
         }
         let ack = self
             .context
@@ -195,7 +202,18 @@ fn deliver_policy(settings: &ConsumerSettings) -> DeliverPolicy {
 
 #[async_trait]
 impl EventBus for JetStream {
-    #[tracing::instrument(name = "nats.publish create", skip_all, fields(email.id = %email.id), err)]
+    #[tracing::instrument(
+        name = "nats.publish create",
+        skip_all,
+        fields(
+            otel.name = format!("publish {}", self.subjects.create),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subjects.create,
+            email.id = %email.id,
+        ),
+        err
+    )]
     async fn request_create(&self, email: &NewEmail) -> Result<()> {
         let payload = serde_json::to_vec(&CreateEvent::from_new_email(email))
             .map_err(|e| Error::Internal(e.into()))?;
@@ -208,7 +226,18 @@ impl EventBus for JetStream {
         Ok(())
     }
 
-    #[tracing::instrument(name = "nats.publish send", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(
+        name = "nats.publish send",
+        skip_all,
+        fields(
+            otel.name = format!("publish {}", self.subjects.send),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subjects.send,
+            email.id = %id,
+        ),
+        err
+    )]
     async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
         let payload = serde_json::to_vec(&SendEvent { email_id: id })
             .map_err(|e| Error::Internal(e.into()))?;
@@ -223,7 +252,18 @@ impl EventBus for JetStream {
         Ok(())
     }
 
-    #[tracing::instrument(name = "nats.publish status", skip_all, fields(email.id = %event.email_id), err)]
+    #[tracing::instrument(
+        name = "nats.publish status",
+        skip_all,
+        fields(
+            otel.name = format!("publish {}", self.subjects.status),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subjects.status,
+            email.id = %event.email_id,
+        ),
+        err
+    )]
     async fn publish_status(&self, event: &StatusEvent) -> Result<()> {
         let payload = serde_json::to_vec(event).map_err(|e| Error::Internal(e.into()))?;
         let msg_id = format!(
@@ -235,7 +275,18 @@ impl EventBus for JetStream {
         Ok(())
     }
 
-    #[tracing::instrument(name = "nats.publish dead letter", skip_all, fields(subject = %letter.subject), err)]
+    #[tracing::instrument(
+        name = "nats.publish dead letter",
+        skip_all,
+        fields(
+            otel.name = format!("publish {}", self.subjects.errors),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %self.subjects.errors,
+            subject = %letter.subject,
+        ),
+        err
+    )]
     async fn publish_dead_letter(&self, letter: &DeadLetter, dedup_key: &str) -> Result<()> {
         self.publish(
             &self.subjects.errors,

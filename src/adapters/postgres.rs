@@ -165,7 +165,19 @@ fn seconds(duration: Duration) -> f64 {
 
 #[async_trait]
 impl EmailStore for PgEmailStore {
-    #[tracing::instrument(name = "postgres.insert", skip_all, fields(email.id = %email.id), err)]
+    #[tracing::instrument(
+        name = "postgres.insert",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "INSERT",
+            db.collection.name = "emails",
+            email.id = %email.id,
+        ),
+        err
+    )]
     async fn insert(&self, email: &NewEmail) -> Result<Inserted> {
         let sql = concat!(
             "INSERT INTO emails (email_id, address_from, address_to, subject, message, html, idempotency_key) \
@@ -208,12 +220,35 @@ impl EmailStore for PgEmailStore {
         }
     }
 
-    #[tracing::instrument(name = "postgres.get", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(
+        name = "postgres.get",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "SELECT",
+            db.collection.name = "emails",
+            email.id = %id,
+        ),
+        err
+    )]
     async fn get(&self, id: EmailId) -> Result<Option<Email>> {
         self.fetch(id).await
     }
 
-    #[tracing::instrument(name = "postgres.search", skip_all, err)]
+    #[tracing::instrument(
+        name = "postgres.search",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "SELECT",
+            db.collection.name = "emails",
+        ),
+        err
+    )]
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>> {
         // Two query texts rather than `$1 IS NULL OR …`, so a generic plan can still use
         // the GIN index. websearch_to_tsquery accepts any input without syntax errors.
@@ -265,7 +300,19 @@ impl EmailStore for PgEmailStore {
         })
     }
 
-    #[tracing::instrument(name = "postgres.claim", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(
+        name = "postgres.claim",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "UPDATE",
+            db.collection.name = "emails",
+            email.id = %id,
+        ),
+        err
+    )]
     async fn claim(&self, id: EmailId, lease: Duration) -> Result<Claim> {
         let sql = concat!(
             "UPDATE emails SET status = 'sending', attempts = attempts + 1, updated_at = now(), \
@@ -294,7 +341,20 @@ impl EmailStore for PgEmailStore {
         })
     }
 
-    #[tracing::instrument(name = "postgres.finish_attempt", skip_all, fields(email.id = %id, attempt = record.attempt), err)]
+    #[tracing::instrument(
+        name = "postgres.finish_attempt",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "UPDATE",
+            db.collection.name = "emails",
+            email.id = %id,
+            attempt = record.attempt,
+        ),
+        err
+    )]
     async fn finish_attempt(
         &self,
         id: EmailId,
@@ -350,7 +410,18 @@ impl EmailStore for PgEmailStore {
         }
     }
 
-    #[tracing::instrument(name = "postgres.take_stranded", skip_all, err)]
+    #[tracing::instrument(
+        name = "postgres.take_stranded",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "postgresql",
+            db.system.name = "postgresql",
+            db.operation.name = "UPDATE",
+            db.collection.name = "emails",
+        ),
+        err
+    )]
     async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>> {
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE emails SET next_attempt_at = now() WHERE email_id IN ( \

@@ -59,7 +59,18 @@ impl RedisCache {
 
 #[async_trait]
 impl EmailCache for RedisCache {
-    #[tracing::instrument(name = "redis.get", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(
+        name = "redis.get",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "redis",
+            db.system.name = "redis",
+            db.operation.name = "GET",
+            email.id = %id,
+        ),
+        err
+    )]
     async fn get(&self, id: EmailId) -> anyhow::Result<Option<Email>> {
         let mut connection = self.connection.clone();
         let key = self.key(id);
@@ -77,7 +88,18 @@ impl EmailCache for RedisCache {
         }
     }
 
-    #[tracing::instrument(name = "redis.set", skip_all, fields(email.id = %email.id), err)]
+    #[tracing::instrument(
+        name = "redis.set",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "redis",
+            db.system.name = "redis",
+            db.operation.name = "SET",
+            email.id = %email.id,
+        ),
+        err
+    )]
     async fn put(&self, email: &Email) -> anyhow::Result<()> {
         let mut connection = self.connection.clone();
         let json = serde_json::to_vec(email)?;
@@ -87,7 +109,18 @@ impl EmailCache for RedisCache {
         Ok(())
     }
 
-    #[tracing::instrument(name = "redis.fill", skip_all, fields(email.id = %email.id), err)]
+    #[tracing::instrument(
+        name = "redis.fill",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            db.system = "redis",
+            db.system.name = "redis",
+            db.operation.name = "SET",
+            email.id = %email.id,
+        ),
+        err
+    )]
     async fn fill(&self, email: &Email) -> anyhow::Result<()> {
         let mut connection = self.connection.clone();
         let json = serde_json::to_vec(email)?;

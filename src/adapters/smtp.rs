@@ -26,6 +26,9 @@ use crate::{
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     timeout: Duration,
+    /// For the `server.*` attributes of the send span.
+    host: String,
+    port: u16,
 }
 
 impl SmtpMailer {
@@ -57,6 +60,8 @@ impl SmtpMailer {
         Ok(Self {
             transport: builder.build(),
             timeout: settings.timeout,
+            host: settings.host.clone(),
+            port: settings.port,
         })
     }
 }
@@ -108,7 +113,18 @@ fn classify(err: &lettre::transport::smtp::Error) -> SendFailure {
 
 #[async_trait]
 impl Mailer for SmtpMailer {
-    #[tracing::instrument(name = "smtp.send", skip_all, fields(email.id = %email.id, smtp.code), err)]
+    #[tracing::instrument(
+        name = "smtp.send",
+        skip_all,
+        fields(
+            otel.kind = "client",
+            server.address = %self.host,
+            server.port = self.port,
+            email.id = %email.id,
+            smtp.code,
+        ),
+        err
+    )]
     async fn send(&self, email: &Email) -> Result<SmtpReply, SendFailure> {
         let message = build_message(email)?;
         // lettre bounds each command; this bounds the whole exchange, so a server that

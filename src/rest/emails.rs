@@ -82,6 +82,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.create", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -135,6 +136,7 @@ pub async fn create(
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.get_by_id", skip_all)]
 pub async fn get_by_id(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
@@ -155,6 +157,7 @@ pub async fn get_by_id(
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
     ))]
+#[tracing::instrument(name = "rest.search", skip_all)]
 pub async fn search(
     State(state): State<AppState>,
     params: Result<Query<SearchParams>, QueryRejection>,

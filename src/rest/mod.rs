@@ -7,6 +7,7 @@ mod emails;
 mod extract;
 mod health;
 pub mod problem;
+mod trace;
 
 use std::{
     sync::Arc,
@@ -129,21 +130,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
 
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
-            let route = request
-                .extensions()
-                .get::<MatchedPath>()
-                .map(|path| path.as_str().to_owned())
-                .unwrap_or_else(|| request.uri().path().to_owned());
-            let request_id = request
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            tracing::info_span!("http.request", otel.name = format!("{} {route}", request.method()),
-                http.request.method = %request.method(), http.route = %route, request_id = %request_id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(trace::request_span)
+                .on_response(trace::record_response),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(cors(&settings.cors_allowed_origins))
         .layer(SetResponseHeaderLayer::if_not_present(
@@ -151,8 +142,14 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
             HeaderValue::from_static("nosniff"),
         ))
         .layer(middleware::map_response(problem_for_bare_errors))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, settings.request_timeout))
-        .layer(middleware::from_fn_with_state(state.metrics.clone(), track_metrics));
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            settings.request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track_metrics,
+        ));
 
     let emails = emails.route_layer(middleware::from_fn_with_state(
         state.gate.clone(),

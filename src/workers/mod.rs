@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field::Empty};
 
 pub use create::CreateHandler;
 pub use send::SendHandler;
@@ -25,6 +26,7 @@ use crate::{
     domain::DeadLetter,
     metrics::{MessageOutcome, Metrics},
     ports::EventBus,
+    telemetry::propagation,
 };
 
 /// A message as handlers see it.
@@ -157,8 +159,29 @@ impl WorkerPool {
         }
     }
 
-    #[tracing::instrument(name = "nats.process", skip_all, fields(subject = %self.label, seq, delivered))]
+    /// Handles one message in a consumer span that continues the publisher's trace
+    /// (from the message's `traceparent` header), so a trace runs on from the API
+    /// through every worker.
     async fn process(&self, message: jetstream::Message) {
+        let span = tracing::info_span!(
+            "nats.process",
+            otel.name = format!("process {}", message.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = %message.subject,
+            subject = %self.label,
+            seq = Empty,
+            delivered = Empty,
+            outcome = Empty,
+            otel.status_code = Empty,
+        );
+        if let Some(headers) = &message.headers {
+            propagation::continue_trace(&span, propagation::extract_nats(headers));
+        }
+        self.process_in_span(message).instrument(span).await
+    }
+
+    async fn process_in_span(&self, message: jetstream::Message) {
         let timer = self
             .metrics
             .nats_duration
@@ -230,6 +253,10 @@ impl WorkerPool {
         if let Err(err) = reply {
             // The server redelivers after ack_wait; handlers are idempotent.
             tracing::warn!(error = %err, "could not acknowledge a message");
+        }
+        span.record("outcome", verdict.outcome().as_str());
+        if matches!(verdict, Verdict::DeadLetter { .. }) {
+            span.record("otel.status_code", "ERROR");
         }
         self.metrics
             .nats_messages

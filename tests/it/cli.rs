@@ -10,7 +10,7 @@ use crate::helpers::{Cleanup, Isolation, closed_port, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mailroom");
 
-fn mailroom(isolation: &Isolation) -> Command {
+pub(crate) fn mailroom(isolation: &Isolation) -> Command {
     isolation.command()
 }
 

@@ -15,4 +15,5 @@ mod jetstream;
 mod read;
 mod resilience;
 mod security;
+mod traces;
 mod workers;

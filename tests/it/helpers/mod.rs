@@ -2,10 +2,11 @@
 //! PostgreSQL, Redis, NATS and SMTP, isolated by its own database, NATS prefix and Redis
 //! prefix, and cleans them up when dropped.
 
+pub mod otlp;
 pub mod smtp;
 
 use std::{
-    sync::Once,
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
@@ -14,6 +15,7 @@ use futures::StreamExt;
 use mailroom::{
     config::{Settings, Sources},
     startup::Application,
+    telemetry::TelemetryGuard,
     usecase::Mailroom,
 };
 use secrecy::{ExposeSecret, SecretString};
@@ -34,20 +36,59 @@ pub const TEST_API_KEY: &str = "test-key";
 /// maildev's web API (the SMTP sink at 127.0.0.1:1025).
 pub const MAILDEV_API: &str = "http://127.0.0.1:8025";
 
-static TRACING: Once = Once::new();
+/// The process-wide subscriber and the OTLP receiver it exports to.
+pub struct TestTelemetry {
+    pub receiver: otlp::Receiver,
+    guard: TelemetryGuard,
+}
 
-/// Logs only when TEST_LOG is set.
-fn init_tracing() {
-    TRACING.call_once(|| {
-        if std::env::var_os("TEST_LOG").is_some() {
-            let mut settings = test_settings();
-            settings.telemetry.log_filter = std::env::var("TEST_LOG")
-                .ok()
-                .filter(|v| v.contains('='))
-                .unwrap_or("info,mailroom=debug".into());
-            mailroom::telemetry::init(&settings.telemetry).expect("installing the test subscriber");
-        }
-    });
+impl TestTelemetry {
+    /// Exports the spans finished so far. Concurrent flushes from other tests may be
+    /// refused; callers poll anyway.
+    pub async fn flush(&self) {
+        let _ = self.guard.flush().await;
+    }
+}
+
+static TELEMETRY: OnceLock<TestTelemetry> = OnceLock::new();
+
+/// Installs the global subscriber once per test process: traces always (to one shared
+/// in-test OTLP receiver), logs only when TEST_LOG is set.
+///
+/// Both the receiver and the exporter's gRPC channel live on a runtime of their own:
+/// each `#[tokio::test]` runtime ends with its test, and the first test to get here
+/// must not take the process's tracing down with it.
+pub fn telemetry() -> &'static TestTelemetry {
+    TELEMETRY.get_or_init(|| {
+        let (ready, installed) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("test-telemetry".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async move {
+                    let receiver = otlp::Receiver::start().await;
+                    let mut settings = test_settings();
+                    settings.telemetry.otlp_endpoint = receiver.endpoint();
+                    let guard = match std::env::var("TEST_LOG") {
+                        Ok(filter) => {
+                            settings.telemetry.log_filter = Some(filter)
+                                .filter(|v| v.contains('='))
+                                .unwrap_or("info,mailroom=debug".into());
+                            mailroom::telemetry::init(&settings.telemetry)
+                        }
+                        Err(_) => mailroom::telemetry::init_without_logs(&settings.telemetry),
+                    }
+                    .expect("installing the test subscriber");
+                    ready.send(TestTelemetry { receiver, guard }).unwrap();
+                    std::future::pending::<()>().await
+                })
+            })
+            .expect("starting the telemetry thread");
+        installed.recv().expect("the test telemetry starts")
+    })
 }
 
 /// The `test` profile, with every listener on port 0.
@@ -205,7 +246,7 @@ pub async fn spawn_sibling(other: &TestApp, configure: impl FnOnce(&mut Settings
 }
 
 async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -> TestApp {
-    init_tracing();
+    telemetry();
     let app = Application::build(settings.clone())
         .await
         .expect("the application builds");
