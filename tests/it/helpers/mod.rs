@@ -3,6 +3,8 @@
 //! prefix, and cleans them up when dropped.
 
 pub mod smtp;
+pub mod tls;
+pub mod tools;
 
 use std::{
     sync::Once,
@@ -449,6 +451,14 @@ where
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in Prometheus' text format.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// A port nothing listens on.
