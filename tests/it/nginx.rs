@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     browser::{assert_swagger_ui_lists_every_operation, render_in_chromium},
     helpers::{
-        TestApp, closed_port, email_body, metric_value, spawn_app, spawn_sibling,
+        TestApp, closed_port, email_body, eventually, metric_value, spawn_app, spawn_sibling,
         tls::TestCerts,
         tools::{Daemon, ScratchDir, artifact_dir, require},
         unique_recipient,
@@ -182,12 +182,17 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
         .unwrap();
     assert_eq!(traced.status(), StatusCode::OK);
     assert_eq!(single(traced.headers(), "x-request-id"), "caller-trace-42");
-    let log = server.log();
-    assert!(log.contains("\"request_id\":\"caller-trace-42\""), "{log}");
-    assert!(
-        log.contains(&format!("\"request_id\":\"{request_id}\"")),
-        "{log}"
-    );
+    // nginx writes the access log line after the answer has left, so wait for it.
+    eventually(
+        Duration::from_secs(5),
+        "nginx logs both request ids",
+        || async {
+            let log = server.log();
+            log.contains("\"request_id\":\"caller-trace-42\"")
+                && log.contains(&format!("\"request_id\":\"{request_id}\""))
+        },
+    )
+    .await;
 
     // gRPC paths go to the gRPC upstream, not to the REST instances (nothing serves gRPC
     // in this build, so nginx answers 502 itself).
@@ -200,7 +205,12 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
         .await
         .unwrap();
     assert_eq!(grpc.status(), StatusCode::BAD_GATEWAY);
-    assert!(server.log().contains(&no_grpc), "{}", server.log());
+    eventually(
+        Duration::from_secs(5),
+        "nginx tried the gRPC upstream",
+        || async { server.log().contains(&no_grpc) },
+    )
+    .await;
 
     // Plain HTTP only redirects to HTTPS.
     let plain = reqwest::Client::builder()
