@@ -7,8 +7,11 @@ export CARGO_TARGET_DIR
 CARGO ?= cargo
 MAILROOM_ENV ?= local
 export MAILROOM_ENV
+# The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test deps deps-stop build migrate_up migrate_down migrate_status swagger lint fmt clean-test-data
+.PHONY: run test deps deps-stop build migrate_up migrate_down migrate_status swagger lint fmt clean-test-data \
+	local local-down develop develop-down
 
 ## run: dependencies up, database created and migrated, service in the foreground
 run: deps
@@ -51,3 +54,24 @@ lint:
 
 fmt:
 	$(CARGO) fmt --all
+
+## local: the dependencies and tooling in Docker (PostgreSQL, Redis, NATS, MailHog, Jaeger,
+## Prometheus, Grafana, node_exporter, nginx), for a service run with `make run`
+local: certs/server.crt
+	$(COMPOSE) -p mailroom-local -f docker-compose.local.yml up -d --build
+
+local-down:
+	$(COMPOSE) -p mailroom-local -f docker-compose.local.yml down
+
+## develop: everything in Docker, two mailroom instances behind nginx, rebuilt on each change
+develop: certs/server.crt
+	$(COMPOSE) -p mailroom-dev -f docker-compose.dev.yml up -d --build
+	@echo "follow the instances with: $(COMPOSE) -p mailroom-dev -f docker-compose.dev.yml logs -f mailroom-1 mailroom-2"
+
+develop-down:
+	$(COMPOSE) -p mailroom-dev -f docker-compose.dev.yml down
+
+# nginx serves TLS with the dev certificate; the containers mount certs/.
+certs/server.crt:
+	@echo "certs/server.crt is missing: create the dev certificates first (make cert)" >&2
+	@exit 1

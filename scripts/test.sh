@@ -14,6 +14,12 @@ if [ "$smtp_was_up" = no ] && [ -f "$RUN_DIR/maildev.pid" ]; then
   trap 'kill "$(cat "$RUN_DIR/maildev.pid")" 2>/dev/null || true; rm -f "$RUN_DIR/maildev.pid"' EXIT
 fi
 
+# The programs the deployment tests drive (promtool and prometheus, nginx, chromium,
+# docker-compose; installed with apt-get when missing), then the deployment files that
+# are not Rust: promtool and docker-compose checks.
+scripts/test-tools.sh
+scripts/check-deploy.sh
+
 # Integration tests wait on the network, not the CPU: run more of them at once than
 # there are cores.
 cargo test --all-targets --locked -- --test-threads "${TEST_THREADS:-8}"

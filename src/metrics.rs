@@ -1,16 +1,30 @@
 //! Prometheus metrics, in a registry per application instance (so tests can run several
 //! instances in one process), served on `metrics.addr`. Labels are route templates,
 //! methods and outcomes, never raw paths or ids.
+//!
+//! Every mailroom metric is named `mailroom_…`; the process collector keeps the standard
+//! `process_…` names that dashboards and alerts everywhere expect.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::domain::EmailStatus;
+use crate::{domain::EmailStatus, ports::AttemptOutcome};
 
-/// Buckets from 1 ms to 10 s: API calls sit at the low end, SMTP exchanges at the high.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+const NAMESPACE: &str = "mailroom";
+
+/// Request latency of the APIs (REST, gRPC): answers take milliseconds, anything past a
+/// few seconds is already an incident, and the request timeout (30 s) bounds the rest.
+const API_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Latency of SMTP exchanges and of the NATS handlers that wrap them: a local sink answers
+/// in milliseconds (maildev waits ~100 ms per new connection), a remote server in a
+/// second or two, and a slow one runs into `smtp.timeout` (30 s per command) and the
+/// consumer's ack wait (60 s), so the buckets reach that far.
+const DELIVERY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 ];
 
 #[derive(Clone)]
@@ -37,6 +51,16 @@ pub enum CacheResult {
     Error,
 }
 
+impl CacheResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Error => "error",
+        }
+    }
+}
+
 /// What a worker did with a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageOutcome {
@@ -46,6 +70,12 @@ pub enum MessageOutcome {
 }
 
 impl MessageOutcome {
+    pub const ALL: [MessageOutcome; 3] = [
+        MessageOutcome::Ok,
+        MessageOutcome::Retry,
+        MessageOutcome::Dead,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             MessageOutcome::Ok => "ok",
@@ -57,18 +87,21 @@ impl MessageOutcome {
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry =
-            Registry::new_custom(Some("mailroom".into()), None).expect("a valid metrics prefix");
+        // The namespace goes on each metric rather than on the registry, which would also
+        // rename the process collector's metrics to `mailroom_process_…`.
+        let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let metric =
-                IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+            let opts = Opts::new(name, help).namespace(NAMESPACE);
+            let metric = IntCounterVec::new(opts, labels).expect("a valid counter");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("a unique counter");
             metric
         };
-        let histogram = |name: &str, help: &str, labels: &[&str]| {
-            let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            let opts = HistogramOpts::new(name, help)
+                .namespace(NAMESPACE)
+                .buckets(buckets.to_vec());
             let metric = HistogramVec::new(opts, labels).expect("a valid histogram");
             registry
                 .register(Box::new(metric.clone()))
@@ -85,6 +118,7 @@ impl Metrics {
                 "http_request_duration_seconds",
                 "HTTP request latency by method and route template.",
                 &["method", "route"],
+                API_BUCKETS,
             ),
             grpc_requests: counter(
                 "grpc_requests_total",
@@ -95,6 +129,7 @@ impl Metrics {
                 "grpc_request_duration_seconds",
                 "gRPC request latency by method.",
                 &["method"],
+                API_BUCKETS,
             ),
             nats_messages: counter(
                 "nats_messages_total",
@@ -105,6 +140,7 @@ impl Metrics {
                 "nats_message_duration_seconds",
                 "Time spent handling one NATS message, by subject.",
                 &["subject"],
+                DELIVERY_BUCKETS,
             ),
             smtp_sends: counter(
                 "smtp_sends_total",
@@ -115,6 +151,7 @@ impl Metrics {
                 "smtp_send_duration_seconds",
                 "Duration of one SMTP exchange.",
                 &[],
+                DELIVERY_BUCKETS,
             ),
             cache_requests: counter(
                 "cache_requests_total",
@@ -140,19 +177,36 @@ impl Metrics {
                 prometheus::process_collector::ProcessCollector::for_self(),
             ))
             .expect("a unique process collector");
+        // Series with a known, small label set start at zero, so rates, ratios and alerts
+        // see them before the first event (a failure ratio needs its zero numerator).
         for status in EmailStatus::ALL {
             metrics.emails.with_label_values(&[status.as_str()]);
         }
+        for outcome in AttemptOutcome::ALL {
+            metrics.smtp_sends.with_label_values(&[outcome.as_str()]);
+        }
+        for result in [CacheResult::Hit, CacheResult::Miss, CacheResult::Error] {
+            metrics.cache_requests.with_label_values(&[result.as_str()]);
+        }
+        metrics.smtp_duration.with_label_values(&[] as &[&str]);
         metrics
     }
 
     pub fn cache(&self, result: CacheResult) {
-        let label = match result {
-            CacheResult::Hit => "hit",
-            CacheResult::Miss => "miss",
-            CacheResult::Error => "error",
-        };
-        self.cache_requests.with_label_values(&[label]).inc();
+        self.cache_requests
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// Starts a worker pool's message series at zero, so that the first dead letter on
+    /// a subject already shows as an increase (alerts on `increase()` need a sample
+    /// before it).
+    pub fn worker_started(&self, subject: &str) {
+        for outcome in MessageOutcome::ALL {
+            self.nats_messages
+                .with_label_values(&[subject, outcome.as_str()]);
+        }
+        self.nats_duration.with_label_values(&[subject]);
     }
 
     pub fn email_entered(&self, status: EmailStatus) {

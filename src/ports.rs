@@ -42,6 +42,12 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 3] = [
+        AttemptOutcome::Sent,
+        AttemptOutcome::Transient,
+        AttemptOutcome::Permanent,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Sent => "sent",

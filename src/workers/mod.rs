@@ -97,6 +97,7 @@ impl WorkerPool {
     /// `drain` for the handlers in flight. A handler cut short leaves its message
     /// unacknowledged, so the server delivers it again: nothing is lost.
     pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
+        self.metrics.worker_started(&self.label);
         let slots = Arc::new(Semaphore::new(self.workers));
         let mut in_flight = JoinSet::new();
         let this = Arc::new(self);

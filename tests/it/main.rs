@@ -4,6 +4,7 @@
 mod helpers;
 
 mod admin;
+mod browser;
 mod cli;
 mod create;
 mod delivery;
@@ -12,6 +13,8 @@ mod events;
 mod faults;
 mod health;
 mod jetstream;
+mod monitoring;
+mod nginx;
 mod read;
 mod resilience;
 mod security;

@@ -4,6 +4,8 @@
 
 pub mod otlp;
 pub mod smtp;
+pub mod tls;
+pub mod tools;
 
 use std::{
     sync::OnceLock,
@@ -32,6 +34,16 @@ pub fn admin_database_url() -> String {
 
 /// The API key the `test` profile accepts; `TestApp::client` sends it.
 pub const TEST_API_KEY: &str = "test-key";
+
+/// Headers that carry [`TEST_API_KEY`], for clients built by hand.
+pub fn api_key_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TEST_API_KEY}").parse().unwrap(),
+    );
+    headers
+}
 
 /// maildev's web API (the SMTP sink at 127.0.0.1:1025).
 pub const MAILDEV_API: &str = "http://127.0.0.1:8025";
@@ -265,14 +277,7 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
         metrics_address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .default_headers(
-                [(
-                    reqwest::header::AUTHORIZATION,
-                    format!("Bearer {TEST_API_KEY}").parse().unwrap(),
-                )]
-                .into_iter()
-                .collect(),
-            )
+            .default_headers(api_key_headers())
             .build()
             .unwrap(),
         settings,
@@ -501,6 +506,14 @@ where
         assert!(Instant::now() < deadline, "not within {within:?}: {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The value of one series (`name{labels}` exactly as rendered) in Prometheus' text format.
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
 }
 
 /// A port nothing listens on.
