@@ -8,11 +8,12 @@ CARGO ?= cargo
 MAILROOM_ENV ?= local
 export MAILROOM_ENV
 
-.PHONY: run test deps deps-stop build migrate_up migrate_down migrate_status swagger lint fmt clean-test-data
+.PHONY: run test deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt clean-test-data
 
 ## run: dependencies up, database created and migrated, service in the foreground
 run: deps
 	$(CARGO) build --release --bin mailroom
+	$(CARGO_TARGET_DIR)/release/mailroom certs
 	$(CARGO_TARGET_DIR)/release/mailroom migrate up
 	$(CARGO_TARGET_DIR)/release/mailroom serve
 
@@ -30,6 +31,10 @@ deps-stop:
 
 build:
 	$(CARGO) build --release --bin mailroom
+
+## cert: development CA and gRPC server certificate in certs/ (kept if present; FORCE=1 replaces them)
+cert:
+	$(CARGO) run --quiet --bin mailroom -- certs $(if $(FORCE),--force)
 
 migrate_up: deps
 	$(CARGO) run --quiet --bin mailroom -- migrate up

@@ -1,5 +1,5 @@
 //! The command line: `mailroom [serve]`, `mailroom migrate up|down|status`,
-//! `mailroom openapi`.
+//! `mailroom openapi`, `mailroom certs`.
 
 use std::path::PathBuf;
 
@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     adapters::postgres,
+    certs,
     config::{Settings, Sources},
     rest,
     startup::Application,
@@ -43,6 +44,21 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Write a development CA and a gRPC server certificate signed by it (for localhost
+    /// and 127.0.0.1) as ca.crt, ca.key, server.crt and server.key. A complete set already
+    /// there is kept unless --force is given.
+    Certs {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// Another name the server certificate covers (a DNS name or an IP address);
+        /// repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        extra_names: Vec<String>,
+        /// Replace an existing set (clients must then trust the new ca.crt).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,9 +77,17 @@ pub enum MigrateAction {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
-        if let Some(Command::Openapi) = self.command {
-            print!("{}", rest::openapi_json());
-            return Ok(());
+        match self.command {
+            Some(Command::Openapi) => {
+                print!("{}", rest::openapi_json());
+                return Ok(());
+            }
+            Some(Command::Certs {
+                dir,
+                extra_names,
+                force,
+            }) => return write_certs(&dir, &extra_names, force),
+            _ => {}
         }
         let settings = Settings::load(&Sources {
             profile: self.profile.clone(),
@@ -74,9 +98,30 @@ impl Cli {
         match self.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate { action } => migrate(settings, action).await,
-            Command::Openapi => unreachable!("handled before loading settings"),
+            Command::Openapi | Command::Certs { .. } => {
+                unreachable!("handled before loading settings")
+            }
         }
     }
+}
+
+fn write_certs(dir: &std::path::Path, extra_names: &[String], force: bool) -> anyhow::Result<()> {
+    let (outcome, paths) = certs::write_dev_certificates(dir, extra_names, force)?;
+    match outcome {
+        certs::Outcome::Written => println!(
+            "wrote {}, {}, {} and {}; clients trust {}",
+            paths.ca_cert.display(),
+            paths.ca_key.display(),
+            paths.server_cert.display(),
+            paths.server_key.display(),
+            paths.ca_cert.display()
+        ),
+        certs::Outcome::Kept => println!(
+            "kept the certificates in {} (--force replaces them)",
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
     config::Settings,
+    grpc::{self, AllowAll, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
     usecase::{DeliveryPolicy, Mailroom, Ports},
@@ -26,16 +27,18 @@ pub struct Application {
     metrics: Metrics,
     jetstream: JetStream,
     http: TcpListener,
+    grpc: GrpcServer,
     metrics_listener: TcpListener,
     pools: Vec<WorkerPool>,
 }
 
 impl Application {
-    /// Connects to PostgreSQL (creating and migrating the database when configured),
-    /// Redis (lazily), NATS (creating the stream and the durable consumers) and binds the
-    /// listeners.
+    /// Reads the gRPC TLS material, connects to PostgreSQL (creating and migrating the
+    /// database when configured), Redis (lazily), NATS (creating the stream and the
+    /// durable consumers) and binds the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let patience = settings.startup.wait_for_dependencies;
+        let grpc_tls = grpc::load_tls(&settings.grpc)?;
         let pool = postgres::pool(&settings.database)?;
         if settings.database.migrate_on_start {
             retry_for(patience, "PostgreSQL", || {
@@ -114,6 +117,16 @@ impl Application {
         ];
 
         let http = bind(settings.http.addr, "http.addr").await?;
+        let grpc = GrpcServer::new(
+            bind(settings.grpc.addr, "grpc.addr").await?,
+            &settings.grpc,
+            grpc_tls,
+            mailroom.clone(),
+            metrics.clone(),
+            // The authorization hook point: every gRPC call is let through until API keys
+            // arrive.
+            Arc::new(AllowAll),
+        )?;
         let metrics_listener = bind(settings.metrics.addr, "metrics.addr").await?;
         Ok(Application {
             settings,
@@ -121,6 +134,7 @@ impl Application {
             metrics,
             jetstream,
             http,
+            grpc,
             metrics_listener,
             pools,
         })
@@ -130,6 +144,10 @@ impl Application {
         self.http
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr()
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -154,6 +172,7 @@ impl Application {
             metrics,
             jetstream: _,
             http,
+            grpc,
             metrics_listener,
             pools,
         } = self;
@@ -169,6 +188,9 @@ impl Application {
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");
         tasks.spawn(serve(http, app, shutdown.clone(), "REST API"));
+
+        tracing::info!(addr = %grpc.local_addr(), "gRPC API listening (TLS)");
+        tasks.spawn(grpc.run(shutdown.clone()));
 
         let metrics_app = Router::new().route(
             "/metrics",

@@ -8,6 +8,7 @@ mod create;
 mod delivery;
 mod docs;
 mod events;
+mod grpc;
 mod health;
 mod read;
 mod resilience;

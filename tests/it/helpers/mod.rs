@@ -5,14 +5,17 @@
 pub mod smtp;
 
 use std::{
-    sync::Once,
+    path::PathBuf,
+    sync::{Arc, Once},
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use mailroom::{
+    certs::{self, CertificatePaths},
     config::{Settings, Sources},
+    grpc::pb::email_service_client::EmailServiceClient,
     startup::Application,
     usecase::Mailroom,
 };
@@ -20,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use uuid::Uuid;
 
 /// Where the tests find PostgreSQL; each test gets a database of its own on it.
@@ -123,8 +127,42 @@ impl Isolation {
     }
 }
 
+/// A development CA and server certificate in a temporary directory of their own,
+/// removed when the last application using them is dropped.
+#[derive(Debug)]
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub paths: CertificatePaths,
+    pub ca_pem: String,
+}
+
+impl TestCerts {
+    pub fn generate() -> Self {
+        let dir = std::env::temp_dir().join(format!("mailroom-test-certs-{}", Uuid::new_v4()));
+        let (_, paths) = certs::write_dev_certificates(&dir, &[], true)
+            .expect("writing development certificates");
+        let ca_pem = std::fs::read_to_string(&paths.ca_cert).unwrap();
+        TestCerts { dir, paths, ca_pem }
+    }
+
+    /// Points the gRPC listener at these certificates.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.grpc.tls_cert = self.paths.server_cert.clone();
+        settings.grpc.tls_key = self.paths.server_key.clone();
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct TestApp {
     pub address: String,
+    /// `https://127.0.0.1:PORT`, TLS with a certificate signed by `certs.ca_pem`.
+    pub grpc_address: String,
+    pub certs: Arc<TestCerts>,
     pub metrics_address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
@@ -146,10 +184,12 @@ pub async fn spawn_app() -> TestApp {
 /// Starts an application with the test settings, changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let isolation = Isolation::new();
+    let certs = Arc::new(TestCerts::generate());
     let mut settings = test_settings();
     isolation.apply(&mut settings);
+    certs.apply(&mut settings);
     configure(&mut settings);
-    start(settings, isolation, true).await
+    start(settings, isolation, certs, true).await
 }
 
 /// Starts a second instance on the same database, stream and keys as `other`.
@@ -159,15 +199,27 @@ pub async fn spawn_sibling(other: &TestApp, configure: impl FnOnce(&mut Settings
     settings.metrics.addr = "127.0.0.1:0".parse().unwrap();
     settings.grpc.addr = "127.0.0.1:0".parse().unwrap();
     configure(&mut settings);
-    start(settings, other.isolation.clone(), false).await
+    start(
+        settings,
+        other.isolation.clone(),
+        other.certs.clone(),
+        false,
+    )
+    .await
 }
 
-async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -> TestApp {
+async fn start(
+    settings: Settings,
+    isolation: Isolation,
+    certs: Arc<TestCerts>,
+    owns_resources: bool,
+) -> TestApp {
     init_tracing();
     let app = Application::build(settings.clone())
         .await
         .expect("the application builds");
     let address = format!("http://{}", app.http_addr());
+    let grpc_address = format!("https://{}", app.grpc_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
     let mailroom = app.mailroom().clone();
     let nats = app.jetstream().client.clone();
@@ -179,6 +231,8 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
         .expect("the test database");
     TestApp {
         address,
+        grpc_address,
+        certs,
         metrics_address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -199,6 +253,16 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// A TLS channel to the gRPC listener that trusts the test CA (and nothing else).
+    pub async fn grpc_channel(&self) -> Channel {
+        grpc_channel(&self.grpc_address, &self.certs.ca_pem).await
+    }
+
+    /// A client generated from `proto/email.proto`.
+    pub async fn grpc_client(&self) -> EmailServiceClient<Channel> {
+        EmailServiceClient::new(self.grpc_channel().await)
     }
 
     pub fn subject(&self, name: &str) -> String {
@@ -349,6 +413,17 @@ impl Drop for TestApp {
         }
         self.isolation.clean_up(&self.settings);
     }
+}
+
+/// A TLS channel to `address` (`https://…`) trusting only the CA in `ca_pem`.
+pub async fn grpc_channel(address: &str, ca_pem: &str) -> Channel {
+    Channel::from_shared(address.to_owned())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the gRPC listener over TLS")
 }
 
 /// A unique recipient address, so a test finds its own mail in the shared SMTP sink.
