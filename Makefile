@@ -10,12 +10,13 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test deps deps-stop build migrate_up migrate_down migrate_status swagger lint fmt clean-test-data \
+.PHONY: run test deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
 	local local-down develop develop-down
 
 ## run: dependencies up, database created and migrated, service in the foreground
 run: deps
 	$(CARGO) build --release --bin mailroom
+	$(CARGO_TARGET_DIR)/release/mailroom certs
 	$(CARGO_TARGET_DIR)/release/mailroom migrate up
 	$(CARGO_TARGET_DIR)/release/mailroom serve
 
@@ -33,6 +34,10 @@ deps-stop:
 
 build:
 	$(CARGO) build --release --bin mailroom
+
+## cert: development CA and gRPC server certificate in certs/ (kept if present; FORCE=1 replaces them)
+cert:
+	$(CARGO) run --quiet --bin mailroom -- certs $(if $(FORCE),--force)
 
 migrate_up: deps
 	$(CARGO) run --quiet --bin mailroom -- migrate up
@@ -73,5 +78,4 @@ develop-down:
 
 # nginx serves TLS with the dev certificate; the containers mount certs/.
 certs/server.crt:
-	@echo "certs/server.crt is missing: create the dev certificates first (make cert)" >&2
-	@exit 1
+	$(CARGO) run --quiet --bin mailroom -- certs

@@ -1,5 +1,5 @@
 //! The command line: `mailroom [serve]`, `mailroom migrate up|down|status`,
-//! `mailroom openapi`, `mailroom events tail`, `mailroom dlq list|redrive`.
+//! `mailroom openapi`, `mailroom certs`, `mailroom events tail`, `mailroom dlq list|redrive`.
 
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     adapters::{jetstream::JetStream, postgres},
-    commands,
+    auth, certs, commands,
     config::{Settings, Sources},
     rest,
     startup::{Application, Core},
@@ -44,6 +44,26 @@ pub enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
+    /// Write a development CA and a gRPC server certificate signed by it (for localhost
+    /// and 127.0.0.1) as ca.crt, ca.key, server.crt and server.key. A complete set already
+    /// there is kept unless --force is given.
+    Certs {
+        /// Where to write them.
+        #[arg(long, value_name = "DIR", default_value = "certs")]
+        dir: PathBuf,
+        /// Another name the server certificate covers (a DNS name or an IP address);
+        /// repeatable.
+        #[arg(long = "san", value_name = "NAME")]
+        extra_names: Vec<String>,
+        /// Replace an existing set (clients must then trust the new ca.crt).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make or hash API keys for auth.api_keys.
+    ApiKey {
+        #[command(subcommand)]
+        action: ApiKeyAction,
+    },
     /// Read the event stream.
     Events {
         #[command(subcommand)]
@@ -53,6 +73,21 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApiKeyAction {
+    /// Print a new random key and its auth.api_keys entry.
+    New {
+        /// The key's name, shown in logs and metrics.
+        #[arg(long, default_value = "default")]
+        name: String,
+    },
+    /// Print the auth.api_keys entry of a key read from standard input.
+    Hash {
+        #[arg(long, default_value = "default")]
+        name: String,
     },
 }
 
@@ -110,9 +145,18 @@ pub enum MigrateAction {
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<()> {
-        if let Some(Command::Openapi) = self.command {
-            print!("{}", rest::openapi_json());
-            return Ok(());
+        match self.command {
+            Some(Command::Openapi) => {
+                print!("{}", rest::openapi_json());
+                return Ok(());
+            }
+            Some(Command::Certs {
+                dir,
+                extra_names,
+                force,
+            }) => return write_certs(&dir, &extra_names, force),
+            Some(Command::ApiKey { action }) => return api_key(action),
+            _ => {}
         }
         let settings = Settings::load(&Sources {
             profile: self.profile.clone(),
@@ -124,7 +168,9 @@ impl Cli {
         let outcome = match self.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate { action } => migrate(settings, action).await,
-            Command::Openapi => unreachable!("handled before loading settings"),
+            Command::Openapi | Command::Certs { .. } | Command::ApiKey { .. } => {
+                unreachable!("handled before loading settings")
+            }
             Command::Events { action } => events(settings, action).await,
             Command::Dlq { action } => dlq(settings, action).await,
         };
@@ -132,6 +178,46 @@ impl Cli {
         telemetry.shutdown(flush_within).await;
         outcome
     }
+}
+
+fn api_key(action: ApiKeyAction) -> anyhow::Result<()> {
+    match action {
+        ApiKeyAction::New { name } => {
+            let key = auth::generate_key();
+            println!("key:   {key}");
+            println!("entry: {name}:{}", auth::hash_key(&key));
+            eprintln!("Give the key to the caller; put only the entry in auth.api_keys.");
+        }
+        ApiKeyAction::Hash { name } => {
+            let mut key = String::new();
+            std::io::stdin()
+                .read_line(&mut key)
+                .context("reading the key from stdin")?;
+            let key = key.trim_end_matches(['\r', '\n']);
+            anyhow::ensure!(!key.is_empty(), "no key on standard input");
+            println!("{name}:{}", auth::hash_key(key));
+        }
+    }
+    Ok(())
+}
+
+fn write_certs(dir: &std::path::Path, extra_names: &[String], force: bool) -> anyhow::Result<()> {
+    let (outcome, paths) = certs::write_dev_certificates(dir, extra_names, force)?;
+    match outcome {
+        certs::Outcome::Written => println!(
+            "wrote {}, {}, {} and {}; clients trust {}",
+            paths.ca_cert.display(),
+            paths.ca_key.display(),
+            paths.server_cert.display(),
+            paths.server_key.display(),
+            paths.ca_cert.display()
+        ),
+        certs::Outcome::Kept => println!(
+            "kept the certificates in {} (--force replaces them)",
+            dir.display()
+        ),
+    }
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

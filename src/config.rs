@@ -58,6 +58,36 @@ pub struct HttpSettings {
 #[serde(deny_unknown_fields)]
 pub struct GrpcSettings {
     pub addr: SocketAddr,
+    /// PEM certificate chain served to clients.
+    pub tls_cert: PathBuf,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// HTTP/2 PING interval on each connection.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// A connection without a call in flight for this long is closed; `None`: never.
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_idle: Option<Duration>,
+    /// A connection is asked to go away (GOAWAY) after this long; `None`: never.
+    #[serde(default, with = "humantime_serde")]
+    pub max_connection_age: Option<Duration>,
+    /// Calls still running `max_connection_age_grace` after the GOAWAY are cut off.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// How often readiness is re-checked for `grpc.health.v1.Health`.
+    #[serde(with = "humantime_serde")]
+    pub health_interval: Duration,
+    /// Serve `grpc.reflection.v1` and `v1alpha`.
+    pub reflection: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -393,6 +423,23 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
         }
+        if self.grpc.max_message_bytes == 0 {
+            bail!("grpc.max_message_bytes must be at least 1");
+        }
+        for (name, value) in [
+            ("grpc.request_timeout", self.grpc.request_timeout),
+            ("grpc.health_interval", self.grpc.health_interval),
+            ("grpc.keepalive_interval", self.grpc.keepalive_interval),
+            ("grpc.keepalive_timeout", self.grpc.keepalive_timeout),
+            (
+                "grpc.tls_handshake_timeout",
+                self.grpc.tls_handshake_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                bail!("{name} must be longer than 0s");
+            }
+        }
         if self.profile == "production" {
             if self.auth.api_keys.is_empty() {
                 bail!("production refuses to start without auth.api_keys");
@@ -558,6 +605,42 @@ mod tests {
         assert_eq!(settings.smtp.port, 1025);
         assert_eq!(settings.redis.ttl, Duration::from_secs(3600));
         assert_eq!(settings.nats.subjects.create, "mail:create");
+    }
+
+    #[test]
+    fn grpc_defaults_use_the_development_certificates_and_the_documented_limits() {
+        let grpc = built_in("local").grpc;
+        assert_eq!(grpc.tls_cert, PathBuf::from("certs/server.crt"));
+        assert_eq!(grpc.tls_key, PathBuf::from("certs/server.key"));
+        assert_eq!(grpc.max_connection_idle, Some(Duration::from_secs(300)));
+        assert_eq!(grpc.max_connection_age, Some(Duration::from_secs(1800)));
+        assert_eq!(grpc.max_message_bytes, 4 * 1024 * 1024);
+        assert!(grpc.reflection);
+    }
+
+    #[test]
+    fn grpc_limits_of_null_mean_none_and_a_zero_timeout_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |yaml: &str| {
+            let file = dir.join("grpc.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            Settings::load(&Sources {
+                profile: Some("local".into()),
+                config_dir: Some(PathBuf::from("/nonexistent")),
+                file: Some(file),
+            })
+        };
+        let settings =
+            load("grpc:\n  max_connection_idle: null\n  max_connection_age: null\n").unwrap();
+        assert_eq!(settings.grpc.max_connection_idle, None);
+        assert_eq!(settings.grpc.max_connection_age, None);
+        let err = load("grpc:\n  request_timeout: 0s\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("grpc.request_timeout"),
+            "{err:#}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -2,18 +2,20 @@
 //! use-case layer that stores emails in PostgreSQL, caches them in Redis and delivers
 //! them over SMTP with retries and dead letters.
 //!
-//! Layers, from the outside in: delivery adapters ([`rest`], [`workers`]) call the use
-//! cases ([`usecase`]), which reach the world through small traits ([`ports`])
+//! Layers, from the outside in: delivery adapters ([`rest`], [`grpc`], [`workers`]) call
+//! the use cases ([`usecase`]), which reach the world through small traits ([`ports`])
 //! implemented by [`adapters`]. [`domain`] holds the types all of them share.
 #![forbid(unsafe_code)]
 
 pub mod adapters;
 pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod grpc;
 pub mod metrics;
 pub mod ports;
 pub mod rest;

@@ -15,6 +15,7 @@ use crate::{
     adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
     auth::Gate,
     config::Settings,
+    grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
     usecase::{DeliveryPolicy, Mailroom, Ports},
@@ -28,6 +29,7 @@ pub struct Application {
     gate: Arc<Gate>,
     jetstream: JetStream,
     http: TcpListener,
+    grpc: GrpcServer,
     metrics_listener: TcpListener,
     pools: Vec<WorkerPool>,
 }
@@ -89,6 +91,8 @@ impl Application {
     /// Connects everything ([`Core::connect`]), creates the durable consumers and binds
     /// the listeners.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        // First, so a missing certificate stops the start before anything connects.
+        let grpc_tls = grpc::load_tls(&settings.grpc)?;
         let Core {
             mailroom,
             jetstream,
@@ -144,6 +148,14 @@ impl Application {
 
         let gate = Arc::new(Gate::new(&settings.auth, metrics.clone())?);
         let http = bind(settings.http.addr, "http.addr").await?;
+        let grpc = GrpcServer::new(
+            bind(settings.grpc.addr, "grpc.addr").await?,
+            &settings.grpc,
+            grpc_tls,
+            mailroom.clone(),
+            metrics.clone(),
+            Arc::new(ApiKeyAuth::new(gate.clone())),
+        )?;
         let metrics_listener = bind(settings.metrics.addr, "metrics.addr").await?;
         Ok(Application {
             settings,
@@ -152,6 +164,7 @@ impl Application {
             gate,
             jetstream,
             http,
+            grpc,
             metrics_listener,
             pools,
         })
@@ -161,6 +174,10 @@ impl Application {
         self.http
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr()
     }
 
     pub fn metrics_addr(&self) -> SocketAddr {
@@ -186,6 +203,7 @@ impl Application {
             gate,
             jetstream: _,
             http,
+            grpc,
             metrics_listener,
             pools,
         } = self;
@@ -202,6 +220,9 @@ impl Application {
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");
         tasks.spawn(serve(http, app, shutdown.clone(), "REST API"));
+
+        tracing::info!(addr = %grpc.local_addr(), "gRPC API listening (TLS)");
+        tasks.spawn(grpc.run(shutdown.clone()));
 
         let metrics_app = Router::new().route(
             "/metrics",

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{Cleanup, Isolation, closed_port, eventually};
+use crate::helpers::{Cleanup, Isolation, TestCerts, closed_port, eventually};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mailroom");
 
@@ -119,10 +119,13 @@ fn a_misspelt_setting_stops_the_start_with_its_name() {
 async fn the_service_serves_until_sigterm_then_exits_cleanly() {
     let isolation = Isolation::new();
     let _cleanup = Cleanup(isolation.clone());
+    let certs = TestCerts::generate();
     let (http, grpc, metrics) = (closed_port(), closed_port(), closed_port());
     let mut child = mailroom(&isolation)
         .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))
         .env("MAILROOM__GRPC__ADDR", format!("127.0.0.1:{grpc}"))
+        .env("MAILROOM__GRPC__TLS_CERT", &certs.paths.server_cert)
+        .env("MAILROOM__GRPC__TLS_KEY", &certs.paths.server_key)
         .env("MAILROOM__METRICS__ADDR", format!("127.0.0.1:{metrics}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -166,4 +169,93 @@ async fn the_service_serves_until_sigterm_then_exits_cleanly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(exit.success(), "exit status {exit:?}");
+}
+
+#[test]
+fn the_certs_command_writes_a_ca_and_a_server_certificate_and_keeps_them() {
+    let dir = std::env::temp_dir().join(format!("mailroom-cli-certs-{}", uuid::Uuid::new_v4()));
+    let (ok, out, err) = run(Command::new(BINARY)
+        .args(["certs", "--dir"])
+        .arg(&dir)
+        .args(["--san", "mailroom.internal"]));
+    assert!(ok, "{out}{err}");
+    for file in ["ca.crt", "ca.key", "server.crt", "server.key"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert!(text.starts_with("-----BEGIN "), "{file}: {text}");
+    }
+    let ca = std::fs::read_to_string(dir.join("ca.crt")).unwrap();
+
+    let (ok, out, _) = run(Command::new(BINARY).args(["certs", "--dir"]).arg(&dir));
+    assert!(ok && out.contains("kept"), "{out}");
+    assert_eq!(std::fs::read_to_string(dir.join("ca.crt")).unwrap(), ca);
+
+    let (ok, out, _) = run(Command::new(BINARY)
+        .args(["certs", "--force", "--dir"])
+        .arg(&dir));
+    assert!(ok && out.contains("wrote"), "{out}");
+    assert_ne!(std::fs::read_to_string(dir.join("ca.crt")).unwrap(), ca);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn serve_without_the_tls_files_stops_with_a_hint() {
+    let dir = std::env::temp_dir().join(format!("mailroom-cli-nocerts-{}", uuid::Uuid::new_v4()));
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let (ok, out, err) = run(mailroom(&isolation)
+        .env("MAILROOM__HTTP__ADDR", "127.0.0.1:0")
+        .env("MAILROOM__GRPC__ADDR", "127.0.0.1:0")
+        .env("MAILROOM__METRICS__ADDR", "127.0.0.1:0")
+        .env("MAILROOM__GRPC__TLS_CERT", dir.join("server.crt"))
+        .env("MAILROOM__GRPC__TLS_KEY", dir.join("server.key"))
+        .arg("serve"));
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("grpc.tls_cert") && err.contains("mailroom certs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn api_key_new_prints_a_key_whose_entry_the_service_accepts() {
+    let output = Command::new(BINARY)
+        .args(["api-key", "new", "--name", "billing"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key:   "))
+        .unwrap();
+    let entry = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("entry: "))
+        .unwrap();
+    assert_eq!(entry, format!("billing:{}", mailroom::auth::hash_key(key)));
+    let keys = mailroom::auth::ApiKeys::parse(&[entry.to_owned()]).unwrap();
+    assert_eq!(keys.authenticate(key), Some("billing"));
+}
+
+#[test]
+fn api_key_hash_reads_the_key_from_stdin() {
+    use std::io::Write;
+    let mut child = Command::new(BINARY)
+        .args(["api-key", "hash", "--name", "ops"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"local-dev-key\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap().trim(),
+        format!("ops:{}", mailroom::auth::hash_key("local-dev-key"))
+    );
 }

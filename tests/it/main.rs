@@ -11,6 +11,7 @@ mod delivery;
 mod docs;
 mod events;
 mod faults;
+mod grpc;
 mod health;
 mod jetstream;
 mod monitoring;

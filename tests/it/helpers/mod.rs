@@ -8,14 +8,17 @@ pub mod tls;
 pub mod tools;
 
 use std::{
-    sync::OnceLock,
+    path::PathBuf,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use mailroom::{
+    certs::{self, CertificatePaths},
     config::{Settings, Sources},
+    grpc::pb::email_service_client::EmailServiceClient,
     startup::Application,
     telemetry::TelemetryGuard,
     usecase::Mailroom,
@@ -24,6 +27,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use uuid::Uuid;
 
 /// Where the tests find PostgreSQL; each test gets a database of its own on it.
@@ -191,6 +195,8 @@ impl Isolation {
             )
             .env("MAILROOM__NATS__PREFIX", &settings.nats.prefix)
             .env("MAILROOM__REDIS__KEY_PREFIX", &settings.redis.key_prefix)
+            .env("MAILROOM__GRPC__TLS_CERT", &process_certs().server_cert)
+            .env("MAILROOM__GRPC__TLS_KEY", &process_certs().server_key)
             .env("RUST_LOG", "warn");
         command
     }
@@ -215,8 +221,55 @@ impl Drop for Cleanup {
     }
 }
 
+/// A development CA and server certificate in a temporary directory of their own,
+/// removed when the last application using them is dropped.
+#[derive(Debug)]
+pub struct TestCerts {
+    pub dir: PathBuf,
+    pub paths: CertificatePaths,
+    pub ca_pem: String,
+}
+
+impl TestCerts {
+    pub fn generate() -> Self {
+        let dir = std::env::temp_dir().join(format!("mailroom-test-certs-{}", Uuid::new_v4()));
+        let (_, paths) = certs::write_dev_certificates(&dir, &[], true)
+            .expect("writing development certificates");
+        let ca_pem = std::fs::read_to_string(&paths.ca_cert).unwrap();
+        TestCerts { dir, paths, ca_pem }
+    }
+
+    /// Points the gRPC listener at these certificates.
+    pub fn apply(&self, settings: &mut Settings) {
+        settings.grpc.tls_cert = self.paths.server_cert.clone();
+        settings.grpc.tls_key = self.paths.server_key.clone();
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Certificates for the `mailroom` processes tests start, made once per test process in
+/// cargo's scratch directory for integration tests.
+pub fn process_certs() -> &'static CertificatePaths {
+    static CERTS: OnceLock<CertificatePaths> = OnceLock::new();
+    CERTS.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("certs-{}", std::process::id()));
+        certs::write_dev_certificates(&dir, &[], true)
+            .expect("writing development certificates")
+            .1
+    })
+}
+
 pub struct TestApp {
     pub address: String,
+    /// `https://127.0.0.1:PORT`, TLS with a certificate signed by `certs.ca_pem`.
+    pub grpc_address: String,
+    pub certs: Arc<TestCerts>,
     pub metrics_address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
@@ -243,8 +296,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 /// Starts an application in a given isolation (whose stream may already hold events);
 /// the application cleans it up when dropped.
 pub async fn spawn_app_in(isolation: Isolation, configure: impl FnOnce(&mut Settings)) -> TestApp {
-    let settings = isolation.settings(configure);
-    start(settings, isolation, true).await
+    let certs = Arc::new(TestCerts::generate());
+    let settings = isolation.settings(|settings| {
+        certs.apply(settings);
+        configure(settings);
+    });
+    start(settings, isolation, certs, true).await
 }
 
 /// Starts a second instance on the same database, stream and keys as `other`.
@@ -254,15 +311,27 @@ pub async fn spawn_sibling(other: &TestApp, configure: impl FnOnce(&mut Settings
     settings.metrics.addr = "127.0.0.1:0".parse().unwrap();
     settings.grpc.addr = "127.0.0.1:0".parse().unwrap();
     configure(&mut settings);
-    start(settings, other.isolation.clone(), false).await
+    start(
+        settings,
+        other.isolation.clone(),
+        other.certs.clone(),
+        false,
+    )
+    .await
 }
 
-async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -> TestApp {
+async fn start(
+    settings: Settings,
+    isolation: Isolation,
+    certs: Arc<TestCerts>,
+    owns_resources: bool,
+) -> TestApp {
     telemetry();
     let app = Application::build(settings.clone())
         .await
         .expect("the application builds");
     let address = format!("http://{}", app.http_addr());
+    let grpc_address = format!("https://{}", app.grpc_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
     let mailroom = app.mailroom().clone();
     let nats = app.jetstream().client.clone();
@@ -274,6 +343,8 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
         .expect("the test database");
     TestApp {
         address,
+        grpc_address,
+        certs,
         metrics_address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -295,6 +366,16 @@ async fn start(settings: Settings, isolation: Isolation, owns_resources: bool) -
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// A TLS channel to the gRPC listener that trusts the test CA (and nothing else).
+    pub async fn grpc_channel(&self) -> Channel {
+        grpc_channel(&self.grpc_address, &self.certs.ca_pem).await
+    }
+
+    /// A client generated from `proto/email.proto`, sending [`TEST_API_KEY`].
+    pub async fn grpc_client(&self) -> EmailServiceClient<KeyedChannel> {
+        EmailServiceClient::with_interceptor(self.grpc_channel().await, with_test_key as AddKey)
     }
 
     pub fn subject(&self, name: &str) -> String {
@@ -445,6 +526,31 @@ impl Drop for TestApp {
         }
         self.isolation.clean_up(&self.settings);
     }
+}
+
+/// A TLS channel to `address` (`https://…`) trusting only the CA in `ca_pem`.
+/// Adds the `authorization` metadata a gRPC call needs.
+pub type AddKey = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
+/// A channel whose calls carry [`TEST_API_KEY`].
+pub type KeyedChannel = tonic::service::interceptor::InterceptedService<Channel, AddKey>;
+
+/// Puts [`TEST_API_KEY`] in a call's metadata (a client interceptor).
+pub fn with_test_key(mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {TEST_API_KEY}").parse().unwrap(),
+    );
+    Ok(request)
+}
+
+pub async fn grpc_channel(address: &str, ca_pem: &str) -> Channel {
+    Channel::from_shared(address.to_owned())
+        .unwrap()
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connecting to the gRPC listener over TLS")
 }
 
 /// A unique recipient address, so a test finds its own mail in the shared SMTP sink.

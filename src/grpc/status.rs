@@ -1,0 +1,147 @@
+//! [`crate::Error`] as a gRPC status, mapped exhaustively like `rest::problem` maps it to
+//! HTTP: a new variant forces a decision here too. Validation errors carry a
+//! `google.rpc.BadRequest` naming the proto fields; UNAVAILABLE and INTERNAL say nothing
+//! about their cause, which is logged here, once.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::{
+    domain::{Violation, Violations},
+    error::Error,
+};
+
+/// The error domain in `google.rpc.ErrorInfo` details.
+const DOMAIN: &str = "mailroom";
+
+/// How long a client should wait before retrying after UNAVAILABLE.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::Validation(violations) => invalid_argument(&violations),
+            Error::NotFound(id) => {
+                let mut details = ErrorDetails::new();
+                details.set_resource_info("emailService.Email", id.to_string(), "", "");
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("no email has the id {id}"),
+                    details,
+                )
+            }
+            Error::IdempotencyConflict { key, existing } => {
+                let details = ErrorDetails::with_error_info(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    DOMAIN,
+                    [("existingEmailID".to_owned(), existing.to_string())],
+                );
+                Status::with_error_details(
+                    Code::AlreadyExists,
+                    format!(
+                        "the idempotency key {key:?} was already used for email {existing} with different content"
+                    ),
+                    details,
+                )
+            }
+            Error::Unavailable { dependency, source } => {
+                tracing::error!(%dependency, error = format!("{source:#}"), "answering UNAVAILABLE: a dependency is down");
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "a dependency is temporarily unavailable; try again shortly",
+                    ErrorDetails::with_retry_info(Some(RETRY_AFTER)),
+                )
+            }
+            Error::Internal(source) => {
+                tracing::error!(error = format!("{source:#}"), "answering INTERNAL");
+                Status::internal("the request could not be completed")
+            }
+        }
+    }
+}
+
+/// INVALID_ARGUMENT with one field violation per problem, fields named as in the proto.
+pub fn invalid_argument(violations: &Violations) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field.proto_name(), v.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let field_violations: Vec<FieldViolation> = violations.iter().map(field_violation).collect();
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request(field_violations),
+    )
+}
+
+fn field_violation(violation: &Violation) -> FieldViolation {
+    FieldViolation {
+        field: violation.field.proto_name().to_owned(),
+        description: violation.message.to_string(),
+        // google.rpc wants SCREAMING_SNAKE_CASE reasons: `address` becomes `ADDRESS`.
+        reason: violation.code.to_ascii_uppercase(),
+        localized_message: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::domain::{EmailId, Field};
+
+    use super::*;
+
+    #[test]
+    fn validation_errors_name_the_proto_fields() {
+        let violations = Violations::check(vec![
+            Violation::new(Field::To, "address", "is not an email address"),
+            Violation::new(Field::EmailId, "uuid", "must be a UUID"),
+        ])
+        .unwrap_err();
+        let status = Status::from(Error::Validation(violations));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("To: is not an email address"));
+        let bad_request = status.get_details_bad_request().unwrap();
+        let fields: Vec<_> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| (v.field.as_str(), v.reason.as_str()))
+            .collect();
+        assert_eq!(fields, vec![("To", "ADDRESS"), ("EmailID", "UUID")]);
+    }
+
+    #[test]
+    fn causes_of_server_errors_stay_private() {
+        let status = Status::from(Error::Internal(anyhow::anyhow!(
+            "connection to 10.0.0.7:5432 refused"
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("5432"));
+
+        let status = Status::from(Error::unavailable(
+            crate::error::Dependency::Postgres,
+            anyhow::anyhow!("password authentication failed for user postgres"),
+        ));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(!status.message().contains("postgres"));
+        assert_eq!(
+            status.get_details_retry_info().unwrap().retry_delay,
+            Some(RETRY_AFTER)
+        );
+    }
+
+    #[test]
+    fn an_idempotency_conflict_names_the_existing_email() {
+        let existing = EmailId::generate();
+        let status = Status::from(Error::IdempotencyConflict {
+            key: "k1".into(),
+            existing,
+        });
+        assert_eq!(status.code(), Code::AlreadyExists);
+        let info = status.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "IDEMPOTENCY_KEY_REUSED");
+        assert_eq!(info.metadata["existingEmailID"], existing.to_string());
+    }
+}
