@@ -50,8 +50,6 @@ pub struct HttpSettings {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
-    #[serde(with = "humantime_serde")]
-    pub shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -228,7 +228,12 @@ impl Application {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move { metrics.render() }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+                        metrics.render(),
+                    )
+                }
             }),
         );
         tracing::info!(addr = %metrics_listener.local_addr()?, "metrics listening");

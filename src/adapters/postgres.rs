@@ -147,8 +147,12 @@ fn db_error(err: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources; 57P0x: shutdown.
-            code.starts_with("08") || code.starts_with("53") || code.starts_with("57P")
+            // 08: connection exception; 53: insufficient resources; 57P0x: shutdown;
+            // 3D000: the database is gone (dropped, or not created yet).
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "3D000"
         }),
         _ => false,
     };

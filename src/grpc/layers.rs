@@ -71,7 +71,8 @@ impl KnownMethods {
 }
 
 /// The span of one call. Its name follows OpenTelemetry's RPC conventions through
-/// `otel.name`; trace context propagation from the call's metadata belongs here.
+/// `otel.name`; it continues the caller's trace when the metadata carries a W3C
+/// `traceparent`.
 pub fn call_span(method: &str, request: &Request<Body>) -> tracing::Span {
     let (service, name) = method.split_once('/').unwrap_or((method, ""));
     let span = tracing::info_span!(
@@ -91,6 +92,11 @@ pub fn call_span(method: &str, request: &Request<Body>) -> tracing::Span {
     {
         span.record("client.address", tracing::field::display(addr.ip()));
     }
+    // Before the span is first entered, so it takes the caller's trace id.
+    crate::telemetry::propagation::continue_trace(
+        &span,
+        crate::telemetry::propagation::extract_http(request.headers()),
+    );
     span
 }
 

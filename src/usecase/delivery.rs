@@ -44,7 +44,7 @@ pub enum Delivery {
 
 impl Mailroom {
     /// Makes one delivery attempt of an email, if it is due.
-    #[tracing::instrument(name = "usecase.deliver", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(name = "usecase.deliver", skip_all, fields(email.id = %id))]
     pub async fn deliver(&self, id: EmailId) -> Result<Delivery> {
         let email = match self.ports.store.claim(id, self.policy.lease).await? {
             Claim::Claimed(email) => email,

@@ -22,7 +22,7 @@ impl Mailroom {
     ///
     /// Once the row is stored the email is accepted: a failed send event publish is only
     /// logged, because the reconciler publishes it again later.
-    #[tracing::instrument(name = "usecase.create", skip_all, fields(email.id), err)]
+    #[tracing::instrument(name = "usecase.create", skip_all, fields(email.id))]
     pub async fn create(&self, draft: EmailDraft) -> Result<Created> {
         let new = NewEmail::try_from(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
@@ -60,7 +60,7 @@ impl Mailroom {
     /// Validates an email and publishes a `mail:create` event for the create workers,
     /// without storing it: the original service's asynchronous path. Returns the email
     /// with the id it will be stored under.
-    #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id), err)]
+    #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id))]
     pub async fn accept(&self, draft: EmailDraft) -> Result<NewEmail> {
         let new = NewEmail::try_from(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
@@ -70,7 +70,7 @@ impl Mailroom {
 
     /// Reads an email, from the cache when it is there. A cache outage only costs the
     /// detour through PostgreSQL.
-    #[tracing::instrument(name = "usecase.get", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(name = "usecase.get", skip_all, fields(email.id = %id))]
     pub async fn get(&self, id: EmailId) -> Result<Email> {
         match self.ports.cache.get(id).await {
             Ok(Some(email)) => {
@@ -91,7 +91,7 @@ impl Mailroom {
     }
 
     /// Full-text search over recipient, subject and message, newest first.
-    #[tracing::instrument(name = "usecase.search", skip_all, err)]
+    #[tracing::instrument(name = "usecase.search", skip_all)]
     pub async fn search(&self, query: SearchQuery) -> Result<SearchPage<Email>> {
         self.ports.store.search(&query).await
     }
@@ -100,7 +100,7 @@ impl Mailroom {
 impl Mailroom {
     /// Gives a `failed` email a fresh retry budget and queues it again (a dead letter
     /// being redriven). `None` when the email is not failed; nothing changes then.
-    #[tracing::instrument(name = "usecase.requeue", skip_all, fields(email.id = %id), err)]
+    #[tracing::instrument(name = "usecase.requeue", skip_all, fields(email.id = %id))]
     pub async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
         let requeued = self.ports.store.requeue(id).await?;
         if let Some(email) = &requeued {

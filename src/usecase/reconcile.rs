@@ -12,7 +12,7 @@ use super::Mailroom;
 
 impl Mailroom {
     /// Republishes send events for emails more than `age` past due; returns how many.
-    #[tracing::instrument(name = "usecase.reconcile", skip_all, err)]
+    #[tracing::instrument(name = "usecase.reconcile", skip_all)]
     pub async fn reconcile(&self, age: Duration, limit: i64) -> Result<usize> {
         let stranded = self.ports.store.take_stranded(age, limit).await?;
         let mut published = 0;

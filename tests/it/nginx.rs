@@ -1,7 +1,7 @@
 //! `nginx/nginx.conf`, the file the nginx image ships, run by Debian's real nginx in front
-//! of two instances: HTTPS with HTTP/2, both instances serving, request ids, security
-//! headers (Swagger UI still works under them, in Chromium), failover, and a problem
-//! document when no instance answers.
+//! of two instances: HTTPS with HTTP/2, both instances serving REST and gRPC, request
+//! ids, security headers (Swagger UI still works under them, in Chromium), failover, and
+//! a problem document when no instance answers.
 //!
 //! The test rewrites only the listen addresses and the upstream servers (each must occur
 //! exactly once, so a changed file fails here instead of testing something else);
@@ -15,12 +15,17 @@ use serde_json::Value;
 use crate::{
     browser::{assert_swagger_ui_lists_every_operation, render_in_chromium},
     helpers::{
-        TestApp, closed_port, email_body, eventually, metric_value, spawn_app, spawn_sibling,
-        tls::TestCerts,
+        TestApp, closed_port, email_body, eventually, grpc_channel, metric_value, spawn_app,
+        spawn_sibling,
         tools::{Daemon, ScratchDir, artifact_dir, require},
-        unique_recipient,
+        unique_recipient, with_test_key,
     },
 };
+
+/// Where an instance's gRPC listener is, as `host:port`.
+fn grpc_host_port(app: &TestApp) -> String {
+    app.grpc_address.trim_start_matches("https://").to_owned()
+}
 
 const NGINX_CONF: &str = include_str!("../../nginx/nginx.conf");
 
@@ -77,12 +82,18 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
     let mut two = spawn_sibling(&one, |_| {}).await;
 
     let dir = ScratchDir::new("nginx");
-    let certs = TestCerts::generate();
-    certs.write_to(&dir.join("certs"));
+    // nginx serves the instances' own development certificate (localhost, 127.0.0.1) and
+    // verifies theirs against the same CA, as with `certs/` in the compose setups.
+    let certs = &one.certs;
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    for (from, to) in [
+        (&certs.paths.ca_cert, "ca.crt"),
+        (&certs.paths.server_cert, "server.crt"),
+        (&certs.paths.server_key, "server.key"),
+    ] {
+        std::fs::copy(from, dir.join("certs").join(to)).unwrap();
+    }
     let (https, http) = (closed_port(), closed_port());
-    // The instances do not serve gRPC in this build; nginx only needs an address for the
-    // gRPC upstream to start, and nothing listens there.
-    let no_grpc = format!("127.0.0.1:{}", closed_port());
     let conf = render(&[
         (
             "listen 443 ssl http2;",
@@ -97,8 +108,14 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
             "server mailroom-2:5000 ",
             format!("server {} ", host_port(&two)),
         ),
-        ("server mailroom-1:5007 ", format!("server {no_grpc} ")),
-        ("server mailroom-2:5007 ", format!("server {no_grpc} ")),
+        (
+            "server mailroom-1:5007 ",
+            format!("server {} ", grpc_host_port(&one)),
+        ),
+        (
+            "server mailroom-2:5007 ",
+            format!("server {} ", grpc_host_port(&two)),
+        ),
     ]);
     let conf_path = dir.write("nginx.conf", conf);
     // Everything nginx writes stays in the scratch directory; `-e` covers the log it
@@ -125,7 +142,7 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
     server.wait_for_port(https, Duration::from_secs(10)).await;
 
     let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(certs.ca.as_bytes()).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(certs.ca_pem.as_bytes()).unwrap())
         .resolve("localhost", SocketAddr::from(([127, 0, 0, 1], https)))
         .default_headers(crate::helpers::api_key_headers())
         .https_only(true)
@@ -195,23 +212,40 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
     )
     .await;
 
-    // gRPC paths go to the gRPC upstream, not to the REST instances (nothing serves gRPC
-    // in this build, so nginx answers 502 itself).
-    let grpc = client
-        .post(format!("{base}/grpc.health.v1.Health/Check"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(vec![0u8, 0, 0, 0, 0])
-        .send()
+    // gRPC through nginx: TLS to nginx, grpcs from nginx to the instances, the API key
+    // passed along. Calls reach both instances.
+    let channel = grpc_channel(&format!("https://localhost:{https}"), &certs.ca_pem).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let serving = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
         .await
-        .unwrap();
-    assert_eq!(grpc.status(), StatusCode::BAD_GATEWAY);
-    eventually(
-        Duration::from_secs(5),
-        "nginx tried the gRPC upstream",
-        || async { server.log().contains(&no_grpc) },
-    )
-    .await;
+        .expect("gRPC health through nginx")
+        .into_inner();
+    assert_eq!(
+        serving.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let mut emails = mailroom::grpc::pb::email_service_client::EmailServiceClient::with_interceptor(
+        channel,
+        with_test_key,
+    );
+    const GRPC_SEARCH: &str =
+        r#"mailroom_grpc_requests_total{code="OK",method="emailService.EmailService/Search"}"#;
+    for _ in 0..6 {
+        emails
+            .search(mailroom::grpc::pb::SearchReq::default())
+            .await
+            .expect("gRPC Search through nginx");
+    }
+    let on_one = metric_value(&one.metrics().await, GRPC_SEARCH).unwrap_or(0.0);
+    let on_two = metric_value(&two.metrics().await, GRPC_SEARCH).unwrap_or(0.0);
+    assert_eq!(on_one + on_two, 6.0);
+    assert!(
+        on_one > 0.0 && on_two > 0.0,
+        "gRPC calls reach both instances: {on_one} and {on_two}"
+    );
 
     // Plain HTTP only redirects to HTTPS.
     let plain = reqwest::Client::builder()

@@ -369,3 +369,67 @@ async fn an_unreachable_collector_neither_delays_requests_nor_floods_the_log() {
         complaints.join("\n")
     );
 }
+
+fn is_grpc_create(span: &ReceivedSpan) -> bool {
+    span.name == "emailService.EmailService/Create"
+}
+
+#[tokio::test]
+async fn a_grpc_create_is_one_trace_from_the_call_to_the_smtp_send() {
+    let app = spawn_app().await;
+    let mut client = app.grpc_client().await;
+    let created = client
+        .create(crate::grpc::create_req(&unique_recipient("traced-grpc")))
+        .await
+        .unwrap()
+        .into_inner();
+    app.wait_for_status(&created.email_id, "sent", WITHIN).await;
+
+    let (trace, lineage) = delivery_trace(&created.email_id, is_grpc_create).await;
+
+    let server = lineage.last().unwrap();
+    assert_eq!(server.kind, SpanKind::Server, "{}", trace.describe());
+    assert!(server.parent_span_id.is_empty(), "a new trace starts here");
+    assert_eq!(server.attribute("rpc.system"), Some("grpc"));
+    let names = names(&lineage);
+    let [process_send, publish_send] = nats_hop(&app, "mail:send");
+    for hop in [
+        "smtp.send",
+        "usecase.deliver",
+        &process_send,
+        &publish_send,
+        "usecase.create",
+    ] {
+        assert!(names.contains(&hop), "{hop} missing from {names:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_grpc_callers_traceparent_is_continued_down_to_the_smtp_send() {
+    let app = spawn_app().await;
+    let (caller_trace, caller) = caller_ids();
+    let parent = traceparent(&caller_trace, &caller);
+    let mut client = mailroom::grpc::pb::email_service_client::EmailServiceClient::with_interceptor(
+        app.grpc_channel().await,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert("traceparent", parent.parse().unwrap());
+            crate::helpers::with_test_key(request)
+        },
+    );
+    let created = client
+        .create(crate::grpc::create_req(&unique_recipient(
+            "traced-grpc-caller",
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    app.wait_for_status(&created.email_id, "sent", WITHIN).await;
+
+    let (trace, lineage) =
+        delivery_trace(&created.email_id, |span| span.parent_span_id == caller).await;
+    let server = lineage.last().unwrap();
+    assert!(is_grpc_create(server), "{}", trace.describe());
+    assert_eq!(lineage[0].trace_id, caller_trace);
+}

@@ -4,7 +4,6 @@
 
 pub mod otlp;
 pub mod smtp;
-pub mod tls;
 pub mod tools;
 
 use std::{
