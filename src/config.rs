@@ -236,6 +236,8 @@ pub struct SmtpSettings {
     pub port: u16,
     pub security: SmtpSecurity,
     pub verify_certificates: bool,
+    /// PEM file of extra CAs to trust for the SMTP server (empty: the public roots only).
+    pub ca_file: String,
     pub username: String,
     pub password: SecretString,
     #[serde(with = "humantime_serde")]
@@ -733,8 +735,12 @@ mod tests {
 
     #[test]
     fn secrets_do_not_reach_debug_output() {
-        let settings = built_in("local");
+        let mut settings = built_in("local");
+        settings.smtp.password = SecretString::from("hunter2-smtp");
+        settings.redis.url = SecretString::from("redis://:hunter2-redis@127.0.0.1:6379");
         let debug = format!("{settings:?}");
-        assert!(!debug.contains("postgres:postgres@"), "{debug}");
+        for secret in ["postgres:postgres@", "hunter2-smtp", "hunter2-redis"] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use lettre::{
     transport::smtp::{
         PoolConfig,
         authentication::Credentials,
-        client::{Tls, TlsParameters},
+        client::{Certificate, Tls, TlsParameters},
         extension::ClientId,
     },
 };
@@ -38,11 +38,18 @@ impl SmtpMailer {
             .timeout(Some(settings.timeout))
             .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
         if settings.security != SmtpSecurity::None {
-            let parameters = TlsParameters::builder(settings.host.clone())
+            let mut parameters = TlsParameters::builder(settings.host.clone())
                 .dangerous_accept_invalid_certs(!settings.verify_certificates)
-                .dangerous_accept_invalid_hostnames(!settings.verify_certificates)
-                .build_rustls()
-                .context("preparing SMTP TLS")?;
+                .dangerous_accept_invalid_hostnames(!settings.verify_certificates);
+            if !settings.ca_file.is_empty() {
+                let pem = std::fs::read(&settings.ca_file)
+                    .with_context(|| format!("reading smtp.ca_file {}", settings.ca_file))?;
+                let authorities = Certificate::from_pem(&pem).with_context(|| {
+                    format!("smtp.ca_file {} holds no PEM certificate", settings.ca_file)
+                })?;
+                parameters = parameters.add_root_certificate(authorities);
+            }
+            let parameters = parameters.build_rustls().context("preparing SMTP TLS")?;
             builder = builder.tls(match settings.security {
                 SmtpSecurity::Tls => Tls::Wrapper(parameters),
                 _ => Tls::Required(parameters),

@@ -169,8 +169,7 @@ async fn max_ack_pending_bounds_the_messages_in_flight_across_workers() {
     }
     assert_eq!(smtp.received().len(), 4);
     assert_eq!(
-        smtp.peak_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst),
+        smtp.peak_in_flight(),
         1,
         "one message at a time, though four workers were free"
     );

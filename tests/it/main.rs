@@ -19,5 +19,6 @@ mod nginx;
 mod read;
 mod resilience;
 mod security;
+mod smtp_tls;
 mod traces;
 mod workers;

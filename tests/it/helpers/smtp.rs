@@ -1,14 +1,25 @@
-//! A scripted SMTP server for the failure paths a real sink will not produce on demand:
-//! 4xx and 5xx replies, and a server that accepts the connection and never answers.
+//! A scripted SMTP server for what a real sink will not do on demand: 4xx and 5xx
+//! replies, silence, slowness, and TLS (implicit, or STARTTLS) with a certificate the
+//! test chooses.
 
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    },
 };
 
 /// How the server answers the recipient.
@@ -26,56 +37,96 @@ pub enum Behaviour {
     Slow(std::time::Duration),
 }
 
+/// Transport security the server offers.
+#[derive(Clone)]
+pub enum Security {
+    Plain,
+    /// Plain first, `STARTTLS` offered in the EHLO reply.
+    StartTls(TlsAcceptor),
+    /// TLS from the first byte (SMTPS).
+    Tls(TlsAcceptor),
+}
+
+impl Security {
+    /// A TLS acceptor presenting `server.crt`/`server.key` from a certificate directory.
+    pub fn acceptor(cert: &Path, key: &Path) -> TlsAcceptor {
+        let chain = CertificateDer::pem_file_iter(cert)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// What the server saw, shared by its sessions.
+#[derive(Default)]
+struct Seen {
+    received: Mutex<Vec<String>>,
+    recipients: AtomicUsize,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
+    tls_sessions: AtomicUsize,
+}
+
 pub struct FakeSmtp {
     pub port: u16,
-    /// Messages taken (the DATA of each).
-    pub received: Arc<Mutex<Vec<String>>>,
-    /// `RCPT TO` commands seen, accepted or not.
-    pub recipients_seen: Arc<AtomicUsize>,
-    /// Most messages in their DATA phase at the same time.
-    pub peak_in_flight: Arc<AtomicUsize>,
+    seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl FakeSmtp {
     pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_with(behaviour, Security::Plain).await
+    }
+
+    pub async fn start_with(behaviour: Behaviour, security: Security) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let recipients_seen = Arc::new(AtomicUsize::new(0));
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let peak_in_flight = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Seen::default());
         let task = {
-            let received = received.clone();
-            let recipients_seen = recipients_seen.clone();
-            let counters = (in_flight.clone(), peak_in_flight.clone());
+            let seen = seen.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
                         return;
                     };
-                    let behaviour = behaviour.clone();
-                    let received = received.clone();
-                    let recipients_seen = recipients_seen.clone();
-                    let counters = counters.clone();
+                    let (behaviour, security, seen) =
+                        (behaviour.clone(), security.clone(), seen.clone());
                     tokio::spawn(async move {
-                        let _ =
-                            session(socket, behaviour, received, recipients_seen, counters).await;
+                        let _ = session(socket, &behaviour, security, &seen).await;
                     });
                 }
             })
         };
-        FakeSmtp {
-            port,
-            received,
-            recipients_seen,
-            peak_in_flight,
-            task,
-        }
+        FakeSmtp { port, seen, task }
     }
 
+    /// Messages taken (the DATA of each).
     pub fn received(&self) -> Vec<String> {
-        self.received.lock().unwrap().clone()
+        self.seen.received.lock().unwrap().clone()
+    }
+
+    /// `RCPT TO` commands seen, accepted or not.
+    pub fn recipients_seen(&self) -> usize {
+        self.seen.recipients.load(Ordering::SeqCst)
+    }
+
+    /// Most messages in their DATA phase at the same time.
+    pub fn peak_in_flight(&self) -> usize {
+        self.seen.peak_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Sessions that completed a TLS handshake.
+    pub fn tls_sessions(&self) -> usize {
+        self.seen.tls_sessions.load(Ordering::SeqCst)
     }
 }
 
@@ -85,66 +136,122 @@ impl Drop for FakeSmtp {
     }
 }
 
+/// How a run of commands ended.
+enum Next {
+    Done,
+    StartTls,
+}
+
 async fn session(
     socket: TcpStream,
-    behaviour: Behaviour,
-    received: Arc<Mutex<Vec<String>>>,
-    recipients_seen: Arc<AtomicUsize>,
-    (in_flight, peak): (Arc<AtomicUsize>, Arc<AtomicUsize>),
+    behaviour: &Behaviour,
+    security: Security,
+    seen: &Seen,
 ) -> std::io::Result<()> {
-    let (reader, mut writer) = socket.into_split();
-    let mut lines = BufReader::new(reader).lines();
     if let Behaviour::Silent = behaviour {
         // Hold the connection open without a greeting until the client gives up.
+        let mut lines = BufReader::new(socket).lines();
         while lines.next_line().await?.is_some() {}
         return Ok(());
     }
-    writer.write_all(b"220 fake.smtp ESMTP ready\r\n").await?;
-    while let Some(line) = lines.next_line().await? {
-        let command = line.to_ascii_uppercase();
+    match security {
+        Security::Plain => {
+            commands(BufReader::new(socket), behaviour, None, seen, true).await?;
+        }
+        Security::Tls(acceptor) => {
+            let tls = acceptor.accept(socket).await?;
+            seen.tls_sessions.fetch_add(1, Ordering::SeqCst);
+            commands(BufReader::new(tls), behaviour, None, seen, true).await?;
+        }
+        Security::StartTls(acceptor) => {
+            let mut plain = BufReader::new(socket);
+            if let Next::StartTls = commands(&mut plain, behaviour, Some(()), seen, true).await? {
+                let tls = acceptor.accept(plain.into_inner()).await?;
+                seen.tls_sessions.fetch_add(1, Ordering::SeqCst);
+                commands(BufReader::new(tls), behaviour, None, seen, false).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Answers commands until QUIT, the end of the connection, or (when `starttls` is
+/// offered) STARTTLS.
+async fn commands<S>(
+    mut stream: S,
+    behaviour: &Behaviour,
+    starttls: Option<()>,
+    seen: &Seen,
+    greet: bool,
+) -> std::io::Result<Next>
+where
+    S: AsyncBufReadExt + AsyncWrite + AsyncRead + Unpin,
+{
+    if greet {
+        stream.write_all(b"220 fake.smtp ESMTP ready\r\n").await?;
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if stream.read_line(&mut line).await? == 0 {
+            return Ok(Next::Done);
+        }
+        let command = line.trim_end().to_ascii_uppercase();
         let reply: String = if command.starts_with("EHLO") {
-            "250-fake.smtp\r\n250 8BITMIME".into()
-        } else if command.starts_with("HELO")
-            || command.starts_with("MAIL FROM")
-            || command.starts_with("RSET")
-            || command.starts_with("NOOP")
+            match starttls {
+                Some(()) => "250-fake.smtp\r\n250-STARTTLS\r\n250 8BITMIME".into(),
+                None => "250-fake.smtp\r\n250 8BITMIME".into(),
+            }
+        } else if command == "STARTTLS" && starttls.is_some() {
+            stream
+                .write_all(b"220 2.0.0 ready to start TLS\r\n")
+                .await?;
+            stream.flush().await?;
+            return Ok(Next::StartTls);
+        } else if ["HELO", "MAIL FROM", "RSET", "NOOP"]
+            .iter()
+            .any(|c| command.starts_with(c))
         {
             "250 OK".into()
         } else if command.starts_with("RCPT TO") {
-            let seen = recipients_seen.fetch_add(1, Ordering::SeqCst);
-            match &behaviour {
+            let before = seen.recipients.fetch_add(1, Ordering::SeqCst);
+            match behaviour {
                 Behaviour::RejectRecipient(reply) => reply.clone(),
-                Behaviour::RejectFirst(n, reply) if seen < *n => reply.clone(),
+                Behaviour::RejectFirst(n, reply) if before < *n => reply.clone(),
                 _ => "250 OK".into(),
             }
         } else if command == "DATA" {
-            writer
+            stream
                 .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
                 .await?;
-            let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-            peak.fetch_max(now, Ordering::SeqCst);
+            let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            seen.peak_in_flight.fetch_max(now, Ordering::SeqCst);
             let mut data = String::new();
-            while let Some(line) = lines.next_line().await? {
-                if line == "." {
+            loop {
+                line.clear();
+                if stream.read_line(&mut line).await? == 0 {
+                    return Ok(Next::Done);
+                }
+                if line.trim_end() == "." {
                     break;
                 }
-                data.push_str(&line);
+                data.push_str(line.trim_end_matches(['\r', '\n']));
                 data.push('\n');
             }
-            if let Behaviour::Slow(delay) = &behaviour {
+            if let Behaviour::Slow(delay) = behaviour {
                 tokio::time::sleep(*delay).await;
             }
-            received.lock().unwrap().push(data);
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+            seen.received.lock().unwrap().push(data);
+            seen.in_flight.fetch_sub(1, Ordering::SeqCst);
             "250 2.0.0 queued as fake".into()
         } else if command.starts_with("QUIT") {
-            writer.write_all(b"221 bye\r\n").await?;
-            return Ok(());
+            stream.write_all(b"221 bye\r\n").await?;
+            return Ok(Next::Done);
         } else {
             "502 command not implemented".into()
         };
-        writer.write_all(reply.as_bytes()).await?;
-        writer.write_all(b"\r\n").await?;
+        stream.write_all(reply.as_bytes()).await?;
+        stream.write_all(b"\r\n").await?;
+        stream.flush().await?;
     }
-    Ok(())
 }
