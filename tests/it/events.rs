@@ -215,3 +215,24 @@ async fn nats_outcomes_are_counted_by_subject_and_outcome() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_create_event_with_a_line_break_in_the_subject_is_refused() {
+    let app = spawn_app().await;
+    let mut event = email_body(&unique_recipient("crlf"));
+    event["subject"] = json!("crlf-marker\r\nBcc: victim@example.com");
+    app.publish_raw(
+        &app.subject("mail:create"),
+        serde_json::to_vec(&event).unwrap(),
+    )
+    .await;
+    let letters = dead_letters_with(&app, "crlf-marker", 1).await;
+    assert_eq!(letters.len(), 1);
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("subject") && error.contains("line breaks"), "{error}");
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}
