@@ -156,6 +156,18 @@ impl JetStream {
         })
     }
 
+    /// Publishes `value` as JSON and waits for the PubAck.
+    async fn publish_json<T: serde::Serialize>(
+        &self,
+        subject: &str,
+        value: &T,
+        msg_id: &str,
+    ) -> Result<()> {
+        let payload = serde_json::to_vec(value).map_err(|e| Error::Internal(e.into()))?;
+        self.publish(subject, payload.into(), Some(msg_id)).await?;
+        Ok(())
+    }
+
     /// Publishes and waits for the PubAck. The message carries the current trace context
     /// (`traceparent`), so its consumer continues the publisher's trace.
     pub async fn publish(
@@ -215,15 +227,16 @@ impl EventBus for JetStream {
         err
     )]
     async fn request_create(&self, email: &NewEmail) -> Result<()> {
-        let payload = serde_json::to_vec(&CreateEvent::from_new_email(email))
-            .map_err(|e| Error::Internal(e.into()))?;
         let msg_id = email
             .idempotency_key
             .clone()
             .unwrap_or_else(|| email.id.to_string());
-        self.publish(&self.subjects.create, payload.into(), Some(&msg_id))
-            .await?;
-        Ok(())
+        self.publish_json(
+            &self.subjects.create,
+            &CreateEvent::from_new_email(email),
+            &msg_id,
+        )
+        .await
     }
 
     #[tracing::instrument(
@@ -239,17 +252,14 @@ impl EventBus for JetStream {
         err
     )]
     async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
-        let payload = serde_json::to_vec(&SendEvent { email_id: id })
-            .map_err(|e| Error::Internal(e.into()))?;
         let msg_id = match reason {
             SendReason::Created => format!("send:{id}"),
             SendReason::Reconciled => {
                 format!("send:{id}:{}", chrono::Utc::now().timestamp_millis())
             }
         };
-        self.publish(&self.subjects.send, payload.into(), Some(&msg_id))
-            .await?;
-        Ok(())
+        self.publish_json(&self.subjects.send, &SendEvent { email_id: id }, &msg_id)
+            .await
     }
 
     #[tracing::instrument(
@@ -265,14 +275,12 @@ impl EventBus for JetStream {
         err
     )]
     async fn publish_status(&self, event: &StatusEvent) -> Result<()> {
-        let payload = serde_json::to_vec(event).map_err(|e| Error::Internal(e.into()))?;
         let msg_id = format!(
             "status:{}:{}:{}",
             event.email_id, event.attempt, event.status
         );
-        self.publish(&self.subjects.status, payload.into(), Some(&msg_id))
-            .await?;
-        Ok(())
+        self.publish_json(&self.subjects.status, event, &msg_id)
+            .await
     }
 
     #[tracing::instrument(

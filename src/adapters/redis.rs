@@ -45,6 +45,21 @@ impl RedisCache {
         format!("{}email:{id}", self.prefix)
     }
 
+    /// Caches an email for the TTL; `only_if_absent` never replaces a cached copy.
+    async fn set(&self, email: &Email, only_if_absent: bool) -> anyhow::Result<()> {
+        let mut connection = self.connection.clone();
+        let json = serde_json::to_vec(email)?;
+        let mut options =
+            redis::SetOptions::default().with_expiration(redis::SetExpiry::EX(self.ttl_secs));
+        if only_if_absent {
+            options = options.conditional_set(redis::ExistenceCheck::NX);
+        }
+        let _: Option<String> = self
+            .bounded(connection.set_options(self.key(email.id), json, options))
+            .await?;
+        Ok(())
+    }
+
     /// Runs one operation within the budget.
     async fn bounded<T>(
         &self,
@@ -101,12 +116,7 @@ impl EmailCache for RedisCache {
         err
     )]
     async fn put(&self, email: &Email) -> anyhow::Result<()> {
-        let mut connection = self.connection.clone();
-        let json = serde_json::to_vec(email)?;
-        let _: () = self
-            .bounded(connection.set_ex(self.key(email.id), json, self.ttl_secs))
-            .await?;
-        Ok(())
+        self.set(email, false).await
     }
 
     #[tracing::instrument(
@@ -122,15 +132,7 @@ impl EmailCache for RedisCache {
         err
     )]
     async fn fill(&self, email: &Email) -> anyhow::Result<()> {
-        let mut connection = self.connection.clone();
-        let json = serde_json::to_vec(email)?;
-        let options = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::EX(self.ttl_secs));
-        let _: Option<String> = self
-            .bounded(connection.set_options(self.key(email.id), json, options))
-            .await?;
-        Ok(())
+        self.set(email, true).await
     }
 
     async fn ping(&self) -> anyhow::Result<()> {

@@ -229,7 +229,10 @@ async fn a_create_event_with_a_line_break_in_the_subject_is_refused() {
     let letters = dead_letters_with(&app, "crlf-marker", 1).await;
     assert_eq!(letters.len(), 1);
     let error = letters[0]["error"].as_str().unwrap();
-    assert!(error.contains("subject") && error.contains("line breaks"), "{error}");
+    assert!(
+        error.contains("subject") && error.contains("line breaks"),
+        "{error}"
+    );
     let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
         .fetch_one(&app.db)
         .await
