@@ -10,7 +10,7 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
+.PHONY: run test fuzz deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
 	local local-down develop develop-down
 
 ## run: dependencies up, database created and migrated, service in the foreground
@@ -23,6 +23,10 @@ run: deps
 ## test: dependencies up, then every test (unit and integration, against the real services)
 test:
 	scripts/test.sh
+
+## fuzz: schemathesis against a running mailroom's OpenAPI document (also part of `make test`)
+fuzz: deps
+	scripts/fuzz.sh
 
 ## deps: check PostgreSQL, Redis and NATS, start what is installed, install and start maildev
 deps:
@@ -52,10 +56,11 @@ migrate_status: deps
 swagger:
 	$(CARGO) run --quiet --bin mailroom -- openapi > docs/openapi.json
 
-## lint: formatting and clippy, warnings are errors
+## lint: formatting and clippy, warnings are errors; licenses, bans and sources (cargo-deny)
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	scripts/deny.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -23,3 +23,6 @@ scripts/check-deploy.sh
 # Integration tests wait on the network, not the CPU: run more of them at once than
 # there are cores.
 cargo test --all-targets --locked -- --test-threads "${TEST_THREADS:-8}"
+
+# The REST API against its own OpenAPI document: schemathesis, with the test key.
+scripts/fuzz.sh

@@ -278,6 +278,101 @@ mod tests {
         assert!(a.len() > 40, "{a}");
     }
 
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// What `auth.api_keys` may hold: anything, near misses, and good entries.
+        fn entry() -> impl Strategy<Value = String> {
+            prop_oneof![
+                any::<String>(),
+                ("[ -~]{0,12}", "[0-9a-fA-FxX ]{62,66}")
+                    .prop_map(|(name, hash)| format!("{name}:{hash}")),
+                (".{0,12}", any::<String>())
+                    .prop_map(|(name, key)| format!("{name}:{}", hash_key(&key))),
+            ]
+        }
+
+        /// An `Authorization` value around `Bearer KEY`: other schemes and separators,
+        /// blanks, the key changed, or anything at all.
+        fn presented(key: String) -> impl Strategy<Value = String> {
+            let scheme =
+                prop::sample::select(vec!["Bearer", "bearer", "BEARER", "Basic", "", "Bearer:"]);
+            let blank = prop::sample::select(vec!["", " ", "  ", "\t", "\u{a0}"]);
+            let separator = prop::sample::select(vec![" ", "  ", "\t", ""]);
+            let variant = prop::sample::select(vec![0u8, 0, 0, 1, 2, 3]);
+            prop_oneof![
+                1 => any::<String>(),
+                4 => (blank.clone(), scheme, separator, variant, blank).prop_map(
+                    move |(before, scheme, separator, variant, after)| {
+                        let key = match variant {
+                            0 => key.clone(),
+                            1 => format!("{key}x"),
+                            2 => key[1..].to_owned(),
+                            _ => key.to_uppercase(),
+                        };
+                        format!("{before}{scheme}{separator}{key}{after}")
+                    },
+                ),
+            ]
+        }
+
+        fn open_gate(entries: Vec<String>) -> Gate {
+            Gate::new(
+                &AuthSettings {
+                    api_keys: entries,
+                    rate_limit: RateLimitSettings {
+                        per_second: 1e9,
+                        burst: u32::MAX,
+                    },
+                },
+                Metrics::new(),
+            )
+            .unwrap()
+        }
+
+        proptest! {
+            /// Parsing the configuration never panics, and takes exactly the entries
+            /// that are a name and 64 hex digits.
+            #[test]
+            fn only_named_sha256_entries_are_configured(entry in entry()) {
+                let well_formed = entry.split_once(':').is_some_and(|(name, hash)| {
+                    let hash = hash.trim();
+                    !name.trim().is_empty()
+                        && hash.len() == 64
+                        && hash.chars().all(|c| c.is_ascii_hexdigit())
+                });
+                prop_assert_eq!(ApiKeys::parse(std::slice::from_ref(&entry)).is_ok(), well_formed);
+            }
+
+            /// A key is admitted, by its name, exactly when it comes as `Bearer KEY`
+            /// (the scheme in any case, blanks around); nothing else gets in, and no
+            /// value makes the gate panic.
+            #[test]
+            fn a_key_is_admitted_exactly_when_presented_as_a_bearer_token(
+                (key, presented) in "[!-~]{2,40}".prop_flat_map(|key| (Just(key.clone()), presented(key))),
+                name in "[a-z][a-z0-9-]{0,8}",
+            ) {
+                let gate = open_gate(vec![format!("{name}:{}", hash_key(&key))]);
+                let value = presented.trim();
+                let expected = if value.is_empty() {
+                    Err(Denied::Missing)
+                } else {
+                    match value.split_once(' ') {
+                        Some((scheme, rest))
+                            if scheme.eq_ignore_ascii_case("bearer") && rest.trim() == key =>
+                        {
+                            Ok(name.clone())
+                        }
+                        _ => Err(Denied::Invalid),
+                    }
+                };
+                prop_assert_eq!(gate.admit(Some(&presented), "rest"), expected);
+            }
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn each_key_has_its_own_bucket_refilled_over_time() {
         let gate = gate(2.0, 3);

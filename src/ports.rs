@@ -127,10 +127,20 @@ pub enum SendReason {
     Reconciled,
 }
 
+/// What became of a request to create an email asynchronously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateRequest {
+    /// The `mail:create` event is in the stream.
+    Published,
+    /// The event would be larger than the bus or the create workers take; nothing was
+    /// published.
+    TooLarge,
+}
+
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Asks for an email to be created asynchronously (the `mail:create` event).
-    async fn request_create(&self, email: &NewEmail) -> Result<()>;
+    async fn request_create(&self, email: &NewEmail) -> Result<CreateRequest>;
     /// Asks the send workers to deliver an email (the `mail:send` event).
     async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()>;
     async fn publish_status(&self, event: &StatusEvent) -> Result<()>;

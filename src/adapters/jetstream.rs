@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{
     self, Context,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    context::{PublishError, PublishErrorKind},
     message::PublishMessage,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
@@ -22,7 +23,7 @@ use crate::{
     config::{ConsumerSettings, DeliverPolicySetting, NatsSettings, StreamStorage},
     domain::{CreateEvent, DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
     error::{Dependency, Error, Result},
-    ports::{EventBus, SendReason},
+    ports::{CreateRequest, EventBus, SendReason},
     telemetry::propagation,
 };
 
@@ -64,6 +65,8 @@ pub struct JetStream {
     /// The stream's name and creation time: sequences are unique within it.
     pub stream_incarnation: String,
     pub subjects: Subjects,
+    /// Largest `mail:create` event the create workers take (`nats.max_event_bytes`).
+    pub max_event_bytes: usize,
 }
 
 impl JetStream {
@@ -124,6 +127,7 @@ impl JetStream {
             stream_name,
             stream_incarnation,
             subjects,
+            max_event_bytes: settings.max_event_bytes,
         })
     }
 
@@ -176,6 +180,19 @@ impl JetStream {
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> Result<u64> {
+        self.try_publish(subject, payload, msg_id)
+            .await
+            .map_err(|e| Error::unavailable(Dependency::Nats, e))
+    }
+
+    /// [`Self::publish`] with the client's own error, for callers that tell its kinds
+    /// apart.
+    async fn try_publish(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        msg_id: Option<&str>,
+    ) -> Result<u64, PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         propagation::inject_nats(&mut headers);
         if let Some(msg_id) = msg_id {
@@ -188,10 +205,8 @@ impl JetStream {
         let ack = self
             .context
             .send_publish(subject.to_owned(), publish)
-            .await
-            .map_err(|e| Error::unavailable(Dependency::Nats, e))?
-            .await
-            .map_err(|e| Error::unavailable(Dependency::Nats, e))?;
+            .await?
+            .await?;
         Ok(ack.sequence)
     }
 }
@@ -226,17 +241,28 @@ impl EventBus for JetStream {
         ),
         err
     )]
-    async fn request_create(&self, email: &NewEmail) -> Result<()> {
+    async fn request_create(&self, email: &NewEmail) -> Result<CreateRequest> {
+        let payload = serde_json::to_vec(&CreateEvent::from_new_email(email))
+            .map_err(|e| Error::Internal(e.into()))?;
+        // A valid email (message and HTML up to 1 MiB each) can be larger than the create
+        // workers take, or than the server's `max_payload` (1 MiB unless configured).
+        if payload.len() > self.max_event_bytes {
+            return Ok(CreateRequest::TooLarge);
+        }
         let msg_id = email
             .idempotency_key
             .clone()
             .unwrap_or_else(|| email.id.to_string());
-        self.publish_json(
-            &self.subjects.create,
-            &CreateEvent::from_new_email(email),
-            &msg_id,
-        )
-        .await
+        match self
+            .try_publish(&self.subjects.create, payload.into(), Some(&msg_id))
+            .await
+        {
+            Ok(_) => Ok(CreateRequest::Published),
+            Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                Ok(CreateRequest::TooLarge)
+            }
+            Err(err) => Err(Error::unavailable(Dependency::Nats, err)),
+        }
     }
 
     #[tracing::instrument(

@@ -3,6 +3,8 @@
 
 mod email;
 mod events;
+#[cfg(test)]
+mod properties;
 mod validation;
 
 pub use email::{Email, EmailId, EmailStatus};

@@ -24,13 +24,14 @@ pub struct CreateEmailRequest {
     #[schema(value_type = String, format = "email", max_length = 254)]
     pub to: Option<String>,
     /// 1 to 255 characters, no line breaks or other control characters.
-    #[schema(value_type = String, min_length = 1, max_length = 255)]
+    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub subject: Option<String>,
-    /// Plain-text body, 1 character to 1 MiB.
-    #[schema(value_type = String, min_length = 1)]
+    /// Plain-text body, 1 character to 1 MiB (in UTF-8), without NUL characters.
+    #[schema(value_type = String, min_length = 1, pattern = r"^[^\u0000]*$")]
     pub message: Option<String>,
-    /// Optional HTML body, sent as an alternative to `message`; at most 1 MiB.
-    #[schema(nullable = true)]
+    /// Optional HTML body, sent as an alternative to `message`: 1 character to 1 MiB
+    /// (in UTF-8), without NUL characters.
+    #[schema(nullable = true, min_length = 1, pattern = r"^[^\u0000]*$")]
     pub html: Option<String>,
 }
 
@@ -133,8 +134,8 @@ impl From<SearchPage<Email>> for SearchResponse {
 #[into_params(parameter_in = Query)]
 pub struct SearchParams {
     /// Words to find in the recipient, subject or message (web-search syntax: quotes,
-    /// `or`, `-word`). Empty lists every email.
-    #[param(max_length = 256)]
+    /// `or`, `-word`), without NUL characters. Empty lists every email.
+    #[param(max_length = 256, pattern = r"^[^\u0000]*$")]
     pub search: Option<String>,
     /// Page number, from 1 (default 1).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 1000000)]

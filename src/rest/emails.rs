@@ -7,7 +7,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use crate::domain::{EmailId, Field, SearchQuery, Violation, Violations};
+use crate::{
+    domain::{EmailId, Field, SearchQuery, Violation, Violations},
+    usecase::{Accepted, Created},
+};
 
 use super::{
     AppState,
@@ -58,14 +61,16 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 ///
 /// Stores the email and answers 201 with it; delivery follows within seconds. With
 /// `Prefer: respond-async` the email is only validated and handed to the create workers
-/// over NATS (202, with the id it will get). The same `Idempotency-Key` with the same
+/// over NATS (202, with the id it will get); an email too large to travel as an event is
+/// stored right away instead (201). The same `Idempotency-Key` with the same
 /// content returns the first email (header `Idempotent-Replayed: true`); with other
 /// content, 409.
 #[utoipa::path(post, path = "/api/v1/email", tag = "emails",
     security(("api_key" = [])),
     request_body = CreateEmailRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: at most 255 printable characters", max_length = 255),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 printable ASCII characters",
+            min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
         ("Prefer" = Option<String>, Header, description = "`respond-async` to create the email asynchronously"),
     ),
     responses(
@@ -89,26 +94,33 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateEmailRequest>,
 ) -> Result<Response, Problem> {
     let draft = request.into_draft(idempotency_key(&headers)?);
-    if prefers_async(&headers) {
-        let accepted = state.mailroom.accept(draft).await?;
-        let body = AcceptedResponse {
-            email_id: accepted.id.as_uuid(),
-            status: "accepted".into(),
-        };
-        return Ok((
-            StatusCode::ACCEPTED,
-            [
-                (header::LOCATION, location(accepted.id)),
-                (
-                    PREFERENCE_APPLIED,
-                    HeaderValue::from_static("respond-async"),
-                ),
-            ],
-            Json(body),
-        )
-            .into_response());
+    if !prefers_async(&headers) {
+        return Ok(created(state.mailroom.create(draft).await?));
     }
-    let created = state.mailroom.create(draft).await?;
+    let queued = match state.mailroom.accept(draft).await? {
+        Accepted::Queued(queued) => queued,
+        Accepted::Created(created_now) => return Ok(created(created_now)),
+    };
+    let body = AcceptedResponse {
+        email_id: queued.id.as_uuid(),
+        status: "accepted".into(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [
+            (header::LOCATION, location(queued.id)),
+            (
+                PREFERENCE_APPLIED,
+                HeaderValue::from_static("respond-async"),
+            ),
+        ],
+        Json(body),
+    )
+        .into_response())
+}
+
+/// 201 with the stored email.
+fn created(created: Created) -> Response {
     let mut response = (
         StatusCode::CREATED,
         [(header::LOCATION, location(created.email.id))],
@@ -120,7 +132,7 @@ pub async fn create(
             .headers_mut()
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
-    Ok(response)
+    response
 }
 
 /// Get an email by id, with its delivery status.

@@ -4,7 +4,7 @@ use crate::{
     domain::{Email, EmailDraft, EmailId, NewEmail, SearchPage, SearchQuery},
     error::{Error, Result},
     metrics::CacheResult,
-    ports::{Inserted, SendReason},
+    ports::{CreateRequest, Inserted, SendReason},
 };
 
 use super::Mailroom;
@@ -17,6 +17,15 @@ pub struct Created {
     pub replayed: bool,
 }
 
+/// What became of an email handed over for asynchronous creation.
+#[derive(Debug, Clone)]
+pub enum Accepted {
+    /// Its create event is published; the create workers store it under this id.
+    Queued(NewEmail),
+    /// Too large to travel as an event, so stored right away, as by [`Mailroom::create`].
+    Created(Created),
+}
+
 impl Mailroom {
     /// Validates and stores an email as `queued`, then asks for its delivery.
     ///
@@ -26,6 +35,10 @@ impl Mailroom {
     pub async fn create(&self, draft: EmailDraft) -> Result<Created> {
         let new = NewEmail::try_from(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
+        self.store_new(new).await
+    }
+
+    async fn store_new(&self, new: NewEmail) -> Result<Created> {
         match self.ports.store.insert(&new).await? {
             Inserted::Created(email) => {
                 self.status_changed(&email, None).await;
@@ -60,12 +73,24 @@ impl Mailroom {
     /// Validates an email and publishes a `mail:create` event for the create workers,
     /// without storing it: the original service's asynchronous path. Returns the email
     /// with the id it will be stored under.
+    ///
+    /// A valid email too large for an event is stored right away instead: asynchronous
+    /// creation is only a preference of the caller (RFC 7240), and retrying could never
+    /// make the event fit.
     #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id))]
-    pub async fn accept(&self, draft: EmailDraft) -> Result<NewEmail> {
+    pub async fn accept(&self, draft: EmailDraft) -> Result<Accepted> {
         let new = NewEmail::try_from(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
-        self.ports.bus.request_create(&new).await?;
-        Ok(new)
+        match self.ports.bus.request_create(&new).await? {
+            CreateRequest::Published => Ok(Accepted::Queued(new)),
+            CreateRequest::TooLarge => {
+                tracing::info!(
+                    email.id = %new.id,
+                    "too large for a create event; storing the email synchronously"
+                );
+                self.store_new(new).await.map(Accepted::Created)
+            }
+        }
     }
 
     /// Reads an email, from the cache when it is there. A cache outage only costs the

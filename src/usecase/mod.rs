@@ -10,7 +10,7 @@ mod reconcile;
 use std::{sync::Arc, time::Duration};
 
 pub use delivery::{Delivery, DeliveryPolicy};
-pub use emails::Created;
+pub use emails::{Accepted, Created};
 pub use health::{DependencyCheck, HealthReport};
 
 use crate::{

@@ -1,8 +1,12 @@
 //! `POST /api/v1/email`: what is accepted, what is refused and how.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use crate::helpers::{email_body, spawn_app, unique_recipient};
+use crate::helpers::{
+    closed_port, email_body, eventually, spawn_app, spawn_app_with, unique_recipient,
+};
 
 fn fields(problem: &Value) -> Vec<String> {
     problem["errors"]
@@ -102,6 +106,59 @@ async fn prefer_respond_async_answers_202_and_the_create_worker_stores_the_email
         .wait_for_status(&id, "sent", std::time::Duration::from_secs(20))
         .await;
     assert_eq!(email["to"], to);
+}
+
+#[tokio::test]
+async fn prefer_respond_async_stores_an_email_too_large_for_an_event_right_away() {
+    let app = spawn_app_with(|settings| settings.nats.max_event_bytes = 1024).await;
+    let mut body = email_body(&unique_recipient("async-large"));
+    body["message"] = json!("x".repeat(2000));
+    let response = app
+        .client
+        .post(app.url("/api/v1/email"))
+        .header("Prefer", "respond-async")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 201, "stored, not refused nor a 503");
+    assert!(response.headers().get("preference-applied").is_none());
+    let email: Value = response.json().await.unwrap();
+    assert_eq!(email["message"], body["message"]);
+    let id = email["emailID"].as_str().unwrap();
+    assert_eq!(app.get_email(id).await.status(), 200);
+}
+
+#[tokio::test]
+async fn prefer_respond_async_takes_the_largest_valid_message() {
+    // 1 MiB is valid, but the NATS server's default max_payload is 1 MiB too, headers
+    // and JSON included: such an email used to be answered 503 forever. It is not
+    // delivered: a megabyte in the shared maildev would slow every test reading it.
+    let app = spawn_app_with(|settings| settings.smtp.port = closed_port()).await;
+    let mut body = email_body(&unique_recipient("async-max"));
+    body["message"] = json!("x".repeat(mailroom::domain::MAX_MESSAGE_BYTES));
+    let response = app
+        .client
+        .post(app.url("/api/v1/email"))
+        .header("Prefer", "respond-async")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+
+    let status = response.status().as_u16();
+    assert!(status == 201 || status == 202, "answered {status}");
+    let accepted: Value = response.json().await.unwrap();
+    let id = accepted["emailID"].as_str().unwrap().to_owned();
+    let app = &app;
+    let id = &id;
+    eventually(
+        Duration::from_secs(10),
+        "the email is stored",
+        || async move { app.get_email(id).await.status() == 200 },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -1,0 +1,508 @@
+//! Property tests of the input rules: whatever a caller sends (any bytes on `mail:create`,
+//! any draft, any search, any id), nothing panics, and what is accepted is exactly what
+//! the rules allow (DESIGN.md, "Validation"). The rules are restated here independently
+//! of `validation.rs`, so a change to either shows up as a failing property.
+
+use std::collections::HashSet;
+
+use lettre::Address;
+use proptest::{collection::vec, option, prelude::*};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{
+    CreateEvent, EmailDraft, EmailId, Field, MAX_MESSAGE_BYTES, MAX_PAGE_SIZE, NewEmail,
+    SearchQuery,
+    validation::{MAX_PAGE, MAX_SEARCH_CHARS},
+};
+
+// --- the rules, restated ---------------------------------------------------------------
+
+fn address_ok(raw: &str) -> bool {
+    let chars = raw.chars().count();
+    (1..=254).contains(&chars)
+        && !raw.chars().any(char::is_control)
+        && raw.parse::<Address>().is_ok()
+}
+
+/// Subjects and idempotency keys end up in mail or NATS headers.
+fn header_text_ok(raw: &str, max_chars: usize) -> bool {
+    (1..=max_chars).contains(&raw.chars().count()) && !raw.chars().any(char::is_control)
+}
+
+fn body_ok(raw: &str) -> bool {
+    (1..=MAX_MESSAGE_BYTES).contains(&raw.len()) && !raw.contains('\0')
+}
+
+/// The fields a draft breaks a rule in.
+fn broken_fields(draft: &EmailDraft) -> HashSet<Field> {
+    let mut broken = HashSet::new();
+    let mut check = |field, ok: bool| {
+        if !ok {
+            broken.insert(field);
+        }
+    };
+    check(Field::From, draft.from.as_deref().is_some_and(address_ok));
+    check(Field::To, draft.to.as_deref().is_some_and(address_ok));
+    check(
+        Field::Subject,
+        draft
+            .subject
+            .as_deref()
+            .is_some_and(|s| header_text_ok(s, 255)),
+    );
+    check(
+        Field::Message,
+        draft.message.as_deref().is_some_and(body_ok),
+    );
+    check(Field::Html, draft.html.as_deref().is_none_or(body_ok));
+    check(
+        Field::IdempotencyKey,
+        draft
+            .idempotency_key
+            .as_deref()
+            .is_none_or(|k| header_text_ok(k, 255)),
+    );
+    broken
+}
+
+/// What every accepted email satisfies, whichever path it came by.
+fn assert_follows_the_rules(email: &NewEmail) {
+    for address in [&email.from, &email.to] {
+        let text = address.to_string();
+        assert!(address_ok(&text), "accepted address {text:?}");
+        assert_eq!(text.parse::<Address>().as_ref(), Ok(address));
+    }
+    assert!(
+        header_text_ok(&email.subject, 255),
+        "accepted subject {:?}",
+        email.subject
+    );
+    assert!(!email.subject.contains(['\r', '\n']));
+    assert!(body_ok(&email.message), "accepted message");
+    assert!(email.html.as_deref().is_none_or(body_ok), "accepted html");
+    assert!(
+        email
+            .idempotency_key
+            .as_deref()
+            .is_none_or(|k| header_text_ok(k, 255)),
+        "accepted idempotency key {:?}",
+        email.idempotency_key
+    );
+}
+
+// --- strategies ------------------------------------------------------------------------
+
+/// Mostly plain letters, often something hostile: line breaks, NUL, other control
+/// characters, separators that matter in addresses and headers, and any char at all.
+fn hostile_char() -> impl Strategy<Value = char> {
+    prop_oneof![
+        6 => proptest::char::range('a', 'z'),
+        3 => prop::sample::select(vec![
+            '@', '.', ' ', '\r', '\n', '\0', '\t', '\u{7f}', '\u{85}', '\u{9f}', '\u{a0}',
+            'é', '\u{2028}', '"', '<', '>', ',', ':', ';', '\\', '😀',
+        ]),
+        1 => any::<char>(),
+    ]
+}
+
+fn text(max_chars: usize) -> impl Strategy<Value = String> {
+    vec(hostile_char(), 0..=max_chars).prop_map(String::from_iter)
+}
+
+/// Text that breaks no rule by itself: printable characters, and in bodies line breaks.
+fn clean_text(max_chars: usize, line_breaks: bool) -> impl Strategy<Value = String> {
+    let mut chars = vec![
+        'a', 'z', 'Q', '0', ' ', '.', '!', 'é', 'ß', '\u{a0}', '😀', '"',
+    ];
+    if line_breaks {
+        chars.extend(['\r', '\n', '\t']);
+    }
+    vec(prop::sample::select(chars), 1..=max_chars).prop_map(String::from_iter)
+}
+
+/// `count` copies of `unit`, where `count` lands around a limit.
+fn around(unit: &'static str, limit: usize) -> impl Strategy<Value = String> {
+    (limit.saturating_sub(2)..=limit + 2).prop_map(move |count| unit.repeat(count))
+}
+
+fn address() -> impl Strategy<Value = String> {
+    let local = "[a-z0-9]{1,8}([._%+-][a-z0-9]{1,8}){0,2}";
+    let domain = "[a-z0-9]{1,10}(-[a-z0-9]{1,5})?";
+    prop_oneof![
+        8 => (local, domain, "[a-z]{2,6}")
+            .prop_map(|(local, domain, tld)| format!("{local}@{domain}.{tld}")),
+        // Around the 254-character limit, in characters, not bytes.
+        1 => (250usize..=258, prop::sample::select(vec!['x', 'é']))
+            .prop_map(|(chars, c)| long_address(chars, c)),
+        // An address with a header, a display name or a second address after it.
+        2 => (local, text(12)).prop_map(|(local, tail)| format!("{local}@example.com{tail}")),
+        2 => text(30),
+    ]
+}
+
+/// `cccc…c@xxx…x.com`, `chars` characters long: 20 `c` (`é` makes the address longer in
+/// bytes than in characters), then a domain with labels of at most 60 characters.
+fn long_address(chars: usize, c: char) -> String {
+    let local = c.to_string().repeat(20);
+    let domain: String = (0..chars - "@.com".len() - 20)
+        .map(|i| if i % 61 == 60 { '.' } else { 'x' })
+        .collect();
+    format!("{local}@{domain}.com")
+}
+
+fn subject() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => clean_text(60, false),
+        4 => text(40),
+        1 => around("s", 255),
+        1 => around("é", 255),
+        1 => (text(8), text(8)).prop_map(|(a, b)| format!("{a}\r\nBcc: victim@example.com{b}")),
+    ]
+}
+
+fn body() -> impl Strategy<Value = String> {
+    prop_oneof![
+        6 => clean_text(60, true),
+        3 => text(60),
+        1 => around("m", MAX_MESSAGE_BYTES),
+        // Over the limit in bytes while under it in characters.
+        1 => Just("é".repeat(MAX_MESSAGE_BYTES / 2 + 1)),
+    ]
+}
+
+fn idempotency_key() -> impl Strategy<Value = String> {
+    prop_oneof![4 => clean_text(30, false), 2 => text(30), 1 => around("k", 255)]
+}
+
+fn draft() -> impl Strategy<Value = EmailDraft> {
+    (
+        option::weighted(0.9, address()),
+        option::weighted(0.9, address()),
+        option::weighted(0.9, subject()),
+        option::weighted(0.9, body()),
+        option::weighted(0.3, body()),
+        option::weighted(0.3, idempotency_key()),
+    )
+        .prop_map(
+            |(from, to, subject, message, html, idempotency_key)| EmailDraft {
+                from,
+                to,
+                subject,
+                message,
+                html,
+                idempotency_key,
+                id: None,
+            },
+        )
+}
+
+/// Any JSON value, to put where a string is expected.
+fn any_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(Value::from),
+        text(10).prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            vec(inner.clone(), 0..4).prop_map(Value::Array),
+            vec((text(6), inner), 0..4)
+                .prop_map(|entries| Value::Object(entries.into_iter().collect())),
+        ]
+    })
+}
+
+/// A field of a create event: absent, null, a string, or a value of the wrong type.
+fn event_field(string: impl Strategy<Value = String>) -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        1 => Just(None),
+        1 => Just(Some(Value::Null)),
+        8 => string.prop_map(|s| Some(Value::String(s))),
+        1 => any_json().prop_map(Some),
+    ]
+}
+
+fn email_id_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => any::<u128>().prop_map(|n| Uuid::from_u128(n).to_string()),
+        1 => any::<u128>().prop_map(|n| format!(" {} ", Uuid::from_u128(n).simple())),
+        2 => text(40),
+    ]
+}
+
+/// A create event as JSON: each known field in any shape, sometimes an unknown field.
+fn event_json() -> impl Strategy<Value = Value> {
+    (
+        (
+            event_field(email_id_text()),
+            event_field(address()),
+            event_field(address()),
+            event_field(subject()),
+        ),
+        (
+            event_field(body()),
+            event_field(body()),
+            event_field(idempotency_key()),
+            option::of(any_json()),
+            option::weighted(0.1, (text(8), any_json())),
+        ),
+    )
+        .prop_map(
+            |(
+                (email_id, from, to, subject),
+                (message, html, idempotency_key, created_at, unknown),
+            )| {
+                let mut object = Map::new();
+                let known = [
+                    ("emailID", email_id),
+                    ("from", from),
+                    ("to", to),
+                    ("subject", subject),
+                    ("message", message),
+                    ("html", html),
+                    ("idempotencyKey", idempotency_key),
+                    ("createdAt", created_at),
+                ];
+                for (name, value) in known {
+                    if let Some(value) = value {
+                        object.insert(name.to_owned(), value);
+                    }
+                }
+                if let Some((name, value)) = unknown {
+                    object.insert(name, value);
+                }
+                Value::Object(object)
+            },
+        )
+}
+
+/// Whether `decode` must take the event: an object whose known fields are strings or
+/// null (`createdAt` may be anything), and no other field.
+fn decodable(event: &Value) -> bool {
+    let Value::Object(object) = event else {
+        return false;
+    };
+    object.iter().all(|(name, value)| match name.as_str() {
+        "createdAt" => true,
+        "emailID" | "from" | "to" | "subject" | "message" | "html" | "idempotencyKey" => {
+            value.is_string() || value.is_null()
+        }
+        _ => false,
+    })
+}
+
+fn string_at(event: &Value, name: &str) -> Option<String> {
+    event.get(name).and_then(Value::as_str).map(str::to_owned)
+}
+
+// --- properties ------------------------------------------------------------------------
+
+proptest! {
+
+    /// Any bytes on `mail:create`: decoding and validating never panic, and whatever
+    /// gets through follows the rules.
+    #[test]
+    fn any_bytes_on_mail_create_are_decoded_or_refused_without_panicking(
+        payload in prop_oneof![
+            vec(any::<u8>(), 0..256),
+            // Valid events with bytes changed, cut or doubled.
+            (event_json(), any::<prop::sample::Index>(), any::<u8>()).prop_map(|(event, at, byte)| {
+                let mut bytes = serde_json::to_vec(&event).unwrap();
+                if !bytes.is_empty() {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                bytes
+            }),
+            (event_json(), any::<prop::sample::Index>()).prop_map(|(event, at)| {
+                let bytes = serde_json::to_vec(&event).unwrap();
+                bytes[..at.index(bytes.len() + 1)].to_vec()
+            }),
+        ],
+        msg_id in option::of(text(20)),
+    ) {
+        if let Ok(event) = CreateEvent::decode(&payload)
+            && let Ok(draft) = event.into_draft(msg_id.as_deref())
+            && let Ok(email) = NewEmail::try_from(draft)
+        {
+            assert_follows_the_rules(&email);
+        }
+    }
+
+    /// Well-formed JSON of any shape: an event is decoded exactly when its fields have
+    /// the right types, and becomes an email exactly when every rule holds.
+    #[test]
+    fn a_create_event_becomes_an_email_exactly_when_it_follows_the_rules(
+        event in event_json(),
+        msg_id in option::of(idempotency_key()),
+    ) {
+        let decoded = CreateEvent::decode(&serde_json::to_vec(&event).unwrap());
+        prop_assert_eq!(decoded.is_ok(), decodable(&event), "{}", event);
+        let Ok(decoded) = decoded else { return Ok(()) };
+
+        let email_id = string_at(&event, "emailID");
+        let draft = decoded.into_draft(msg_id.as_deref());
+        let id_ok = email_id.as_deref().is_none_or(|id| Uuid::try_parse(id.trim()).is_ok());
+        prop_assert_eq!(draft.is_ok(), id_ok);
+        let Ok(draft) = draft else { return Ok(()) };
+
+        let key_field = string_at(&event, "idempotencyKey");
+        let expected_key = key_field
+            .or_else(|| msg_id.filter(|m| email_id.as_deref() != Some(m.as_str())));
+        prop_assert_eq!(&draft.idempotency_key, &expected_key);
+
+        let broken = broken_fields(&draft);
+        match NewEmail::try_from(draft) {
+            Ok(email) => {
+                prop_assert!(broken.is_empty(), "accepted despite {:?}", broken);
+                assert_follows_the_rules(&email);
+                if let Some(id) = email_id {
+                    prop_assert_eq!(email.id.as_uuid(), Uuid::try_parse(id.trim()).unwrap());
+                }
+            }
+            Err(violations) => {
+                prop_assert_eq!(violations.fields().collect::<HashSet<_>>(), broken);
+            }
+        }
+    }
+
+    /// Every broken field is reported, at once, and nothing else.
+    #[test]
+    fn a_draft_is_accepted_exactly_when_it_follows_the_rules(draft in draft()) {
+        let broken = broken_fields(&draft);
+        match NewEmail::try_from(draft) {
+            Ok(email) => {
+                prop_assert!(broken.is_empty(), "accepted despite {:?}", broken);
+                assert_follows_the_rules(&email);
+            }
+            Err(violations) => {
+                prop_assert_eq!(violations.fields().collect::<HashSet<_>>(), broken);
+                for violation in violations.iter() {
+                    prop_assert!(!violation.code.is_empty() && !violation.message.is_empty());
+                }
+            }
+        }
+    }
+
+    /// What the REST API publishes for the create workers decodes into the same email.
+    #[test]
+    fn an_accepted_email_survives_the_trip_through_a_create_event(draft in draft()) {
+        let Ok(email) = NewEmail::try_from(draft) else { return Ok(()) };
+        let payload = serde_json::to_vec(&CreateEvent::from_new_email(&email)).unwrap();
+        let again = CreateEvent::decode(&payload)
+            .and_then(|event| event.into_draft(Some(&email.id.to_string())))
+            .and_then(NewEmail::try_from);
+        prop_assert_eq!(again, Ok(email));
+    }
+
+    #[test]
+    fn a_search_is_accepted_exactly_within_its_bounds(
+        text in option::of(prop_oneof![
+            text(40),
+            around("w", MAX_SEARCH_CHARS),
+            (around("w", MAX_SEARCH_CHARS), text(4))
+                .prop_map(|(words, blank)| format!("  {words}{}", blank.replace(|c: char| !c.is_whitespace(), " "))),
+        ]),
+        page in option::of(prop_oneof![-3i64..=3, Just(i64::from(MAX_PAGE)), Just(i64::from(MAX_PAGE) + 1), any::<i64>()]),
+        size in option::of(prop_oneof![-3i64..=3, 98i64..=102, any::<i64>()]),
+    ) {
+        let trimmed = text.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        let text_ok = trimmed
+            .is_none_or(|t| t.chars().count() <= MAX_SEARCH_CHARS && !t.contains('\0'));
+        let number_ok = |n: Option<i64>, max: u32| {
+            n.is_none_or(|n| n == 0 || (1..=i64::from(max)).contains(&n))
+        };
+        let expected_ok = text_ok && number_ok(page, MAX_PAGE) && number_ok(size, MAX_PAGE_SIZE);
+
+        match SearchQuery::parse(text.as_deref(), page, size) {
+            Ok(query) => {
+                prop_assert!(expected_ok);
+                prop_assert_eq!(query.text.as_deref(), trimmed);
+                prop_assert_eq!(i64::from(query.page), page.filter(|&p| p != 0).unwrap_or(1));
+                prop_assert_eq!(i64::from(query.size), size.filter(|&s| s != 0).unwrap_or(10));
+                prop_assert_eq!(query.offset(), (i64::from(query.page) - 1) * i64::from(query.size));
+            }
+            Err(violations) => {
+                prop_assert!(!expected_ok);
+                let fields: HashSet<_> = violations.fields().collect();
+                prop_assert_eq!(fields.contains(&Field::Search), !text_ok);
+                prop_assert_eq!(fields.contains(&Field::Page), !number_ok(page, MAX_PAGE));
+                prop_assert_eq!(fields.contains(&Field::Size), !number_ok(size, MAX_PAGE_SIZE));
+            }
+        }
+    }
+
+    /// Every spelling of a UUID names the same email; anything else is a `uuid`
+    /// violation of the field asked about.
+    #[test]
+    fn an_email_id_is_any_spelling_of_a_uuid_and_nothing_else(
+        n in any::<u128>(),
+        noise in text(40),
+        blank in "[ \t]{0,3}",
+    ) {
+        let uuid = Uuid::from_u128(n);
+        for spelling in [
+            uuid.hyphenated().to_string(),
+            uuid.hyphenated().to_string().to_uppercase(),
+            uuid.simple().to_string(),
+            uuid.braced().to_string(),
+            uuid.urn().to_string(),
+        ] {
+            let padded = format!("{blank}{spelling}{blank}");
+            let id = EmailId::parse(&padded, Field::EmailId).unwrap();
+            prop_assert_eq!(id.as_uuid(), uuid);
+            prop_assert_eq!(EmailId::parse(&id.to_string(), Field::EmailId), Ok(id));
+        }
+        match EmailId::parse(&noise, Field::Page) {
+            Ok(id) => prop_assert_eq!(Some(id.as_uuid()), Uuid::try_parse(noise.trim()).ok()),
+            Err(violations) => {
+                let all: Vec<_> = violations.iter().map(|v| (v.field, v.code.to_string())).collect();
+                prop_assert_eq!(all, vec![(Field::Page, "uuid".to_owned())]);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_strategies_reach_both_sides_of_every_rule() {
+    // A property that only ever sees valid (or only invalid) input proves little. The
+    // draft strategy is weighted so each field is often broken and often fine; check
+    // a fixed sample of it.
+    use proptest::{
+        strategy::ValueTree,
+        test_runner::{Config, TestRng, TestRunner},
+    };
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(proptest::test_runner::RngAlgorithm::ChaCha),
+    );
+    let strategy = draft();
+    let mut accepted = 0;
+    let mut broken = HashSet::new();
+    for _ in 0..2000 {
+        let draft = strategy.new_tree(&mut runner).unwrap().current();
+        let fields = broken_fields(&draft);
+        if fields.is_empty() {
+            accepted += 1;
+        }
+        broken.extend(fields);
+    }
+    assert!(accepted > 200, "only {accepted} valid drafts in 2000");
+    // The long addresses sit on both sides of the limit, counted in characters.
+    assert!(address_ok(&long_address(254, 'x')) && address_ok(&long_address(254, 'é')));
+    assert!(!address_ok(&long_address(255, 'x')) && !address_ok(&long_address(255, 'é')));
+    assert_eq!(
+        broken,
+        HashSet::from([
+            Field::From,
+            Field::To,
+            Field::Subject,
+            Field::Message,
+            Field::Html,
+            Field::IdempotencyKey
+        ])
+    );
+}
