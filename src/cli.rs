@@ -263,6 +263,7 @@ async fn events(settings: Settings, action: EventsAction) -> anyhow::Result<()> 
             limit,
             no_follow,
         } => {
+            let subject = subject.map(|s| commands::events::resolve_subject(&settings.nats, &s));
             commands::events::tail(&jetstream, subject.as_deref(), &start, limit, !no_follow).await
         }
     }

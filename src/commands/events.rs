@@ -7,9 +7,20 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::consumer::DeliverPolicy;
 use chrono::{DateTime, Utc};
 
-use crate::adapters::jetstream::JetStream;
+use crate::{adapters::jetstream::JetStream, config::NatsSettings};
 
 use super::{message_json, read_stream};
+
+/// The subject `--subject` names: a configured short name (`mail:create`) gets the
+/// deployment's prefix; anything else is taken as written.
+pub fn resolve_subject(settings: &NatsSettings, subject: &str) -> String {
+    let names = &settings.subjects;
+    if [&names.create, &names.send, &names.errors, &names.status].contains(&&subject.to_owned()) {
+        settings.subject(subject)
+    } else {
+        subject.to_owned()
+    }
+}
 
 /// Parses `--start`: `all`, `last`, `last_per_subject`, `new`, `seq:N`, `time:RFC3339`,
 /// `ago:DURATION` (like `30s`, `5m`).
@@ -98,6 +109,21 @@ mod tests {
                 start_time: now - chrono::Duration::minutes(5)
             }
         );
+    }
+
+    #[test]
+    fn short_subject_names_get_the_prefix() {
+        let mut settings = crate::config::Settings::load(&crate::config::Sources {
+            profile: Some("test".into()),
+            config_dir: Some("/nonexistent".into()),
+            file: None,
+        })
+        .unwrap()
+        .nats;
+        settings.prefix = "t1.".into();
+        assert_eq!(resolve_subject(&settings, "mail:create"), "t1.mail:create");
+        assert_eq!(resolve_subject(&settings, "t1.mail:send"), "t1.mail:send");
+        assert_eq!(resolve_subject(&settings, "other.>"), "other.>");
     }
 
     #[test]

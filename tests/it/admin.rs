@@ -43,13 +43,14 @@ async fn events_tail_prints_the_recent_create_events() {
     let app = spawn_app().await;
     publish_creates(&app, &["first", "second", "third"]).await;
     let subject = app.subject("mail:create");
+    // The short name works too: the deployment's prefix is applied.
     let (lines, _) = run(
         &app,
         &[
             "events",
             "tail",
             "--subject",
-            &subject,
+            "mail:create",
             "--start",
             "ago:5m",
             "--no-follow",
