@@ -10,7 +10,7 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test fuzz deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
+.PHONY: run test fuzz bench deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
 	local local-down develop develop-down
 
 ## run: dependencies up, database created and migrated, service in the foreground
@@ -27,6 +27,12 @@ test:
 ## fuzz: schemathesis against a running mailroom's OpenAPI document (also part of `make test`)
 fuzz: deps
 	scripts/fuzz.sh
+
+## bench: measure mailroom against this machine's limits (pgbench, smtp-sink, nginx) in one
+## run; prints a table and writes target/bench/latest.json. Takes about 10 minutes. Starts
+## PostgreSQL, Redis and NATS like `make deps` when they are down (never maildev).
+bench:
+	scripts/bench.sh
 
 ## deps: check PostgreSQL, Redis and NATS, start what is installed, install and start maildev
 deps:
