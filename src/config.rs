@@ -209,6 +209,7 @@ pub struct ConsumersSettings {
 pub struct ConsumerSettings {
     pub durable: String,
     pub workers: usize,
+    pub batch_size: usize,
     pub max_ack_pending: i64,
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
@@ -401,8 +402,8 @@ impl Settings {
             ("create", &self.nats.consumers.create),
             ("send", &self.nats.consumers.send),
         ] {
-            if consumer.workers == 0 {
-                bail!("nats.consumers.{name}.workers must be at least 1");
+            if consumer.workers == 0 || consumer.batch_size == 0 {
+                bail!("nats.consumers.{name}.workers and batch_size must be at least 1");
             }
             match consumer.deliver_policy {
                 DeliverPolicySetting::ByStartSequence if consumer.start_sequence.is_none() => {

@@ -75,24 +75,30 @@ pub enum AfterAttempt {
     Failed,
 }
 
+/// An attempt made, and where it leaves its email.
+#[derive(Debug, Clone)]
+pub struct FinishedAttempt {
+    pub id: EmailId,
+    pub record: AttemptRecord,
+    pub after: AfterAttempt,
+    pub error: Option<String>,
+}
+
 #[async_trait]
 pub trait EmailStore: Send + Sync + 'static {
-    /// Stores a new email as `queued`. When its id or idempotency key is already taken,
-    /// returns the stored email instead of failing.
-    async fn insert(&self, email: &NewEmail) -> Result<Inserted>;
+    /// Stores new emails as `queued`, in one transaction, answering one [`Inserted`] per
+    /// email in order. When an id or idempotency key is already taken (also by an email
+    /// earlier in the same batch), answers the stored email instead of failing.
+    async fn insert(&self, emails: &[NewEmail]) -> Result<Vec<Inserted>>;
     async fn get(&self, id: EmailId) -> Result<Option<Email>>;
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>>;
-    /// Takes an email for one delivery attempt, for at most `lease`: only one worker of
-    /// any instance can hold it at a time.
-    async fn claim(&self, id: EmailId, lease: Duration) -> Result<Claim>;
-    /// Records an attempt and moves the email on, atomically.
-    async fn finish_attempt(
-        &self,
-        id: EmailId,
-        record: &AttemptRecord,
-        after: AfterAttempt,
-        error: Option<&str>,
-    ) -> Result<Email>;
+    /// Takes emails for one delivery attempt each, for at most `lease`: only one worker of
+    /// any instance can hold an email at a time. One [`Claim`] per id, in order; an id
+    /// repeated in the batch is claimed once, its repeats are not due.
+    async fn claim(&self, ids: &[EmailId], lease: Duration) -> Result<Vec<Claim>>;
+    /// Records attempts and moves their emails on, in one transaction; answers each
+    /// email as it is afterwards, in order.
+    async fn finish_attempts(&self, finished: &[FinishedAttempt]) -> Result<Vec<Email>>;
     /// Emails whose delivery should have moved on more than `age` ago (a lost send event,
     /// a crashed worker). Each is returned to one caller only, then not again for `age`,
     /// however many instances ask.

@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use async_nats::jetstream::{
     self, Context,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-    context::{PublishError, PublishErrorKind},
+    context::{PublishAckFuture, PublishError, PublishErrorKind},
     message::PublishMessage,
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
@@ -193,6 +193,18 @@ impl JetStream {
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> Result<u64, PublishError> {
+        let ack = self.try_send(subject, payload, msg_id).await?.await?;
+        Ok(ack.sequence)
+    }
+
+    /// Hands a message to the connection without waiting for its PubAck (a background
+    /// task collects it); waits only while `max_ack_inflight` publishes are unacknowledged.
+    async fn try_send(
+        &self,
+        subject: &str,
+        payload: Bytes,
+        msg_id: Option<&str>,
+    ) -> Result<PublishAckFuture, PublishError> {
         let mut headers = async_nats::HeaderMap::new();
         propagation::inject_nats(&mut headers);
         if let Some(msg_id) = msg_id {
@@ -202,12 +214,7 @@ impl JetStream {
         if !headers.is_empty() {
             publish = publish.headers(headers);
         }
-        let ack = self
-            .context
-            .send_publish(subject.to_owned(), publish)
-            .await?
-            .await?;
-        Ok(ack.sequence)
+        self.context.send_publish(subject.to_owned(), publish).await
     }
 }
 
@@ -305,8 +312,14 @@ impl EventBus for JetStream {
             "status:{}:{}:{}",
             event.email_id, event.attempt, event.status
         );
-        self.publish_json(&self.subjects.status, event, &msg_id)
+        let payload = serde_json::to_vec(event).map_err(|e| Error::Internal(e.into()))?;
+        // Status events inform; nothing waits on their PubAck, so a status change costs no
+        // round trip. The in-flight bound still applies, and the messages keep their
+        // order on the connection.
+        self.try_send(&self.subjects.status, payload.into(), Some(&msg_id))
             .await
+            .map_err(|e| Error::unavailable(Dependency::Nats, e))?;
+        Ok(())
     }
 
     #[tracing::instrument(

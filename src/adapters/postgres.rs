@@ -1,7 +1,7 @@
 //! The email store on PostgreSQL (sqlx). Queries are plain `sqlx::query_as` so building
 //! needs no live database.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -18,7 +18,9 @@ use crate::{
     config::DatabaseSettings,
     domain::{Email, EmailId, EmailStatus, NewEmail, SearchPage, SearchQuery},
     error::{Dependency, Error, Result},
-    ports::{AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, Inserted},
+    ports::{
+        AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, FinishedAttempt, Inserted,
+    },
 };
 
 /// The migrations in `migrations/`, built into the binary.
@@ -77,6 +79,23 @@ impl PgEmailStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn fetch_many(&self, ids: &[Uuid]) -> Result<Vec<Email>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM emails WHERE email_id = ANY($1)"
+        );
+        let rows: Vec<EmailRow> = sqlx::query_as(sql)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.into_iter().map(Email::try_from).collect()
     }
 
     async fn fetch(&self, id: EmailId) -> Result<Option<Email>> {
@@ -178,50 +197,116 @@ impl EmailStore for PgEmailStore {
             db.system.name = "postgresql",
             db.operation.name = "INSERT",
             db.collection.name = "emails",
-            email.id = %email.id,
+            emails = emails.len(),
         ),
         err
     )]
-    async fn insert(&self, email: &NewEmail) -> Result<Inserted> {
+    async fn insert(&self, emails: &[NewEmail]) -> Result<Vec<Inserted>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        // One statement and one commit for the whole batch. Rows whose id or idempotency
+        // key is taken (by an earlier row, or by one earlier in this batch) are skipped.
         let sql = concat!(
             "INSERT INTO emails (email_id, address_from, address_to, subject, message, html, idempotency_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING RETURNING ",
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+             ON CONFLICT DO NOTHING RETURNING ",
             columns!()
         );
-        let created: Option<EmailRow> = sqlx::query_as(sql)
-            .bind(email.id.as_uuid())
-            .bind(AsRef::<str>::as_ref(&email.from))
-            .bind(AsRef::<str>::as_ref(&email.to))
-            .bind(&email.subject)
-            .bind(&email.message)
-            .bind(&email.html)
-            .bind(&email.idempotency_key)
-            .fetch_optional(&self.pool)
+        let created: Vec<EmailRow> = sqlx::query_as(sql)
+            .bind(emails.iter().map(|e| e.id.as_uuid()).collect::<Vec<_>>())
+            .bind(
+                emails
+                    .iter()
+                    .map(|e| e.from.to_string())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(emails.iter().map(|e| e.to.to_string()).collect::<Vec<_>>())
+            .bind(
+                emails
+                    .iter()
+                    .map(|e| e.subject.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                emails
+                    .iter()
+                    .map(|e| e.message.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(emails.iter().map(|e| e.html.as_deref()).collect::<Vec<_>>())
+            .bind(
+                emails
+                    .iter()
+                    .map(|e| e.idempotency_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        if let Some(row) = created {
-            return Ok(Inserted::Created(row.try_into()?));
-        }
-        // The id or the idempotency key is taken: the key decides when there is one.
-        let sql = concat!(
-            "SELECT ",
-            columns!(),
-            " FROM emails WHERE idempotency_key = $2 OR email_id = $1 \
-             ORDER BY (idempotency_key = $2) DESC NULLS LAST LIMIT 1"
-        );
-        let existing: Option<EmailRow> = sqlx::query_as(sql)
-            .bind(email.id.as_uuid())
-            .bind(&email.idempotency_key)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        match existing {
-            Some(row) => Ok(Inserted::Existing(row.try_into()?)),
-            None => Err(Error::Internal(anyhow::anyhow!(
-                "insert of {} conflicted, but no conflicting row exists",
-                email.id
-            ))),
-        }
+        let mut created: HashMap<Uuid, Email> = created
+            .into_iter()
+            .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
+            .collect::<Result<_>>()?;
+
+        // The others found an email already there: the key decides when there is one.
+        let conflicted: Vec<&NewEmail> = emails
+            .iter()
+            .filter(|e| !created.contains_key(&e.id.as_uuid()))
+            .collect();
+        let existing: Vec<Email> = if conflicted.is_empty() {
+            Vec::new()
+        } else {
+            let sql = concat!(
+                "SELECT ",
+                columns!(),
+                " FROM emails WHERE email_id = ANY($1) OR idempotency_key = ANY($2)"
+            );
+            let rows: Vec<EmailRow> = sqlx::query_as(sql)
+                .bind(
+                    conflicted
+                        .iter()
+                        .map(|e| e.id.as_uuid())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    conflicted
+                        .iter()
+                        .filter_map(|e| e.idempotency_key.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+            rows.into_iter()
+                .map(Email::try_from)
+                .collect::<Result<_>>()?
+        };
+        emails
+            .iter()
+            .map(|email| {
+                // A row created in this batch is reported once, as created; a later row
+                // of the batch with the same id or key finds it as existing.
+                if let Some(row) = created.remove(&email.id.as_uuid()) {
+                    return Ok(Inserted::Created(row));
+                }
+                let by_key = email.idempotency_key.as_ref().and_then(|key| {
+                    existing
+                        .iter()
+                        .find(|e| e.idempotency_key.as_ref() == Some(key))
+                });
+                by_key
+                    .or_else(|| existing.iter().find(|e| e.id == email.id))
+                    .cloned()
+                    .map(Inserted::Existing)
+                    .ok_or_else(|| {
+                        Error::Internal(anyhow::anyhow!(
+                            "insert of {} conflicted, but no conflicting row exists",
+                            email.id
+                        ))
+                    })
+            })
+            .collect()
     }
 
     #[tracing::instrument(
@@ -313,40 +398,66 @@ impl EmailStore for PgEmailStore {
             db.system.name = "postgresql",
             db.operation.name = "UPDATE",
             db.collection.name = "emails",
-            email.id = %id,
+            emails = ids.len(),
         ),
         err
     )]
-    async fn claim(&self, id: EmailId, lease: Duration) -> Result<Claim> {
+    async fn claim(&self, ids: &[EmailId], lease: Duration) -> Result<Vec<Claim>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let uuids: Vec<Uuid> = ids.iter().map(EmailId::as_uuid).collect();
         let sql = concat!(
             "UPDATE emails SET status = 'sending', attempts = attempts + 1, updated_at = now(), \
                  next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE email_id = $1 AND (status = 'queued' \
+             WHERE email_id = ANY($1) AND (status = 'queued' \
                  OR (status IN ('deferred', 'sending') AND next_attempt_at <= now())) \
              RETURNING ",
             columns!()
         );
-        let claimed: Option<EmailRow> = sqlx::query_as(sql)
-            .bind(id.as_uuid())
+        let claimed: Vec<EmailRow> = sqlx::query_as(sql)
+            .bind(&uuids)
             .bind(seconds(lease))
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        if let Some(row) = claimed {
-            return Ok(Claim::Claimed(row.try_into()?));
-        }
-        Ok(match self.fetch(id).await? {
-            None => Claim::Missing,
-            Some(email) if email.status.is_final() => Claim::Finished(email),
-            Some(email) => {
-                let due = email.next_attempt_at.unwrap_or_else(Utc::now);
-                Claim::NotDue((due - Utc::now()).to_std().unwrap_or_default())
-            }
-        })
+        let mut claimed: HashMap<Uuid, Email> = claimed
+            .into_iter()
+            .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
+            .collect::<Result<_>>()?;
+        let others: Vec<Uuid> = uuids
+            .iter()
+            .filter(|id| !claimed.contains_key(id))
+            .copied()
+            .collect();
+        let others: HashMap<Uuid, Email> = self
+            .fetch_many(&others)
+            .await?
+            .into_iter()
+            .map(|email| (email.id.as_uuid(), email))
+            .collect();
+        let not_due = |email: &Email| {
+            let due = email.next_attempt_at.unwrap_or_else(Utc::now);
+            Claim::NotDue((due - Utc::now()).to_std().unwrap_or_default())
+        };
+        let claimed_here: Vec<Uuid> = claimed.keys().copied().collect();
+        Ok(uuids
+            .iter()
+            .map(|id| match claimed.remove(id) {
+                Some(email) => Claim::Claimed(email),
+                // A repeat of an id this batch just claimed: held by this very batch.
+                None if claimed_here.contains(id) => Claim::NotDue(lease),
+                None => match others.get(id) {
+                    None => Claim::Missing,
+                    Some(email) if email.status.is_final() => Claim::Finished(email.clone()),
+                    Some(email) => not_due(email),
+                },
+            })
+            .collect())
     }
 
     #[tracing::instrument(
-        name = "postgres.finish_attempt",
+        name = "postgres.finish_attempts",
         skip_all,
         fields(
             otel.kind = "client",
@@ -354,64 +465,95 @@ impl EmailStore for PgEmailStore {
             db.system.name = "postgresql",
             db.operation.name = "UPDATE",
             db.collection.name = "emails",
-            email.id = %id,
-            attempt = record.attempt,
+            emails = finished.len(),
         ),
         err
     )]
-    async fn finish_attempt(
-        &self,
-        id: EmailId,
-        record: &AttemptRecord,
-        after: AfterAttempt,
-        error: Option<&str>,
-    ) -> Result<Email> {
-        let (status, next_attempt_at) = match after {
-            AfterAttempt::Sent => (EmailStatus::Sent, None),
-            AfterAttempt::Deferred { next_attempt_at } => {
-                (EmailStatus::Deferred, Some(next_attempt_at))
-            }
-            AfterAttempt::Failed => (EmailStatus::Failed, None),
-        };
+    async fn finish_attempts(&self, finished: &[FinishedAttempt]) -> Result<Vec<Email>> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = finished.iter().map(|f| f.id.as_uuid()).collect();
+        let attempts: Vec<i32> = finished.iter().map(|f| f.record.attempt).collect();
+        let (statuses, next_attempts): (Vec<&str>, Vec<Option<DateTime<Utc>>>) = finished
+            .iter()
+            .map(|f| match f.after {
+                AfterAttempt::Sent => (EmailStatus::Sent.as_str(), None),
+                AfterAttempt::Deferred { next_attempt_at } => {
+                    (EmailStatus::Deferred.as_str(), Some(next_attempt_at))
+                }
+                AfterAttempt::Failed => (EmailStatus::Failed.as_str(), None),
+            })
+            .unzip();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query(
             "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (email_id, attempt) DO NOTHING",
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[]) \
+             ON CONFLICT (email_id, attempt) DO NOTHING",
         )
-        .bind(id.as_uuid())
-        .bind(record.attempt)
-        .bind(record.started_at)
-        .bind(record.outcome.as_str())
-        .bind(record.smtp_code.map(|c| c as i16))
-        .bind(&record.smtp_text)
+        .bind(&ids)
+        .bind(&attempts)
+        .bind(finished.iter().map(|f| f.record.started_at).collect::<Vec<_>>())
+        .bind(finished.iter().map(|f| f.record.outcome.as_str()).collect::<Vec<_>>())
+        .bind(finished.iter().map(|f| f.record.smtp_code.map(|c| c as i16)).collect::<Vec<_>>())
+        .bind(finished.iter().map(|f| f.record.smtp_text.as_str()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        // Only the holder of the lease for this attempt may move the email on.
+        // Only the holder of the lease for an attempt may move its email on.
         let sql = concat!(
-            "UPDATE emails SET status = $3, updated_at = now(), next_attempt_at = $4, last_error = $5, \
-                 sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END \
-             WHERE email_id = $1 AND status = 'sending' AND attempts = $2 \
+            // The batch's columns are named apart from the table's, so RETURNING's plain
+            // column names can only mean the table's.
+            "UPDATE emails SET status = u.new_status, updated_at = now(), \
+                 next_attempt_at = u.new_next_attempt_at, last_error = u.new_last_error, \
+                 sent_at = CASE WHEN u.new_status = 'sent' THEN now() ELSE sent_at END \
+             FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[]) \
+                 AS u(for_id, for_attempt, new_status, new_next_attempt_at, new_last_error) \
+             WHERE email_id = u.for_id AND status = 'sending' AND attempts = u.for_attempt \
              RETURNING ",
             columns!()
         );
-        let updated: Option<EmailRow> = sqlx::query_as(sql)
-            .bind(id.as_uuid())
-            .bind(record.attempt)
-            .bind(status.as_str())
-            .bind(next_attempt_at)
-            .bind(error)
-            .fetch_optional(&mut *tx)
+        let updated: Vec<EmailRow> = sqlx::query_as(sql)
+            .bind(&ids)
+            .bind(&attempts)
+            .bind(&statuses)
+            .bind(&next_attempts)
+            .bind(
+                finished
+                    .iter()
+                    .map(|f| f.error.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        match updated {
-            Some(row) => row.try_into(),
-            None => {
-                tracing::warn!(email.id = %id, attempt = record.attempt, "lease lost before the attempt was recorded");
-                self.fetch(id).await?.ok_or(Error::NotFound(id))
-            }
+        let mut updated: HashMap<Uuid, Email> = updated
+            .into_iter()
+            .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
+            .collect::<Result<_>>()?;
+        let lost: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !updated.contains_key(id))
+            .copied()
+            .collect();
+        for id in &lost {
+            tracing::warn!(email.id = %id, "lease lost before the attempt was recorded");
         }
+        let mut current: HashMap<Uuid, Email> = self
+            .fetch_many(&lost)
+            .await?
+            .into_iter()
+            .map(|email| (email.id.as_uuid(), email))
+            .collect();
+        ids.iter()
+            .map(|id| {
+                updated
+                    .remove(id)
+                    .or_else(|| current.remove(id))
+                    .ok_or(Error::NotFound(EmailId::from(*id)))
+            })
+            .collect()
     }
 
     #[tracing::instrument(

@@ -1,15 +1,23 @@
-//! Delivering one stored email over SMTP: claim it, send it, record the attempt, and
-//! decide what happens next. The caller (the send worker) turns the answer into an ack,
+//! Delivering stored emails over SMTP: claim them, send them, record the attempts, and
+//! decide what happens next. The caller (the send worker) turns each answer into an ack,
 //! a delayed NAK or a dead letter; nothing here sleeps.
+//!
+//! Work comes in batches (what one pull of the send consumer brought): one statement
+//! claims the batch and one transaction records its attempts, so a busy instance
+//! commits a few times per batch rather than twice per email. The SMTP exchanges run
+//! concurrently, each in the span of the event that asked for it, so every email keeps
+//! its own trace.
 
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::future::join_all;
+use tracing::Instrument;
 
 use crate::{
     domain::{Email, EmailId, EmailStatus},
     error::Result,
-    ports::{AfterAttempt, AttemptOutcome, AttemptRecord, Claim, SendFailure},
+    ports::{AfterAttempt, AttemptOutcome, AttemptRecord, Claim, FinishedAttempt, SendFailure},
 };
 
 use super::{Mailroom, backoff};
@@ -46,38 +54,92 @@ impl Mailroom {
     /// Makes one delivery attempt of an email, if it is due.
     #[tracing::instrument(name = "usecase.deliver", skip_all, fields(email.id = %id))]
     pub async fn deliver(&self, id: EmailId) -> Result<Delivery> {
-        let email = match self.ports.store.claim(id, self.policy.lease).await? {
-            Claim::Claimed(email) => email,
-            Claim::Finished(email) => return Ok(Delivery::AlreadyDone(email)),
-            Claim::NotDue(after) => return Ok(Delivery::NotDue { after }),
-            Claim::Missing => return Ok(Delivery::Missing),
-        };
-        self.status_changed(&email, None).await;
+        let mut deliveries = self
+            .deliver_all(vec![(id, tracing::Span::current())])
+            .await?;
+        Ok(deliveries.pop().expect("one delivery per email"))
+    }
 
+    /// Makes one delivery attempt of each email that is due, answering one [`Delivery`]
+    /// per id, in order. Each email's work runs in the span it comes with.
+    ///
+    /// `Err` means the batch could not be claimed or recorded (PostgreSQL is down); the
+    /// caller asks again later, and the leases make sure no email is sent twice meanwhile.
+    pub async fn deliver_all(&self, batch: Vec<(EmailId, tracing::Span)>) -> Result<Vec<Delivery>> {
+        let (ids, spans): (Vec<EmailId>, Vec<tracing::Span>) = batch.into_iter().unzip();
+        let claims = self.ports.store.claim(&ids, self.policy.lease).await?;
+
+        let attempts: Vec<Option<FinishedAttempt>> =
+            join_all(claims.iter().zip(&spans).map(|(claim, span)| {
+                async move {
+                    let Claim::Claimed(email) = claim else {
+                        return None;
+                    };
+                    self.status_changed(email, None).await;
+                    Some(self.attempt(email).await)
+                }
+                .instrument(span.clone())
+            }))
+            .await;
+        let finished: Vec<FinishedAttempt> = attempts.iter().flatten().cloned().collect();
+        let mut recorded = self
+            .ports
+            .store
+            .finish_attempts(&finished)
+            .await?
+            .into_iter();
+
+        let mut deliveries = Vec::with_capacity(ids.len());
+        let mut changed = Vec::new();
+        for ((claim, attempt), span) in claims.into_iter().zip(attempts).zip(spans) {
+            let delivery = match (claim, attempt) {
+                (Claim::Claimed(_), Some(attempt)) => {
+                    let email = recorded.next().expect("one email per recorded attempt");
+                    changed.push((email.clone(), attempt.error.clone(), span));
+                    outcome(attempt, email)
+                }
+                (Claim::Finished(email), _) => Delivery::AlreadyDone(email),
+                (Claim::NotDue(after), _) => Delivery::NotDue { after },
+                (Claim::Missing, _) => Delivery::Missing,
+                (Claim::Claimed(_), None) => unreachable!("every claimed email is attempted"),
+            };
+            deliveries.push(delivery);
+        }
+        join_all(changed.iter().map(|(email, error, span)| {
+            self.status_changed(email, error.as_deref())
+                .instrument(span.clone())
+        }))
+        .await;
+        Ok(deliveries)
+    }
+
+    /// Sends one claimed email and decides where it goes next.
+    async fn attempt(&self, email: &Email) -> FinishedAttempt {
         let started_at = Utc::now();
         let timer = self
             .metrics
             .smtp_duration
             .with_label_values(&[] as &[&str])
             .start_timer();
-        let result = self.ports.mailer.send(&email).await;
+        let result = self.ports.mailer.send(email).await;
         timer.observe_duration();
 
         let attempt = email.attempts;
         // Attempts in the current retry budget (a redriven email starts a new one).
         let round = (attempt - email.retry_base).max(1) as u32;
-        let (record, after, error) = match &result {
-            Ok(reply) => (
-                AttemptRecord {
+        let finished = match &result {
+            Ok(reply) => FinishedAttempt {
+                id: email.id,
+                record: AttemptRecord {
                     attempt,
                     started_at,
                     outcome: AttemptOutcome::Sent,
                     smtp_code: Some(reply.code),
                     smtp_text: reply.text.clone(),
                 },
-                AfterAttempt::Sent,
-                None,
-            ),
+                after: AfterAttempt::Sent,
+                error: None,
+            },
             Err(failure) => {
                 let outcome = match failure {
                     SendFailure::Transient { .. } => AttemptOutcome::Transient,
@@ -99,46 +161,48 @@ impl Mailroom {
                     }
                     _ => failure.text().to_owned(),
                 };
-                let record = AttemptRecord {
-                    attempt,
-                    started_at,
-                    outcome,
-                    smtp_code: failure.code(),
-                    smtp_text: failure.text().to_owned(),
-                };
-                (record, after, Some(error))
+                FinishedAttempt {
+                    id: email.id,
+                    record: AttemptRecord {
+                        attempt,
+                        started_at,
+                        outcome,
+                        smtp_code: failure.code(),
+                        smtp_text: failure.text().to_owned(),
+                    },
+                    after,
+                    error: Some(error),
+                }
             }
         };
         self.metrics
             .smtp_sends
-            .with_label_values(&[record.outcome.as_str()])
+            .with_label_values(&[finished.record.outcome.as_str()])
             .inc();
         tracing::info!(
-            email.id = %id,
+            email.id = %email.id,
             attempt,
-            outcome = record.outcome.as_str(),
-            smtp.code = record.smtp_code,
+            outcome = finished.record.outcome.as_str(),
+            smtp.code = finished.record.smtp_code,
             "delivery attempt finished"
         );
+        finished
+    }
+}
 
-        let email = self
-            .ports
-            .store
-            .finish_attempt(id, &record, after, error.as_deref())
-            .await?;
-        self.status_changed(&email, error.as_deref()).await;
-        Ok(match (after, email.status) {
-            (AfterAttempt::Sent, _) => Delivery::Sent(email),
-            (AfterAttempt::Deferred { next_attempt_at }, EmailStatus::Deferred) => {
-                let after = (next_attempt_at - Utc::now()).to_std().unwrap_or_default();
-                Delivery::Retry { email, after }
-            }
-            (AfterAttempt::Failed, EmailStatus::Failed) => Delivery::Failed {
-                reason: error.unwrap_or_default(),
-                email,
-            },
-            // The lease was lost to another worker, which now owns the email.
-            _ => Delivery::AlreadyDone(email),
-        })
+/// The delivery an attempt amounts to, given the email as recorded afterwards.
+fn outcome(attempt: FinishedAttempt, email: Email) -> Delivery {
+    match (attempt.after, email.status) {
+        (AfterAttempt::Sent, _) => Delivery::Sent(email),
+        (AfterAttempt::Deferred { next_attempt_at }, EmailStatus::Deferred) => {
+            let after = (next_attempt_at - Utc::now()).to_std().unwrap_or_default();
+            Delivery::Retry { email, after }
+        }
+        (AfterAttempt::Failed, EmailStatus::Failed) => Delivery::Failed {
+            reason: attempt.error.unwrap_or_default(),
+            email,
+        },
+        // The lease was lost to another worker, which now owns the email.
+        _ => Delivery::AlreadyDone(email),
     }
 }

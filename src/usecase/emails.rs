@@ -7,6 +7,9 @@ use crate::{
     ports::{CreateRequest, Inserted, SendReason},
 };
 
+use futures::future::join_all;
+use tracing::Instrument;
+
 use super::Mailroom;
 
 /// A created email, and whether it was created by an earlier request with the same
@@ -39,34 +42,66 @@ impl Mailroom {
     }
 
     async fn store_new(&self, new: NewEmail) -> Result<Created> {
-        match self.ports.store.insert(&new).await? {
-            Inserted::Created(email) => {
-                self.status_changed(&email, None).await;
-                if let Err(err) = self
-                    .ports
-                    .bus
-                    .request_send(email.id, SendReason::Created)
-                    .await
-                {
-                    tracing::warn!(
-                        email.id = %email.id,
-                        error = format!("{err:#}"),
-                        "send event not published; the reconciler will publish it"
-                    );
-                }
-                Ok(Created {
+        let mut created = self
+            .create_all(vec![(new, tracing::Span::current())])
+            .await?;
+        created.pop().expect("one result per email")
+    }
+
+    /// Stores validated emails in one transaction, then, for each new one, refreshes the
+    /// cache and publishes its status and send events, concurrently, each in the span it
+    /// comes with. Answers one result per email, in order: the email (created, or an
+    /// idempotent replay), or the idempotency conflict it ran into.
+    ///
+    /// `Err` means nothing was stored (PostgreSQL is down); the caller may try again.
+    pub async fn create_all(
+        &self,
+        batch: Vec<(NewEmail, tracing::Span)>,
+    ) -> Result<Vec<Result<Created>>> {
+        let (news, spans): (Vec<NewEmail>, Vec<tracing::Span>) = batch.into_iter().unzip();
+        let inserted = self.ports.store.insert(&news).await?;
+        join_all(inserted.iter().zip(&spans).filter_map(|(inserted, span)| {
+            let Inserted::Created(email) = inserted else {
+                return None;
+            };
+            Some(self.announce(email).instrument(span.clone()))
+        }))
+        .await;
+        Ok(inserted
+            .into_iter()
+            .zip(news)
+            .map(|(inserted, new)| match inserted {
+                Inserted::Created(email) => Ok(Created {
                     email,
                     replayed: false,
-                })
-            }
-            Inserted::Existing(email) if email.has_same_content(&new) => Ok(Created {
-                email,
-                replayed: true,
-            }),
-            Inserted::Existing(email) => Err(Error::IdempotencyConflict {
-                key: new.idempotency_key.unwrap_or_else(|| new.id.to_string()),
-                existing: email.id,
-            }),
+                }),
+                Inserted::Existing(email) if email.has_same_content(&new) => Ok(Created {
+                    email,
+                    replayed: true,
+                }),
+                Inserted::Existing(email) => Err(Error::IdempotencyConflict {
+                    key: new.idempotency_key.unwrap_or_else(|| new.id.to_string()),
+                    existing: email.id,
+                }),
+            })
+            .collect())
+    }
+
+    /// Tells the world about a newly stored email: its `queued` status, then its send
+    /// event (in this order on one connection, so followers see `queued` first).
+    async fn announce(&self, email: &Email) {
+        self.status_changed(email, None).await;
+        if let Err(err) = self
+            .ports
+            .bus
+            .request_send(email.id, SendReason::Created)
+            .await
+        {
+            tracing::warn!(
+                email.id = %email.id,
+                error = format!("{err:#}"),
+                "send event not published; the reconciler will publish it"
+            );
         }
     }
 

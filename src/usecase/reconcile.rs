@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use futures::future::join_all;
+
 use crate::{error::Result, ports::SendReason};
 
 use super::Mailroom;
@@ -15,14 +17,16 @@ impl Mailroom {
     #[tracing::instrument(name = "usecase.reconcile", skip_all)]
     pub async fn reconcile(&self, age: Duration, limit: i64) -> Result<usize> {
         let stranded = self.ports.store.take_stranded(age, limit).await?;
+        // Concurrently: the publishes share the connection and their acks overlap.
+        let results = join_all(
+            stranded
+                .iter()
+                .map(|id| self.ports.bus.request_send(*id, SendReason::Reconciled)),
+        )
+        .await;
         let mut published = 0;
-        for id in &stranded {
-            match self
-                .ports
-                .bus
-                .request_send(*id, SendReason::Reconciled)
-                .await
-            {
+        for (id, result) in stranded.iter().zip(results) {
+            match result {
                 Ok(()) => published += 1,
                 Err(err) => {
                     // Still stranded: the next pass after `age` tries again.

@@ -1,9 +1,13 @@
-//! NATS JetStream workers: a pool per durable consumer that pulls messages, runs up to N
-//! handlers at once, and turns each handler's [`Verdict`] into an ack, a NAK with delay
-//! or a dead letter.
+//! NATS JetStream workers: a pool per durable consumer that pulls messages in batches,
+//! runs up to N batches at once, and turns each message's [`Verdict`] into an ack, a NAK
+//! with delay or a dead letter.
 //!
-//! Handlers see an [`Inbound`] (no NATS types) and answer a [`Verdict`], so tests drive
-//! them one message at a time without a server and without sleeping through backoffs.
+//! A batch is what has arrived when a worker is free (at most `batch_size` messages, never
+//! waiting to fill one), so a quiet system handles each message at once and a busy one
+//! stores, claims and records many emails per transaction.
+//!
+//! Handlers see [`Inbound`]s (no NATS types) and answer [`Verdict`]s, so tests drive them
+//! a message at a time without a server and without sleeping through backoffs.
 
 mod create;
 mod send;
@@ -14,7 +18,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt, future::join_all};
 use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
@@ -40,6 +44,9 @@ pub struct Inbound {
     /// How many times this message has been delivered, this time included.
     pub delivered: i64,
     pub published: DateTime<Utc>,
+    /// The message's consumer span, which continues its publisher's trace: the work
+    /// done for this message belongs in it.
+    pub span: tracing::Span,
 }
 
 /// What to do with a handled message.
@@ -77,7 +84,14 @@ impl Verdict {
 
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
-    async fn handle(&self, message: &Inbound) -> Verdict;
+    /// Handles a batch, answering one verdict per message, in order.
+    async fn handle_batch(&self, batch: &[Inbound]) -> Vec<Verdict>;
+
+    /// Handles one message.
+    async fn handle(&self, message: &Inbound) -> Verdict {
+        let mut verdicts = self.handle_batch(std::slice::from_ref(message)).await;
+        verdicts.pop().expect("one verdict per message")
+    }
 }
 
 /// A pool of handlers on one durable consumer.
@@ -86,7 +100,10 @@ pub struct WorkerPool {
     pub label: String,
     pub consumer: PullConsumer,
     pub handler: Arc<dyn Handler>,
+    /// Batches handled at once by this instance.
     pub workers: usize,
+    /// Most messages in one batch.
+    pub batch_size: usize,
     pub ack_wait: Duration,
     pub bus: Arc<dyn EventBus>,
     pub metrics: Metrics,
@@ -94,8 +111,8 @@ pub struct WorkerPool {
 
 impl WorkerPool {
     /// Pulls and handles messages until `shutdown`, then stops pulling and waits up to
-    /// `drain` for the handlers in flight. A handler cut short leaves its message
-    /// unacknowledged, so the server delivers it again: nothing is lost.
+    /// `drain` for the batches in flight. A batch cut short leaves its messages
+    /// unacknowledged, so the server delivers them again: nothing is lost.
     pub async fn run(self, shutdown: CancellationToken, drain: Duration) {
         self.metrics.worker_started(&self.label);
         let slots = Arc::new(Semaphore::new(self.workers));
@@ -105,7 +122,8 @@ impl WorkerPool {
             let mut messages = match this
                 .consumer
                 .stream()
-                .max_messages_per_batch(this.workers)
+                // Enough buffered for every free worker to take a full batch.
+                .max_messages_per_batch(this.workers * this.batch_size)
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -125,26 +143,38 @@ impl WorkerPool {
                     _ = shutdown.cancelled() => break 'pull,
                     permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 };
-                let next = tokio::select! {
+                let first = tokio::select! {
                     _ = shutdown.cancelled() => break 'pull,
                     next = messages.next() => next,
                 };
-                match next {
-                    Some(Ok(message)) => {
-                        let this = this.clone();
-                        in_flight.spawn(async move {
-                            this.process(message).await;
-                            drop(permit);
-                        });
-                    }
+                let mut batch = match first {
+                    Some(Ok(message)) => vec![message],
                     Some(Err(err)) => {
                         // Missed heartbeats and the like while NATS is away: the stream
                         // recovers by itself; log and keep pulling.
                         tracing::warn!(consumer = %this.label, error = %err, "pulling messages failed");
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
                     }
                     None => continue 'pull,
+                };
+                // Take what has already arrived, without waiting for more (`next` is
+                // cancel-safe: a message not taken now stays in the stream).
+                while batch.len() < this.batch_size {
+                    match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => batch.push(message),
+                        Some(Some(Err(err))) => {
+                            tracing::warn!(consumer = %this.label, error = %err, "pulling messages failed");
+                            break;
+                        }
+                        _ => break,
+                    }
                 }
+                let this = this.clone();
+                in_flight.spawn(async move {
+                    this.process(batch).await;
+                    drop(permit);
+                });
                 while in_flight.try_join_next().is_some() {}
             }
         }
@@ -160,64 +190,89 @@ impl WorkerPool {
         }
     }
 
-    /// Handles one message in a consumer span that continues the publisher's trace
-    /// (from the message's `traceparent` header), so a trace runs on from the API
-    /// through every worker.
-    async fn process(&self, message: jetstream::Message) {
-        let span = tracing::info_span!(
-            "nats.process",
-            otel.name = format!("process {}", message.subject),
-            otel.kind = "consumer",
-            messaging.system = "nats",
-            messaging.destination.name = %message.subject,
-            subject = %self.label,
-            seq = Empty,
-            delivered = Empty,
-            outcome = Empty,
-            otel.status_code = Empty,
-        );
-        if let Some(headers) = &message.headers {
-            propagation::continue_trace(&span, propagation::extract_nats(headers));
-        }
-        self.process_in_span(message).instrument(span).await
-    }
-
-    async fn process_in_span(&self, message: jetstream::Message) {
-        let timer = self
-            .metrics
-            .nats_duration
-            .with_label_values(&[self.label.as_str()])
-            .start_timer();
-        let inbound = match inbound(&message) {
-            Ok(inbound) => inbound,
-            Err(err) => {
-                tracing::error!(error = %err, "not a JetStream message; terminating it");
-                let _ = message.ack_with(AckKind::Term).await;
-                return;
+    /// Handles a batch: each message gets a consumer span that continues its publisher's
+    /// trace (from its `traceparent` header), so a trace runs on from the API through
+    /// every worker, batch or not.
+    async fn process(&self, messages: Vec<jetstream::Message>) {
+        let timer = std::time::Instant::now();
+        let mut batch = Vec::with_capacity(messages.len());
+        let mut kept = Vec::with_capacity(messages.len());
+        for message in messages {
+            let span = tracing::info_span!(
+                "nats.process",
+                otel.name = format!("process {}", message.subject),
+                otel.kind = "consumer",
+                messaging.system = "nats",
+                messaging.destination.name = %message.subject,
+                subject = %self.label,
+                seq = Empty,
+                delivered = Empty,
+                outcome = Empty,
+                otel.status_code = Empty,
+            );
+            if let Some(headers) = &message.headers {
+                propagation::continue_trace(&span, propagation::extract_nats(headers));
             }
-        };
-        let span = tracing::Span::current();
-        span.record("seq", inbound.stream_sequence);
-        span.record("delivered", inbound.delivered);
+            match inbound(&message, span.clone()) {
+                Ok(inbound) => {
+                    span.record("seq", inbound.stream_sequence);
+                    span.record("delivered", inbound.delivered);
+                    batch.push(inbound);
+                    kept.push(message);
+                }
+                Err(err) => {
+                    let _entered = span.enter();
+                    tracing::error!(error = %err, "not a JetStream message; terminating it");
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
 
-        // Long handlers (a slow SMTP server) tell the server they are alive, so the
-        // message is not redelivered to another worker meanwhile. The reports live in
+        // Long batches (a slow SMTP server) tell the server they are alive, so their
+        // messages are not redelivered to another worker meanwhile. The reports live in
         // this future: when it is dropped (a crash, a drain timeout), they stop too.
         let every = (self.ack_wait / 2).max(Duration::from_millis(500));
         let mut reports = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        let handling = self.handler.handle(&inbound);
+        let handling = self.handler.handle_batch(&batch);
         tokio::pin!(handling);
-        let verdict = loop {
+        let verdicts = loop {
             tokio::select! {
-                verdict = &mut handling => break verdict,
+                verdicts = &mut handling => break verdicts,
                 _ = reports.tick() => {
-                    if let Err(err) = message.ack_with(AckKind::Progress).await {
-                        tracing::debug!(error = %err, "progress report failed");
+                    for message in &kept {
+                        if let Err(err) = message.ack_with(AckKind::Progress).await {
+                            tracing::debug!(error = %err, "progress report failed");
+                        }
                     }
                 }
             }
         };
+        let elapsed = timer.elapsed().as_secs_f64();
+        join_all(
+            kept.iter()
+                .zip(&batch)
+                .zip(verdicts)
+                .map(|((message, inbound), verdict)| {
+                    let span = inbound.span.clone();
+                    self.settle(message, inbound, verdict, elapsed)
+                        .instrument(span)
+                }),
+        )
+        .await;
+    }
 
+    /// Carries out a message's verdict: a dead letter first if there is one, then the
+    /// ack, NAK or TERM.
+    async fn settle(
+        &self,
+        message: &jetstream::Message,
+        inbound: &Inbound,
+        verdict: Verdict,
+        elapsed: f64,
+    ) {
         let verdict = match verdict {
             Verdict::DeadLetter { reason, dedup_key } => {
                 let letter = DeadLetter {
@@ -255,6 +310,7 @@ impl WorkerPool {
             // The server redelivers after ack_wait; handlers are idempotent.
             tracing::warn!(error = %err, "could not acknowledge a message");
         }
+        let span = &inbound.span;
         span.record("outcome", verdict.outcome().as_str());
         if matches!(verdict, Verdict::DeadLetter { .. }) {
             span.record("otel.status_code", "ERROR");
@@ -263,11 +319,14 @@ impl WorkerPool {
             .nats_messages
             .with_label_values(&[self.label.as_str(), verdict.outcome().as_str()])
             .inc();
-        timer.observe_duration();
+        self.metrics
+            .nats_duration
+            .with_label_values(&[self.label.as_str()])
+            .observe(elapsed);
     }
 }
 
-fn inbound(message: &jetstream::Message) -> anyhow::Result<Inbound> {
+fn inbound(message: &jetstream::Message, span: tracing::Span) -> anyhow::Result<Inbound> {
     let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Inbound {
         subject: message.subject.to_string(),
@@ -280,5 +339,6 @@ fn inbound(message: &jetstream::Message) -> anyhow::Result<Inbound> {
         stream_sequence: info.stream_sequence,
         delivered: info.delivered,
         published: info.published,
+        span,
     })
 }

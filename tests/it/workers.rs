@@ -22,6 +22,7 @@ fn message(subject: &str, payload: serde_json::Value, delivered: i64) -> Inbound
         stream_sequence: 42,
         delivered,
         published: Utc::now(),
+        span: tracing::Span::none(),
     }
 }
 
@@ -221,4 +222,149 @@ async fn an_email_in_flight_when_the_process_dies_is_sent_by_the_next_one() {
     next.wait_for_status(&id, "sent", Duration::from_secs(20))
         .await;
     assert_eq!(smtp.received().len(), 1);
+}
+
+fn create_handler(app: &TestApp) -> CreateHandler {
+    CreateHandler {
+        mailroom: app.mailroom.clone(),
+        stream_incarnation: "MAIL@batch".into(),
+        max_event_bytes: 1 << 20,
+        max_deliver: 5,
+        backoff: vec![Duration::from_secs(1)],
+    }
+}
+
+#[tokio::test]
+async fn a_batch_of_create_events_gets_one_verdict_per_message() {
+    let app = spawn_app_with(|s| s.reconciler.enabled = false).await;
+    let handler = create_handler(&app);
+    let mut keyed = email_body(&unique_recipient("keyed"));
+    keyed["idempotencyKey"] = json!("batch-key");
+    let mut same_key_other_content = email_body(&unique_recipient("other"));
+    same_key_other_content["idempotencyKey"] = json!("batch-key");
+    let mut batch = vec![
+        message("mail:create", email_body(&unique_recipient("one")), 1),
+        message("mail:create", email_body("not-an-address"), 1),
+        message("mail:create", keyed.clone(), 1),
+        message("mail:create", keyed, 1),
+        message("mail:create", same_key_other_content, 1),
+    ];
+    for (sequence, message) in batch.iter_mut().enumerate() {
+        message.stream_sequence = sequence as u64 + 1;
+    }
+
+    let verdicts = handler.handle_batch(&batch).await;
+
+    assert_eq!(verdicts.len(), 5);
+    assert_eq!(verdicts[0], Verdict::Ack);
+    assert!(
+        matches!(&verdicts[1], Verdict::DeadLetter { reason, .. } if reason.contains("to:")),
+        "{:?}",
+        verdicts[1]
+    );
+    assert_eq!(verdicts[2], Verdict::Ack);
+    assert_eq!(
+        verdicts[3],
+        Verdict::Ack,
+        "the same key and content again: a replay"
+    );
+    assert!(
+        matches!(&verdicts[4], Verdict::DeadLetter { reason, .. } if reason.contains("batch-key")),
+        "the same key with other content: a conflict, {:?}",
+        verdicts[4]
+    );
+    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(count, 2);
+}
+
+#[tokio::test]
+async fn a_batch_naming_one_email_twice_sends_it_once() {
+    let smtp = FakeSmtp::start(Behaviour::Accept).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.reconciler.enabled = false;
+    })
+    .await;
+    let id = stored_email(&app).await;
+    let other = stored_email(&app).await;
+    let handler = send_handler(&app);
+    let batch = [
+        message("mail:send", json!({"emailID": id}), 1),
+        message("mail:send", json!({"emailID": other}), 1),
+        message("mail:send", json!({"emailID": id}), 1),
+        message("mail:send", json!({"emailID": "not-a-uuid"}), 1),
+    ];
+
+    let verdicts = handler.handle_batch(&batch).await;
+
+    assert_eq!(verdicts[0], Verdict::Ack);
+    assert_eq!(verdicts[1], Verdict::Ack);
+    assert!(
+        matches!(verdicts[2], Verdict::Retry(_)),
+        "the repeat waits: {:?}",
+        verdicts[2]
+    );
+    assert!(
+        matches!(verdicts[3], Verdict::DeadLetter { .. }),
+        "{:?}",
+        verdicts[3]
+    );
+    assert_eq!(smtp.received().len(), 2, "each email sent once");
+    // Asked again later, the repeat finds the email sent.
+    assert_eq!(handler.handle(&batch[2]).await, Verdict::Ack);
+    assert_eq!(smtp.received().len(), 2);
+}
+
+#[tokio::test]
+async fn a_busy_worker_stores_many_emails_per_transaction() {
+    const EVENTS: usize = 200;
+    let smtp = FakeSmtp::start(Behaviour::Accept).await;
+    let mut app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.reconciler.enabled = false;
+    })
+    .await;
+    // Events pile up while no worker runs, as under load.
+    app.stop().await;
+    for i in 0..EVENTS {
+        let mut event = email_body(&unique_recipient("busy"));
+        event["subject"] = json!(format!("busy {i}"));
+        app.publish_raw(
+            &app.subject("mail:create"),
+            serde_json::to_vec(&event).unwrap(),
+        )
+        .await;
+    }
+    let commits = || async {
+        let (commits,): (i64,) = sqlx::query_as(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        commits
+    };
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let before = commits().await;
+
+    let next = spawn_sibling(&app, |_| {}).await;
+    crate::helpers::eventually(Duration::from_secs(30), "every email is sent", || async {
+        let (sent,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails WHERE status = 'sent'")
+            .fetch_one(&next.db)
+            .await
+            .unwrap();
+        sent == EVENTS as i64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let used = commits().await - before;
+    // One at a time, each email costs three commits (insert, claim, record): 600.
+    assert!(
+        used < EVENTS as i64,
+        "{used} transactions for {EVENTS} emails: not batched"
+    );
+    assert_eq!(smtp.received().len(), EVENTS);
 }
