@@ -103,6 +103,15 @@ pub struct DatabaseSettings {
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
     pub migrate_on_start: bool,
+    pub group_commit: GroupCommitConfig,
+}
+
+/// Synchronous creates stored together in one transaction.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCommitConfig {
+    pub max_batch: usize,
+    pub committers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -397,6 +406,10 @@ impl Settings {
         }
         if self.delivery.backoff.is_empty() || self.delivery.outage_backoff.is_empty() {
             bail!("delivery.backoff and delivery.outage_backoff need at least one entry");
+        }
+        let group_commit = &self.database.group_commit;
+        if group_commit.max_batch == 0 || group_commit.committers == 0 {
+            bail!("database.group_commit.max_batch and committers must be at least 1");
         }
         for (name, consumer) in [
             ("create", &self.nats.consumers.create),

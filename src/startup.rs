@@ -18,7 +18,7 @@ use crate::{
     grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
-    usecase::{DeliveryPolicy, Mailroom, Ports},
+    usecase::{DeliveryPolicy, GroupCommitSettings, Mailroom, Ports},
     workers::{CreateHandler, SendHandler, WorkerPool},
 };
 
@@ -78,7 +78,14 @@ impl Core {
             // itself is kept alive by progress reports meanwhile.
             lease: settings.smtp.timeout + settings.nats.consumers.send.ack_wait,
         };
-        let mailroom = Mailroom::new(ports, policy, metrics.clone());
+        let mut mailroom = Mailroom::new(ports, policy, metrics.clone());
+        let group_commit = &settings.database.group_commit;
+        if group_commit.max_batch > 1 {
+            mailroom = mailroom.with_group_commit(GroupCommitSettings {
+                max_batch: group_commit.max_batch,
+                committers: group_commit.committers,
+            });
+        }
         Ok(Core {
             mailroom,
             jetstream,

@@ -42,6 +42,9 @@ impl Mailroom {
     }
 
     async fn store_new(&self, new: NewEmail) -> Result<Created> {
+        if let Some(group) = &self.group_commit {
+            return group.create(new).await;
+        }
         let mut created = self
             .create_all(vec![(new, tracing::Span::current())])
             .await?;

@@ -4,6 +4,7 @@
 
 mod delivery;
 mod emails;
+mod group_commit;
 mod health;
 mod reconcile;
 
@@ -11,6 +12,7 @@ use std::{sync::Arc, time::Duration};
 
 pub use delivery::{Delivery, DeliveryPolicy};
 pub use emails::{Accepted, Created};
+pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
 
 use crate::{
@@ -34,6 +36,8 @@ pub struct Mailroom {
     ports: Ports,
     policy: Arc<DeliveryPolicy>,
     metrics: Metrics,
+    /// Groups synchronous creates into shared transactions; `None`: one each.
+    group_commit: Option<group_commit::GroupCommit>,
 }
 
 impl Mailroom {
@@ -42,7 +46,15 @@ impl Mailroom {
             ports,
             policy: Arc::new(policy),
             metrics,
+            group_commit: None,
         }
+    }
+
+    /// Stores synchronous creates that arrive together in one transaction (see
+    /// [`group_commit`]). Starts the committers, so it needs a Tokio runtime.
+    pub fn with_group_commit(mut self, settings: GroupCommitSettings) -> Self {
+        self.group_commit = Some(group_commit::GroupCommit::start(self.clone(), settings));
+        self
     }
 
     pub fn ports(&self) -> &Ports {

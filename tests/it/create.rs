@@ -411,3 +411,70 @@ async fn unknown_routes_and_methods_answer_problem_documents() {
         .unwrap();
     assert_problem(response, 405).await;
 }
+
+/// Fires `count` synchronous creates at once and answers how many transactions stored
+/// them: the rows of one transaction share its `created_at` (PostgreSQL's `now()`).
+async fn transactions_for_concurrent_creates(app: &crate::helpers::TestApp, count: usize) -> usize {
+    let responses = futures::future::join_all((0..count).map(|i| {
+        let mut body = email_body(&unique_recipient("grouped"));
+        body["subject"] = json!(format!("grouped {i}"));
+        async move { app.create_email(&body).await }
+    }))
+    .await;
+    let created: std::collections::HashSet<&str> = responses
+        .iter()
+        .map(|email| email["createdAt"].as_str().unwrap())
+        .collect();
+    created.len()
+}
+
+#[tokio::test]
+async fn concurrent_creates_share_transactions_and_each_waits_for_its_commit() {
+    const CALLS: usize = 64;
+    let grouped = spawn_app().await;
+    let transactions = transactions_for_concurrent_creates(&grouped, CALLS).await;
+    assert!(
+        transactions <= CALLS / 2,
+        "{transactions} transactions for {CALLS} concurrent creates: not grouped"
+    );
+    // Every answer came after its commit: each email is there to read.
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM emails WHERE subject LIKE 'grouped %'")
+            .fetch_one(&grouped.db)
+            .await
+            .unwrap();
+    assert_eq!(stored, CALLS as i64);
+
+    // The measure tells the difference: one transaction per create without grouping.
+    let alone = spawn_app_with(|s| s.database.group_commit.max_batch = 1).await;
+    let transactions = transactions_for_concurrent_creates(&alone, CALLS).await;
+    assert!(
+        transactions > CALLS / 2,
+        "{transactions} transactions for {CALLS} creates committed one by one"
+    );
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_in_one_group_stores_one_email() {
+    let app = spawn_app().await;
+    let body = email_body(&unique_recipient("grouped-key"));
+    let responses = futures::future::join_all((0..16).map(|_| {
+        app.client
+            .post(app.url("/api/v1/email"))
+            .header("Idempotency-Key", "grouped-once")
+            .json(&body)
+            .send()
+    }))
+    .await;
+    let mut ids = std::collections::HashSet::new();
+    let mut replays = 0;
+    for response in responses {
+        let response = response.unwrap();
+        assert_eq!(response.status(), 201);
+        replays += usize::from(response.headers().contains_key("idempotent-replayed"));
+        let email: Value = response.json().await.unwrap();
+        ids.insert(email["emailID"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one email for one key: {ids:?}");
+    assert_eq!(replays, 15, "all but the first are replays");
+}
