@@ -33,6 +33,7 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
+    pub search: SearchSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
     pub startup: StartupSettings,
@@ -287,6 +288,14 @@ pub struct ReconcilerSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct SearchSettings {
+    /// Matches are counted up to this many; past it the total is a lower bound
+    /// (`totalCountExact: false`), so counting a common word never scans the table.
+    pub count_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
     pub log_format: LogFormat,
     pub log_filter: String,
@@ -401,6 +410,9 @@ impl Settings {
 
     /// Refuses settings that cannot work, or that are unsafe in production.
     fn check(&self) -> anyhow::Result<()> {
+        if self.search.count_limit == 0 {
+            bail!("search.count_limit must be at least 1");
+        }
         if self.delivery.max_attempts == 0 {
             bail!("delivery.max_attempts must be at least 1");
         }

@@ -66,7 +66,10 @@ impl Core {
 
         let metrics = Metrics::new();
         let ports = Ports {
-            store: Arc::new(postgres::PgEmailStore::new(pool)),
+            store: Arc::new(postgres::PgEmailStore::new(
+                pool,
+                settings.search.count_limit,
+            )),
             cache: Arc::new(cache),
             bus: Arc::new(jetstream.clone()),
             mailer: Arc::new(mailer),

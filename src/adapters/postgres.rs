@@ -70,11 +70,13 @@ pub async fn create_and_migrate(settings: &DatabaseSettings, pool: &PgPool) -> a
 #[derive(Clone)]
 pub struct PgEmailStore {
     pool: PgPool,
+    /// `search.count_limit`: matches counted before a search's total becomes a lower bound.
+    count_limit: u32,
 }
 
 impl PgEmailStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, count_limit: u32) -> Self {
+        Self { pool, count_limit }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -339,8 +341,17 @@ impl EmailStore for PgEmailStore {
         err
     )]
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>> {
-        // Two query texts rather than `$1 IS NULL OR …`, so a generic plan can still use
-        // the GIN index. websearch_to_tsquery accepts any input without syntax errors.
+        // An exact count of a common word reads most of the table, and PostgreSQL, with no
+        // statistics for a rare term, walks the newest-first index filtering every row. So
+        // the search first collects the keys of at most count_limit + 1 matches, which
+        // stops early for a common word and reads only the full-text index for a rare one.
+        // Up to the limit those keys are every match: the page is sorted from them and
+        // read by primary key. Past it, matches are common enough that walking the
+        // newest-first index finds a page after a few rows (cost grows with the offset).
+        //
+        // Two query texts rather than `$1 IS NULL OR …`, so the GIN index stays usable.
+        // websearch_to_tsquery accepts any input without syntax errors. The statements
+        // are not kept prepared: a generic plan cannot know whether the term is common.
         macro_rules! matching {
             () => {
                 " FROM emails WHERE search @@ websearch_to_tsquery('english', $1)"
@@ -351,42 +362,62 @@ impl EmailStore for PgEmailStore {
                 " FROM emails WHERE $1::text IS NULL"
             };
         }
-        macro_rules! page {
+        macro_rules! newest_first {
             () => {
                 " ORDER BY created_at DESC, email_id DESC LIMIT $2 OFFSET $3"
             };
         }
-        let (count_sql, page_sql) = match query.text {
+        let (keys_sql, walk_sql) = match query.text {
             Some(_) => (
-                concat!("SELECT count(*)", matching!()),
-                concat!("SELECT ", columns!(), matching!(), page!()),
+                concat!("SELECT email_id, created_at", matching!(), " LIMIT $2"),
+                concat!("SELECT ", columns!(), matching!(), newest_first!()),
             ),
             None => (
-                concat!("SELECT count(*)", everything!()),
-                concat!("SELECT ", columns!(), everything!(), page!()),
+                concat!("SELECT email_id, created_at", everything!(), " LIMIT $2"),
+                concat!("SELECT ", columns!(), everything!(), newest_first!()),
             ),
         };
-        let total: i64 = sqlx::query_scalar(count_sql)
+        let limit = self.count_limit;
+        // One row past the page tells whether more follow.
+        let wanted = i64::from(query.size) + 1;
+        let mut keys: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(keys_sql)
             .bind(&query.text)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let rows: Vec<EmailRow> = sqlx::query_as(page_sql)
-            .bind(&query.text)
-            .bind(i64::from(query.size))
-            .bind(query.offset())
+            .bind(i64::from(limit) + 1)
+            .persistent(false)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(SearchPage {
-            total_count: total,
-            page: query.page,
-            size: query.size,
-            items: rows
+        let counted = keys.len() as i64;
+        let rows = if counted <= i64::from(limit) {
+            keys.sort_unstable_by_key(|&(id, created_at)| std::cmp::Reverse((created_at, id)));
+            let page: Vec<Uuid> = keys
                 .into_iter()
+                .skip(usize::try_from(query.offset()).unwrap_or(usize::MAX))
+                .take(wanted as usize)
+                .map(|(id, _)| id)
+                .collect();
+            let mut found: HashMap<Uuid, Email> = self
+                .fetch_many(&page)
+                .await?
+                .into_iter()
+                .map(|email| (email.id.as_uuid(), email))
+                .collect();
+            // A match deleted meanwhile is simply left out.
+            page.iter().filter_map(|id| found.remove(id)).collect()
+        } else {
+            let rows: Vec<EmailRow> = sqlx::query_as(walk_sql)
+                .bind(&query.text)
+                .bind(wanted)
+                .bind(query.offset())
+                .persistent(false)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+            rows.into_iter()
                 .map(Email::try_from)
-                .collect::<Result<_>>()?,
-        })
+                .collect::<Result<Vec<_>>>()?
+        };
+        Ok(SearchPage::assemble(query, counted, limit, rows))
     }
 
     #[tracing::instrument(

@@ -384,27 +384,59 @@ impl SearchQuery {
 /// One page of search results.
 #[derive(Debug, Clone)]
 pub struct SearchPage<T> {
+    /// Every match when `total_exact`; otherwise a lower bound, because counting stopped
+    /// at the count limit (an exact count of a common word reads the whole table).
     pub total_count: i64,
+    pub total_exact: bool,
     pub page: u32,
     pub size: u32,
     pub items: Vec<T>,
+    /// Whether at least one match follows this page.
+    pub has_more: bool,
 }
 
 impl<T> SearchPage<T> {
-    pub fn total_pages(&self) -> i64 {
-        (self.total_count + i64::from(self.size) - 1) / i64::from(self.size)
+    /// Assembles a page from a count that stopped after `limit + 1` matches (`counted`
+    /// above `limit` means "more than `limit`") and the page's rows, fetched with one row
+    /// more than `size` so that row tells whether more follow, whatever the count knows.
+    pub fn assemble(query: &SearchQuery, counted: i64, limit: u32, mut rows: Vec<T>) -> Self {
+        let size = query.size as usize;
+        let has_more = rows.len() > size;
+        rows.truncate(size);
+        let total_exact = counted <= i64::from(limit);
+        let total_count = if total_exact {
+            counted
+        } else {
+            // Past the limit, a deep page itself proves more matches than the limit.
+            let seen = match rows.len() {
+                0 => 0,
+                shown => query.offset() + shown as i64 + i64::from(has_more),
+            };
+            seen.max(i64::from(limit))
+        };
+        SearchPage {
+            total_count,
+            total_exact,
+            page: query.page,
+            size: query.size,
+            items: rows,
+            has_more,
+        }
     }
 
-    pub fn has_more(&self) -> bool {
-        i64::from(self.page) < self.total_pages()
+    /// Pages holding `total_count` matches: a lower bound too when the count is not exact.
+    pub fn total_pages(&self) -> i64 {
+        (self.total_count + i64::from(self.size) - 1) / i64::from(self.size)
     }
 
     pub fn map<U>(self, f: impl FnMut(T) -> U) -> SearchPage<U> {
         SearchPage {
             total_count: self.total_count,
+            total_exact: self.total_exact,
             page: self.page,
             size: self.size,
             items: self.items.into_iter().map(f).collect(),
+            has_more: self.has_more,
         }
     }
 }
@@ -593,30 +625,54 @@ mod tests {
         assert_eq!(err.fields().collect::<Vec<_>>(), vec![Field::Search]);
     }
 
+    fn query(page: i64, size: i64) -> SearchQuery {
+        SearchQuery::parse(Some("x"), Some(page), Some(size)).unwrap()
+    }
+
     #[test]
     fn pages_are_counted_up() {
-        let page = SearchPage::<()> {
-            total_count: 21,
-            page: 2,
-            size: 10,
-            items: vec![],
-        };
+        // 21 matches, page 2 of size 10: eleven rows fetched, so more follow.
+        let page = SearchPage::assemble(&query(2, 10), 21, 1000, vec![(); 11]);
+        assert_eq!((page.total_count, page.total_exact), (21, true));
+        assert_eq!(page.items.len(), 10, "the extra row is not shown");
         assert_eq!(page.total_pages(), 3);
-        assert!(page.has_more());
-        let page = SearchPage::<()> {
-            total_count: 20,
-            page: 2,
-            size: 10,
-            items: vec![],
-        };
-        assert!(!page.has_more());
-        let page = SearchPage::<()> {
-            total_count: 0,
-            page: 1,
-            size: 10,
-            items: vec![],
-        };
+        assert!(page.has_more);
+        let page = SearchPage::assemble(&query(2, 10), 20, 1000, vec![(); 10]);
+        assert_eq!(page.total_pages(), 2);
+        assert!(!page.has_more);
+        let page = SearchPage::assemble(&query(1, 10), 0, 1000, Vec::<()>::new());
         assert_eq!(page.total_pages(), 0);
-        assert!(!page.has_more());
+        assert!(!page.has_more);
+    }
+
+    #[test]
+    fn a_count_at_the_limit_is_exact_and_one_past_it_is_a_lower_bound() {
+        let page = SearchPage::assemble(&query(1, 10), 5, 5, vec![(); 5]);
+        assert_eq!((page.total_count, page.total_exact), (5, true));
+        assert_eq!(page.total_pages(), 1);
+        assert!(!page.has_more);
+
+        let page = SearchPage::assemble(&query(1, 2), 6, 5, vec![(); 3]);
+        assert_eq!((page.total_count, page.total_exact), (5, false));
+        assert_eq!(page.total_pages(), 3);
+        assert!(page.has_more);
+    }
+
+    #[test]
+    fn a_capped_count_grows_with_what_a_deep_page_proves() {
+        // Limit 5, page 4 of size 2: rows 7 and 8 exist, and a ninth follows.
+        let page = SearchPage::assemble(&query(4, 2), 6, 5, vec![(); 3]);
+        assert_eq!((page.total_count, page.total_exact), (9, false));
+        assert_eq!(page.total_pages(), 5);
+        assert!(page.has_more);
+        // The last page past the limit: nothing follows it.
+        let page = SearchPage::assemble(&query(4, 2), 6, 5, vec![(); 1]);
+        assert_eq!(page.total_count, 7);
+        assert_eq!(page.total_pages(), 4);
+        assert!(!page.has_more);
+        // A page past every match is empty and says nothing follows.
+        let page = SearchPage::assemble(&query(50, 2), 6, 5, Vec::<()>::new());
+        assert_eq!(page.total_count, 5);
+        assert!(!page.has_more);
     }
 }

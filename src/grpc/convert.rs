@@ -57,8 +57,9 @@ pub fn search_res(page: SearchPage<Email>) -> pb::SearchRes {
         total_pages: page.total_pages(),
         page: i64::from(page.page),
         size: i64::from(page.size),
-        has_more: page.has_more(),
+        has_more: page.has_more,
         emails: page.items.into_iter().map(email).collect(),
+        total_count_exact: page.total_exact,
     }
 }
 

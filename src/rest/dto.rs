@@ -108,10 +108,18 @@ pub struct AcceptedResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SearchResponse {
+    /// Matches: all of them when `totalCountExact`, otherwise a lower bound (counting
+    /// stops at the configured `search.count_limit`).
     pub total_count: i64,
+    /// Whether `totalCount` (and so `totalPages`) is exact. False when the search matches
+    /// more emails than the count limit.
+    pub total_count_exact: bool,
+    /// Pages of `size` holding `totalCount` matches; a lower bound when the count is not
+    /// exact.
     pub total_pages: i64,
     pub page: u32,
     pub size: u32,
+    /// Whether another match follows this page.
     pub has_more: bool,
     pub emails: Vec<EmailResponse>,
 }
@@ -120,10 +128,11 @@ impl From<SearchPage<Email>> for SearchResponse {
     fn from(page: SearchPage<Email>) -> Self {
         SearchResponse {
             total_count: page.total_count,
+            total_count_exact: page.total_exact,
             total_pages: page.total_pages(),
             page: page.page,
             size: page.size,
-            has_more: page.has_more(),
+            has_more: page.has_more,
             emails: page.items.into_iter().map(EmailResponse::from).collect(),
         }
     }

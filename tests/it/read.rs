@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{email_body, spawn_app, unique_recipient};
+use crate::helpers::{email_body, spawn_app, spawn_app_with, unique_recipient};
 
 #[tokio::test]
 async fn get_returns_the_stored_email() {
@@ -142,6 +142,108 @@ async fn search_pages_through_results() {
     assert_eq!(all["size"], 10, "size defaults to 10");
     assert_eq!(all["page"], 1, "page defaults to 1");
     assert_eq!(all["totalCount"], 5);
+}
+
+/// Creates `count` emails whose subject holds `word`, oldest first; returns their ids.
+async fn create_matching(app: &crate::helpers::TestApp, word: &str, count: usize) -> Vec<Value> {
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let mut body = email_body(&unique_recipient("capped"));
+        body["subject"] = json!(format!("{word} number {i}"));
+        ids.push(app.create_email(&body).await["emailID"].clone());
+    }
+    ids
+}
+
+fn ids_of(page: &Value) -> Vec<Value> {
+    page["emails"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["emailID"].clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_counts_up_to_the_count_limit_then_says_the_total_is_a_lower_bound() {
+    let app = spawn_app_with(|s| s.search.count_limit = 5).await;
+    let many = create_matching(&app, "heron", 8).await;
+    let few = create_matching(&app, "puffin", 5).await;
+
+    // More matches than the limit: the total is the limit and not exact; pages come from
+    // walking the newest-first index and stay newest first and complete.
+    let page: Value = search(&app, &[("search", "heron"), ("size", "3")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["totalCount"], 5);
+    assert_eq!(page["totalCountExact"], false);
+    assert_eq!(page["totalPages"], 2);
+    assert_eq!(page["hasMore"], true);
+    let mut seen = Vec::new();
+    for number in 1..=3 {
+        let page: Value = search(
+            &app,
+            &[
+                ("search", "heron"),
+                ("size", "3"),
+                ("page", &number.to_string()),
+            ],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(page["hasMore"], number < 3, "page {number}");
+        seen.extend(ids_of(&page));
+    }
+    let newest_first: Vec<Value> = many.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first, "every match once, newest first");
+    // A deep page proves more matches than the limit.
+    let last: Value = search(&app, &[("search", "heron"), ("size", "3"), ("page", "3")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (last["totalCount"].clone(), last["totalPages"].clone()),
+        (json!(8), json!(3))
+    );
+
+    // Exactly the limit: an exact count, and pages sorted from the matches found.
+    let first: Value = search(&app, &[("search", "puffin"), ("size", "2")])
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(first["totalCount"], 5);
+    assert_eq!(first["totalCountExact"], true);
+    assert_eq!(first["totalPages"], 3);
+    let mut seen = ids_of(&first);
+    for number in ["2", "3"] {
+        let page: Value = search(
+            &app,
+            &[("search", "puffin"), ("size", "2"), ("page", number)],
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+        assert_eq!(page["hasMore"], number == "2");
+        seen.extend(ids_of(&page));
+    }
+    let newest_first: Vec<Value> = few.iter().rev().cloned().collect();
+    assert_eq!(seen, newest_first, "every match once, newest first");
+
+    // The empty search is capped too: 13 emails, counted up to 5.
+    let all: Value = search(&app, &[("size", "3")]).await.json().await.unwrap();
+    assert_eq!(
+        (all["totalCount"].clone(), all["totalCountExact"].clone()),
+        (json!(5), json!(false))
+    );
+    assert_eq!(all["emails"][0]["emailID"], few[4], "newest first");
+    assert_eq!(all["hasMore"], true);
 }
 
 #[tokio::test]

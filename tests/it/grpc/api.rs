@@ -6,7 +6,7 @@ use mailroom::grpc::pb::{CreateReq, EmailStatus, GetByIdReq, SearchReq};
 use serde_json::Value;
 
 use super::create_req;
-use crate::helpers::{email_body, spawn_app, unique_recipient};
+use crate::helpers::{email_body, spawn_app, spawn_app_with, unique_recipient};
 
 #[tokio::test]
 async fn create_answers_ok_with_the_stored_queued_email() {
@@ -136,9 +136,10 @@ async fn search_pages_through_matches_newest_first() {
             first.total_pages,
             first.page,
             first.size,
-            first.has_more
+            first.has_more,
+            first.total_count_exact
         ),
-        (3, 2, 1, 2, true)
+        (3, 2, 1, 2, true, true)
     );
     let found: Vec<_> = first.emails.iter().map(|e| e.email_id.clone()).collect();
     assert_eq!(found, vec![ids[2].clone(), ids[1].clone()], "newest first");
@@ -169,6 +170,39 @@ async fn search_pages_through_matches_newest_first() {
         (defaults.page, defaults.size, defaults.emails.len()),
         (1, 10, 3)
     );
+}
+
+#[tokio::test]
+async fn search_says_when_the_total_count_stopped_at_the_count_limit() {
+    let app = spawn_app_with(|s| s.search.count_limit = 2).await;
+    let mut client = app.grpc_client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let created = client
+            .create(CreateReq {
+                subject: format!("Cormorant sighting {i}"),
+                ..create_req(&unique_recipient("grpc-capped"))
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.push(created.email_id);
+    }
+    let page = client
+        .search(SearchReq {
+            search: "cormorant".into(),
+            page: 1,
+            size: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (page.total_count, page.total_count_exact, page.has_more),
+        (2, false, true)
+    );
+    let found: Vec<_> = page.emails.iter().map(|e| e.email_id.clone()).collect();
+    assert_eq!(found, vec![ids[2].clone()], "newest first");
 }
 
 #[tokio::test]
