@@ -18,7 +18,7 @@ use crate::{
     grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
-    usecase::{DeliveryPolicy, Mailroom, Ports},
+    usecase::{DeliveryPolicy, LocalCache, Mailroom, Ports},
     workers::{CreateHandler, SendHandler, WorkerPool},
 };
 
@@ -78,7 +78,12 @@ impl Core {
             // itself is kept alive by progress reports meanwhile.
             lease: settings.smtp.timeout + settings.nats.consumers.send.ack_wait,
         };
-        let mailroom = Mailroom::new(ports, policy, metrics.clone());
+        let local = LocalCache::new(
+            settings.cache.local_ttl,
+            settings.cache.local_capacity,
+            settings.cache.local_max_bytes,
+        );
+        let mailroom = Mailroom::new(ports, local, policy, metrics.clone());
         Ok(Core {
             mailroom,
             jetstream,
@@ -213,11 +218,7 @@ impl Application {
         let mut tasks = JoinSet::new();
 
         let app = rest::router(
-            AppState {
-                mailroom: mailroom.clone(),
-                metrics: metrics.clone(),
-                gate,
-            },
+            AppState::new(mailroom.clone(), metrics.clone(), gate),
             &settings.http,
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");
