@@ -113,10 +113,17 @@ impl RateLimiter {
             .buckets
             .lock()
             .expect("the rate limiter lock is never poisoned");
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
+        // Looked up before inserting: the key is copied once, not on every call.
+        if !buckets.contains_key(key) {
+            buckets.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: self.burst,
+                    updated: now,
+                },
+            );
+        }
+        let bucket = buckets.get_mut(key).expect("just inserted");
         let refill = now.duration_since(bucket.updated).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.burst);
         bucket.updated = now;

@@ -29,6 +29,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub database: DatabaseSettings,
     pub redis: RedisSettings,
+    pub cache: CacheSettings,
     pub nats: NatsSettings,
     pub smtp: SmtpSettings,
     pub delivery: DeliverySettings,
@@ -124,6 +125,21 @@ pub struct RedisSettings {
     pub ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+}
+
+/// The in-process tier of the email cache, in front of Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// How long this instance serves an email it read (or changed) without asking
+    /// Redis; status changes made by other instances show after at most this long.
+    /// Zero turns the tier off.
+    #[serde(with = "humantime_serde")]
+    pub local_ttl: Duration,
+    /// Most emails kept; zero turns the tier off.
+    pub local_capacity: usize,
+    /// Most bytes of email content kept; zero turns the tier off.
+    pub local_max_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -630,7 +646,26 @@ mod tests {
         assert_eq!(settings.metrics.addr.to_string(), "127.0.0.1:7070");
         assert_eq!(settings.smtp.port, 1025);
         assert_eq!(settings.redis.ttl, Duration::from_secs(3600));
+        assert_eq!(settings.cache.local_ttl, Duration::from_secs(1));
+        assert_eq!(settings.cache.local_capacity, 10_000);
+        assert_eq!(settings.cache.local_max_bytes, 64 << 20);
         assert_eq!(settings.nats.subjects.create, "mail:create");
+    }
+
+    #[test]
+    fn a_local_cache_ttl_of_zero_is_accepted_as_off() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("override.yaml");
+        std::fs::write(&file, "cache:\n  local_ttl: 0s\n").unwrap();
+        let settings = Settings::load(&Sources {
+            profile: Some("local".into()),
+            config_dir: Some(PathBuf::from("/nonexistent")),
+            file: Some(file),
+        })
+        .unwrap();
+        assert_eq!(settings.cache.local_ttl, Duration::ZERO);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

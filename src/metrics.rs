@@ -5,8 +5,10 @@
 //! Every mailroom metric is named `mailroom_…`; the process collector keeps the standard
 //! `process_…` names that dashboards and alerts everywhere expect.
 
+use std::{ops::Deref, sync::Arc};
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{domain::EmailStatus, ports::AttemptOutcome};
@@ -27,8 +29,20 @@ const DELIVERY_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 ];
 
+/// The instance's metrics; one `Arc`, so handing them to every request costs one
+/// reference count.
 #[derive(Clone)]
-pub struct Metrics {
+pub struct Metrics(Arc<Registered>);
+
+impl Deref for Metrics {
+    type Target = Registered;
+
+    fn deref(&self) -> &Registered {
+        &self.0
+    }
+}
+
+pub struct Registered {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
@@ -39,8 +53,13 @@ pub struct Metrics {
     pub smtp_sends: IntCounterVec,
     pub smtp_duration: HistogramVec,
     pub cache_requests: IntCounterVec,
+    pub local_cache_requests: IntCounterVec,
     pub emails: IntCounterVec,
     pub auth_denied: IntCounterVec,
+    /// The series of `cache_requests` by [`CacheResult`], and of `local_cache_requests`
+    /// (hit, miss), resolved once: reads count on every request.
+    cache_series: [IntCounter; 3],
+    local_cache_series: [IntCounter; 2],
 }
 
 /// How a cache lookup went.
@@ -52,6 +71,8 @@ pub enum CacheResult {
 }
 
 impl CacheResult {
+    pub const ALL: [CacheResult; 3] = [CacheResult::Hit, CacheResult::Miss, CacheResult::Error];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheResult::Hit => "hit",
@@ -108,7 +129,23 @@ impl Metrics {
                 .expect("a unique histogram");
             metric
         };
-        let metrics = Metrics {
+        let cache_requests = counter(
+            "cache_requests_total",
+            "Email cache lookups by result (hit, miss, error); a hit of either tier, \
+             local or Redis, is a hit.",
+            &["result"],
+        );
+        let local_cache_requests = counter(
+            "cache_local_requests_total",
+            "Lookups in the in-process tier of the email cache (cache.local_ttl) by result \
+             (hit, miss); a miss goes on to Redis.",
+            &["result"],
+        );
+        let cache_series =
+            CacheResult::ALL.map(|result| cache_requests.with_label_values(&[result.as_str()]));
+        let local_cache_series =
+            ["hit", "miss"].map(|result| local_cache_requests.with_label_values(&[result]));
+        let metrics = Registered {
             http_requests: counter(
                 "http_requests_total",
                 "HTTP requests by method, route template and status.",
@@ -153,11 +190,10 @@ impl Metrics {
                 &[],
                 DELIVERY_BUCKETS,
             ),
-            cache_requests: counter(
-                "cache_requests_total",
-                "Cache lookups by result (hit, miss, error).",
-                &["result"],
-            ),
+            cache_requests,
+            local_cache_requests,
+            cache_series,
+            local_cache_series,
             emails: counter(
                 "emails_total",
                 "Email status transitions, by the status entered.",
@@ -185,17 +221,18 @@ impl Metrics {
         for outcome in AttemptOutcome::ALL {
             metrics.smtp_sends.with_label_values(&[outcome.as_str()]);
         }
-        for result in [CacheResult::Hit, CacheResult::Miss, CacheResult::Error] {
-            metrics.cache_requests.with_label_values(&[result.as_str()]);
-        }
         metrics.smtp_duration.with_label_values(&[] as &[&str]);
-        metrics
+        Metrics(Arc::new(metrics))
     }
 
+    /// Counts a lookup of the email cache as a whole.
     pub fn cache(&self, result: CacheResult) {
-        self.cache_requests
-            .with_label_values(&[result.as_str()])
-            .inc();
+        self.cache_series[result as usize].inc();
+    }
+
+    /// Counts a lookup of the cache's in-process tier, which never fails.
+    pub fn local_cache(&self, hit: bool) {
+        self.local_cache_series[usize::from(!hit)].inc();
     }
 
     /// Starts a worker pool's message series at zero, so that the first dead letter on

@@ -18,7 +18,7 @@ use crate::{
     grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
-    usecase::{DeliveryPolicy, GroupCommitSettings, Mailroom, Ports},
+    usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
     workers::{CreateHandler, SendHandler, WorkerPool},
 };
 
@@ -81,7 +81,12 @@ impl Core {
             // itself is kept alive by progress reports meanwhile.
             lease: settings.smtp.timeout + settings.nats.consumers.send.ack_wait,
         };
-        let mut mailroom = Mailroom::new(ports, policy, metrics.clone());
+        let local = LocalCache::new(
+            settings.cache.local_ttl,
+            settings.cache.local_capacity,
+            settings.cache.local_max_bytes,
+        );
+        let mut mailroom = Mailroom::new(ports, local, policy, metrics.clone());
         let group_commit = &settings.database.group_commit;
         if group_commit.max_batch > 1 {
             mailroom = mailroom.with_group_commit(GroupCommitSettings {
@@ -223,11 +228,7 @@ impl Application {
         let mut tasks = JoinSet::new();
 
         let app = rest::router(
-            AppState {
-                mailroom: mailroom.clone(),
-                metrics: metrics.clone(),
-                gate,
-            },
+            AppState::new(mailroom.clone(), metrics.clone(), gate),
             &settings.http,
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");

@@ -85,6 +85,9 @@ pub fn call_span(method: &str, request: &Request<Body>) -> tracing::Span {
         rpc.grpc.status_code = tracing::field::Empty,
         client.address = tracing::field::Empty,
     );
+    if span.is_disabled() {
+        return span;
+    }
     if let Some(addr) = request
         .extensions()
         .get::<ConnectionInfo>()

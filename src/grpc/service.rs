@@ -42,9 +42,9 @@ impl EmailService for EmailApi {
     ) -> Result<Response<GetByIdRes>, Status> {
         let id = EmailId::parse(&request.get_ref().email_id, Field::EmailId)
             .map_err(Error::Validation)?;
-        let email = self.mailroom.get(id).await?;
+        let cached = self.mailroom.get(id).await?;
         Ok(Response::new(GetByIdRes {
-            email: Some(convert::email(email)),
+            email: Some(convert::email(cached.email.clone())),
         }))
     }
 

@@ -43,12 +43,32 @@ use problem::Problem;
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const OPENAPI_PATH: &str = "/api-docs/openapi.json";
 
-/// What handlers share.
+/// What handlers share, behind one `Arc`: axum clones the state for every request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub mailroom: Mailroom,
     pub metrics: Metrics,
     pub gate: Arc<Gate>,
+}
+
+impl AppState {
+    pub fn new(mailroom: Mailroom, metrics: Metrics, gate: Arc<Gate>) -> Self {
+        AppState(Arc::new(Shared {
+            mailroom,
+            metrics,
+            gate,
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 /// The name of the security scheme in the OpenAPI document.
@@ -218,21 +238,18 @@ async fn problem_for_bare_errors(response: Response) -> Response {
 /// Counts requests and their latency by method and route template, never raw paths.
 async fn track_metrics(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    // Kept as they are (a `Method` and the route's shared string), not copied to strings.
+    let method = request.method().clone();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
     metrics
         .http_requests
-        .with_label_values(&[&method, &route, &status])
+        .with_label_values(&[method.as_str(), route, response.status().as_str()])
         .inc();
     metrics
         .http_duration
-        .with_label_values(&[&method, &route])
+        .with_label_values(&[method.as_str(), route])
         .observe(started.elapsed().as_secs_f64());
     response
 }

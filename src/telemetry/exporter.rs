@@ -1,8 +1,7 @@
 //! The OpenTelemetry tracer provider: sampler, resource, and the OTLP/gRPC batch
-//! exporter when `telemetry.otlp_endpoint` is set.
-//!
-//! Without an endpoint the provider still exists: spans get trace ids (for the logs and
-//! for the `traceparent` passed on to NATS), they are only not exported.
+//! exporter to `telemetry.otlp_endpoint`. [`super::init`] builds it only when an
+//! endpoint is set; a provider without one (the unit tests') gives spans trace ids
+//! without exporting them.
 
 use std::time::Duration;
 

@@ -8,6 +8,10 @@
 //! convention fields shape what is exported); this module knows nothing about routes,
 //! subjects or use cases.
 //!
+//! Without `telemetry.otlp_endpoint` no OpenTelemetry layer is installed: spans get no
+//! trace ids, log lines carry none, and a caller's `traceparent` is not passed on. What
+//! the log filter leaves out then costs next to nothing.
+//!
 //! A collector that is down never costs a request anything: spans wait in the batch
 //! processor's bounded queue (dropped when it is full) and are exported from its own
 //! thread, and the exporter's repeated complaints are throttled ([`filters`]).
@@ -46,16 +50,19 @@ const TRACED_LEVEL: Level = Level::INFO;
 const SELF_DIAGNOSTICS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Keeps the tracer provider alive; [`TelemetryGuard::shutdown`] exports what is left.
+/// Without an exporter there is no provider, and both do nothing.
 #[must_use = "dropping the guard without shutdown loses the spans not yet exported"]
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl TelemetryGuard {
     /// Exports every finished span now. Blocks a thread of the blocking pool, not the
     /// caller's task.
     pub async fn flush(&self) -> anyhow::Result<()> {
-        let provider = self.provider.clone();
+        let Some(provider) = self.provider.clone() else {
+            return Ok(());
+        };
         tokio::task::spawn_blocking(move || provider.force_flush())
             .await
             .context("the flush task panicked")?
@@ -67,7 +74,9 @@ impl TelemetryGuard {
     /// failure (the collector is down) is logged, never returned: it must not change
     /// the exit status.
     pub async fn shutdown(self, timeout: Duration) {
-        let provider = self.provider;
+        let Some(provider) = self.provider else {
+            return;
+        };
         let outcome =
             tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(timeout)).await;
         match outcome {
@@ -103,8 +112,14 @@ where
         tokio::runtime::Handle::try_current().is_ok(),
         "telemetry::init must run inside a Tokio runtime"
     );
-    let provider = exporter::tracer_provider(settings)?;
-    subscriber(settings, &provider, logs)
+    // Without an exporter, no OpenTelemetry layer either: it would build every span's
+    // data only to drop it, and spans the log filter does not want stay disabled (free).
+    let provider = if settings.otlp_endpoint.is_empty() {
+        None
+    } else {
+        Some(exporter::tracer_provider(settings)?)
+    };
+    subscriber(settings, provider.as_ref(), logs)
         .try_init()
         .context("installing the tracing subscriber")?;
     Ok(TelemetryGuard { provider })
@@ -117,27 +132,29 @@ fn log_filter(settings: &TelemetrySettings) -> anyhow::Result<EnvFilter> {
         .context("invalid telemetry.log_filter")
 }
 
-/// The subscriber, not installed. Each output has a filter of its own, so a quiet log
-/// filter (`warn`) does not thin out the traces, and the other way round. Both filters
-/// are asked on every call ([`AskEveryTime`]), or per-layer filtering drops some spans
-/// and events.
+/// The subscriber, not installed: traces when there is a `provider`, logs when asked.
+/// Each output has a filter of its own, so a quiet log filter (`warn`) does not thin out
+/// the traces, and the other way round. Both filters are asked on every call
+/// ([`AskEveryTime`]), or per-layer filtering drops some spans and events.
 fn subscriber<W>(
     settings: &TelemetrySettings,
-    provider: &SdkTracerProvider,
+    provider: Option<&SdkTracerProvider>,
     logs: Option<(EnvFilter, W)>,
 ) -> impl Subscriber + Send + Sync + 'static
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let tracer = provider.tracer("mailroom");
-    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = vec![
-        tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_filter(AskEveryTime(
-                Targets::new().with_target(TRACED_TARGET, TRACED_LEVEL),
-            ))
-            .boxed(),
-    ];
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
+    if let Some(provider) = provider {
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("mailroom"))
+                .with_filter(AskEveryTime(
+                    Targets::new().with_target(TRACED_TARGET, TRACED_LEVEL),
+                ))
+                .boxed(),
+        );
+    }
     if let Some((filter, writer)) = logs {
         let filter = AskEveryTime(filter.and(Throttle::new(SELF_DIAGNOSTICS_INTERVAL)));
         layers.push(match settings.log_format {

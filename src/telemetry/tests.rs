@@ -64,7 +64,7 @@ fn with_subscriber<T>(format: LogFormat, f: impl FnOnce() -> T) -> (T, Capture) 
     let provider = SdkTracerProvider::builder().build();
     let subscriber = subscriber(
         &settings(format),
-        &provider,
+        Some(&provider),
         Some((EnvFilter::new("info"), capture.clone())),
     );
     let out = tracing::subscriber::with_default(subscriber, f);
@@ -180,7 +180,7 @@ fn the_log_filter_does_not_thin_out_the_traces() {
     let provider = SdkTracerProvider::builder().build();
     let subscriber = subscriber(
         &settings(LogFormat::Json),
-        &provider,
+        Some(&provider),
         Some((EnvFilter::new("warn"), capture.clone())),
     );
     tracing::subscriber::with_default(subscriber, || {

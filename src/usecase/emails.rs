@@ -1,5 +1,7 @@
 //! Creating, reading and searching emails.
 
+use std::sync::Arc;
+
 use crate::{
     domain::{Email, EmailDraft, EmailId, NewEmail, SearchPage, SearchQuery},
     error::{Error, Result},
@@ -10,7 +12,7 @@ use crate::{
 use futures::future::join_all;
 use tracing::Instrument;
 
-use super::Mailroom;
+use super::{CachedEmail, Mailroom};
 
 /// A created email, and whether it was created by an earlier request with the same
 /// idempotency key (or id).
@@ -131,10 +133,28 @@ impl Mailroom {
         }
     }
 
-    /// Reads an email, from the cache when it is there. A cache outage only costs the
-    /// detour through PostgreSQL.
+    /// Reads an email: from this process's recent reads ([`LocalCache`](super::LocalCache)), else from the
+    /// Redis cache, else from PostgreSQL. A cache outage only costs the detour through
+    /// PostgreSQL.
     #[tracing::instrument(name = "usecase.get", skip_all, fields(email.id = %id))]
-    pub async fn get(&self, id: EmailId) -> Result<Email> {
+    pub async fn get(&self, id: EmailId) -> Result<Arc<CachedEmail>> {
+        if self.local.is_enabled() {
+            if let Some(email) = self.local.get(id) {
+                self.metrics.local_cache(true);
+                self.metrics.cache(CacheResult::Hit);
+                return Ok(email);
+            }
+            self.metrics.local_cache(false);
+        }
+        let email = CachedEmail::new(self.read_through(id).await?);
+        if self.local.is_enabled() {
+            self.local.store(email.clone());
+        }
+        Ok(email)
+    }
+
+    /// Reads an email from Redis, or from PostgreSQL (filling Redis) when it is not there.
+    async fn read_through(&self, id: EmailId) -> Result<Email> {
         match self.ports.cache.get(id).await {
             Ok(Some(email)) => {
                 self.metrics.cache(CacheResult::Hit);

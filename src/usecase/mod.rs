@@ -6,6 +6,7 @@ mod delivery;
 mod emails;
 mod group_commit;
 mod health;
+mod local_cache;
 mod reconcile;
 
 use std::{sync::Arc, time::Duration};
@@ -14,6 +15,7 @@ pub use delivery::{Delivery, DeliveryPolicy};
 pub use emails::{Accepted, Created};
 pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
+pub use local_cache::{CachedEmail, LocalCache};
 
 use crate::{
     domain::{Email, StatusEvent},
@@ -34,6 +36,8 @@ pub struct Ports {
 #[derive(Clone)]
 pub struct Mailroom {
     ports: Ports,
+    /// The in-process tier in front of `ports.cache` (`cache.local_ttl`).
+    local: Arc<LocalCache>,
     policy: Arc<DeliveryPolicy>,
     metrics: Metrics,
     /// Groups synchronous creates into shared transactions; `None`: one each.
@@ -41,9 +45,10 @@ pub struct Mailroom {
 }
 
 impl Mailroom {
-    pub fn new(ports: Ports, policy: DeliveryPolicy, metrics: Metrics) -> Self {
+    pub fn new(ports: Ports, local: LocalCache, policy: DeliveryPolicy, metrics: Metrics) -> Self {
         Self {
             ports,
+            local: Arc::new(local),
             policy: Arc::new(policy),
             metrics,
             group_commit: None,
@@ -61,10 +66,14 @@ impl Mailroom {
         &self.ports
     }
 
-    /// Follows a status change: metrics, the cache and the `mail:status` event. None of
-    /// these may fail the change itself, which PostgreSQL already holds.
+    /// Follows a status change: metrics, both cache tiers and the `mail:status` event.
+    /// None of these may fail the change itself, which PostgreSQL already holds.
     async fn status_changed(&self, email: &Email, error: Option<&str>) {
         self.metrics.email_entered(email.status);
+        // This instance's readers see the change at once, whatever Redis does.
+        if self.local.is_enabled() {
+            self.local.store(CachedEmail::new(email.clone()));
+        }
         let event = StatusEvent {
             email_id: email.id,
             status: email.status,

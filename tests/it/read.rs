@@ -1,8 +1,10 @@
 //! `GET /api/v1/email/{emailID}` and `GET /api/v1/email/search`.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
-use crate::helpers::{email_body, spawn_app, spawn_app_with, unique_recipient};
+use crate::helpers::{email_body, metric_value, spawn_app, spawn_app_with, unique_recipient};
 
 #[tokio::test]
 async fn get_returns_the_stored_email() {
@@ -295,4 +297,127 @@ async fn search_refuses_a_page_size_over_100_and_bad_numbers() {
     let long = "x".repeat(257);
     let response = search(&app, &[("search", long.as_str())]).await;
     assert_eq!(response.status(), 400);
+}
+
+/// A connection to the Redis the app caches in, and the key of an email there.
+async fn redis_entry(
+    app: &crate::helpers::TestApp,
+    id: &str,
+) -> (redis::aio::MultiplexedConnection, String) {
+    use secrecy::ExposeSecret;
+    let client = redis::Client::open(app.settings.redis.url.expose_secret()).unwrap();
+    let connection = client.get_multiplexed_async_connection().await.unwrap();
+    (
+        connection,
+        format!("{}email:{id}", app.settings.redis.key_prefix),
+    )
+}
+
+#[tokio::test]
+async fn a_status_change_made_by_this_instance_is_read_at_once_despite_a_long_local_ttl() {
+    let app = spawn_app_with(|s| s.cache.local_ttl = Duration::from_secs(3600)).await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("fresh")))
+        .await;
+    let id = created["emailID"].as_str().unwrap();
+    let first: Value = app.get_email(id).await.json().await.unwrap();
+    assert_ne!(first["status"], "sent", "read before the delivery");
+
+    let sent = app
+        .wait_for_status(id, "sent", Duration::from_secs(15))
+        .await;
+    assert_eq!(sent["status"], "sent", "{sent}");
+    assert_eq!(sent["attempts"], 1);
+}
+
+#[tokio::test]
+async fn with_the_local_cache_a_repeated_read_does_not_touch_redis() {
+    let app = spawn_app_with(|s| s.cache.local_ttl = Duration::from_secs(3600)).await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("local")))
+        .await;
+    let id = created["emailID"].as_str().unwrap();
+    // Delivered first: the status changes of a delivery write to Redis too.
+    app.wait_for_status(id, "sent", Duration::from_secs(15))
+        .await;
+    assert_eq!(app.get_email(id).await.status(), 200);
+    let (mut redis, key) = redis_entry(&app, id).await;
+    let removed: i64 = redis::cmd("DEL")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the email was cached in Redis");
+
+    let response = app.get_email(id).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let email: Value = response.json().await.unwrap();
+    assert_eq!(email["emailID"], created["emailID"]);
+    assert_eq!(email["message"], "This is a test message.");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a Redis miss would have filled the entry again");
+
+    let metrics = app.metrics().await;
+    let local_hits = metric_value(
+        &metrics,
+        "mailroom_cache_local_requests_total{result=\"hit\"}",
+    );
+    assert!(local_hits.is_some_and(|n| n >= 1.0), "{metrics}");
+    let hits = metric_value(&metrics, "mailroom_cache_requests_total{result=\"hit\"}");
+    assert!(
+        hits.is_some_and(|n| n >= 1.0),
+        "a local hit is a cache hit: {metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_local_ttl_of_zero_reads_redis_every_time() {
+    let app = spawn_app_with(|s| s.cache.local_ttl = Duration::ZERO).await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("nolocal")))
+        .await;
+    let id = created["emailID"].as_str().unwrap();
+    // Delivered first, so no status change of this instance rewrites the entry below.
+    app.wait_for_status(id, "sent", Duration::from_secs(15))
+        .await;
+    // Another instance's copy, as it would be after a change made there.
+    let (mut redis, key) = redis_entry(&app, id).await;
+    let cached: String = redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut cached: Value = serde_json::from_str(&cached).unwrap();
+    cached["subject"] = json!("changed elsewhere");
+    let _: () = redis::cmd("SET")
+        .arg(&key)
+        .arg(cached.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let email: Value = app.get_email(id).await.json().await.unwrap();
+    assert_eq!(email["subject"], "changed elsewhere");
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "mailroom_cache_local_requests_total{result=\"hit\"}"
+        ),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "mailroom_cache_local_requests_total{result=\"miss\"}"
+        ),
+        Some(0.0),
+        "a disabled tier is not asked: {metrics}"
+    );
 }

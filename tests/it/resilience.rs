@@ -12,7 +12,12 @@ use crate::helpers::{
 async fn reads_still_answer_when_redis_stops() {
     let mut redis = PrivateRedis::start().await;
     let url = redis.url();
-    let app = spawn_app_with(|s| s.redis.url = url.into()).await;
+    // Without the local tier, so every read goes to Redis (and then PostgreSQL).
+    let app = spawn_app_with(|s| {
+        s.redis.url = url.into();
+        s.cache.local_ttl = Duration::ZERO;
+    })
+    .await;
     let created = app
         .create_email(&email_body(&unique_recipient("noredis")))
         .await;
