@@ -705,6 +705,38 @@ mod tests {
     }
 
     #[test]
+    fn zero_sized_groups_and_counts_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let load = |yaml: &str| {
+            let file = dir.join("limits.yaml");
+            std::fs::write(&file, yaml).unwrap();
+            Settings::load(&Sources {
+                profile: Some("local".into()),
+                config_dir: Some(PathBuf::from("/nonexistent")),
+                file: Some(file),
+            })
+        };
+        let settings = load("database:\n  group_commit:\n    max_batch: 1\n").unwrap();
+        assert_eq!(settings.database.group_commit.max_batch, 1);
+        for (yaml, key) in [
+            (
+                "database:\n  group_commit:\n    max_batch: 0\n",
+                "database.group_commit",
+            ),
+            (
+                "database:\n  group_commit:\n    committers: 0\n",
+                "database.group_commit",
+            ),
+            ("search:\n  count_limit: 0\n", "search.count_limit"),
+        ] {
+            let err = load(yaml).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{yaml}: {err:#}");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn an_unknown_profile_is_refused_by_name() {
         let err = Settings::load(&Sources {
             profile: Some("staging".into()),
