@@ -426,6 +426,9 @@ impl Settings {
 
     /// Refuses settings that cannot work, or that are unsafe in production.
     fn check(&self) -> anyhow::Result<()> {
+        if self.smtp.pool_max_size == 0 {
+            bail!("smtp.pool_max_size must be at least 1");
+        }
         if self.search.count_limit == 0 {
             bail!("search.count_limit must be at least 1");
         }
@@ -729,6 +732,7 @@ mod tests {
                 "database.group_commit",
             ),
             ("search:\n  count_limit: 0\n", "search.count_limit"),
+            ("smtp:\n  pool_max_size: 0\n", "smtp.pool_max_size"),
         ] {
             let err = load(yaml).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{yaml}: {err:#}");

@@ -16,6 +16,7 @@ use lettre::{
     },
 };
 use secrecy::ExposeSecret;
+use tokio::sync::Semaphore;
 
 use crate::{
     config::{SmtpSecurity, SmtpSettings},
@@ -25,6 +26,11 @@ use crate::{
 
 pub struct SmtpMailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    /// `smtp.pool_max_size` permits: the sends in flight. lettre's pool does not wait
+    /// for a free connection: when all are busy it opens another, sends one message and
+    /// closes it (QUIT) if the pool is full, a new connection per message under load.
+    /// Sends wait for a permit instead, so every connection is a pooled one.
+    connections: Semaphore,
     timeout: Duration,
     /// For the `server.*` attributes of the send span.
     host: String,
@@ -36,7 +42,10 @@ impl SmtpMailer {
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
             .port(settings.port)
             .timeout(Some(settings.timeout))
-            .pool_config(PoolConfig::new().max_size(settings.pool_max_size));
+            // Room for twice the sends in flight: a connection is put back into the pool
+            // by a task of its own, so the send after it may find the pool empty for a
+            // moment and open one more, which is then kept rather than closed.
+            .pool_config(PoolConfig::new().max_size(settings.pool_max_size.saturating_mul(2)));
         if settings.security != SmtpSecurity::None {
             let mut parameters = TlsParameters::builder(settings.host.clone())
                 .dangerous_accept_invalid_certs(!settings.verify_certificates)
@@ -66,6 +75,7 @@ impl SmtpMailer {
         }
         Ok(Self {
             transport: builder.build(),
+            connections: Semaphore::new(settings.pool_max_size.max(1) as usize),
             timeout: settings.timeout,
             host: settings.host.clone(),
             port: settings.port,
@@ -135,8 +145,17 @@ impl Mailer for SmtpMailer {
     async fn send(&self, email: &Email) -> Result<SmtpReply, SendFailure> {
         let message = build_message(email)?;
         // lettre bounds each command; this bounds the whole exchange, so a server that
-        // accepts the connection and never answers cannot hold a worker.
-        let reply = tokio::time::timeout(self.timeout, self.transport.send(message))
+        // accepts the connection and never answers cannot hold a worker. The wait for a
+        // connection counts too: the claim's lease covers one `smtp.timeout`.
+        let exchange = async {
+            let _connection = self
+                .connections
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            self.transport.send(message).await
+        };
+        let reply = tokio::time::timeout(self.timeout, exchange)
             .await
             .map_err(|_| SendFailure::Transient {
                 code: None,

@@ -306,3 +306,44 @@ async fn a_refused_smtp_connection_is_retried_then_fails() {
         2
     );
 }
+
+#[tokio::test]
+async fn a_busy_sender_reuses_its_pooled_connections_and_opens_no_others() {
+    const EMAILS: usize = 24;
+    // Slow enough that every message of a batch wants a connection at the same time.
+    let smtp = FakeSmtp::start(Behaviour::Slow(Duration::from_millis(100))).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.smtp.pool_max_size = 2;
+    })
+    .await;
+    // Health checks before this point tested the server with connections of their own.
+    let before = smtp.sessions();
+    let ids: Vec<String> = futures::future::join_all((0..EMAILS).map(|_| {
+        let body = email_body(&unique_recipient("pooled"));
+        let app = &app;
+        async move {
+            app.create_email(&body).await["emailID"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    }))
+    .await;
+    for id in &ids {
+        app.wait_for_status(id, "sent", Duration::from_secs(30))
+            .await;
+    }
+    assert_eq!(smtp.received().len(), EMAILS);
+    assert!(
+        smtp.peak_in_flight() <= 2,
+        "{} messages at once over 2 pooled connections",
+        smtp.peak_in_flight()
+    );
+    // Two in flight, and up to twice that many kept (one may be on its way back).
+    let opened = smtp.sessions() - before;
+    assert!(
+        opened <= 4,
+        "{opened} connections for {EMAILS} emails with a pool of 2: not reused"
+    );
+}

@@ -71,6 +71,7 @@ impl Security {
 struct Seen {
     received: Mutex<Vec<String>>,
     recipients: AtomicUsize,
+    sessions: AtomicUsize,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
     tls_sessions: AtomicUsize,
@@ -98,6 +99,7 @@ impl FakeSmtp {
                     let Ok((socket, _)) = listener.accept().await else {
                         return;
                     };
+                    seen.sessions.fetch_add(1, Ordering::SeqCst);
                     let (behaviour, security, seen) =
                         (behaviour.clone(), security.clone(), seen.clone());
                     tokio::spawn(async move {
@@ -117,6 +119,11 @@ impl FakeSmtp {
     /// `RCPT TO` commands seen, accepted or not.
     pub fn recipients_seen(&self) -> usize {
         self.seen.recipients.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted.
+    pub fn sessions(&self) -> usize {
+        self.seen.sessions.load(Ordering::SeqCst)
     }
 
     /// Most messages in their DATA phase at the same time.
