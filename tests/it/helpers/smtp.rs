@@ -100,6 +100,10 @@ impl FakeSmtp {
                         return;
                     };
                     seen.sessions.fetch_add(1, Ordering::SeqCst);
+                    // As a real server answers: a reply is not held back waiting for the
+                    // ACK of the one before (Nagle against the client's delayed ACK would
+                    // add 40 ms to a send, which is not what these tests measure).
+                    let _ = socket.set_nodelay(true);
                     let (behaviour, security, seen) =
                         (behaviour.clone(), security.clone(), seen.clone());
                     tokio::spawn(async move {
