@@ -570,19 +570,27 @@ mod tests {
         }
     }
 
-    /// Loads the production profile with `extra` YAML on top.
-    fn production_with(extra: &str) -> anyhow::Result<Settings> {
+    /// Loads `profile` with `extra` YAML on top, given as a `--config` file.
+    fn loaded_with(profile: &str, extra: &str) -> anyhow::Result<Settings> {
         let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("production.yaml");
+        let file = dir.join("extra.yaml");
         std::fs::write(&file, extra).unwrap();
         let settings = Settings::load(&Sources {
-            profile: Some("production".into()),
+            profile: Some(profile.into()),
             config_dir: Some(PathBuf::from("/nonexistent")),
             file: Some(file),
         });
         std::fs::remove_dir_all(dir).unwrap();
         settings
+    }
+
+    fn production_with(extra: &str) -> anyhow::Result<Settings> {
+        loaded_with("production", extra)
+    }
+
+    fn local_with(extra: &str) -> anyhow::Result<Settings> {
+        loaded_with("local", extra)
     }
 
     const A_KEY: &str = "auth:\n  api_keys: [\"ops:ed5a18fb8f807f996d649e379d3f35f39c543a91bdbf88c492f2ebd10d4df86c\"]\n";
@@ -657,18 +665,8 @@ mod tests {
 
     #[test]
     fn a_local_cache_ttl_of_zero_is_accepted_as_off() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("override.yaml");
-        std::fs::write(&file, "cache:\n  local_ttl: 0s\n").unwrap();
-        let settings = Settings::load(&Sources {
-            profile: Some("local".into()),
-            config_dir: Some(PathBuf::from("/nonexistent")),
-            file: Some(file),
-        })
-        .unwrap();
+        let settings = local_with("cache:\n  local_ttl: 0s\n").unwrap();
         assert_eq!(settings.cache.local_ttl, Duration::ZERO);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -684,43 +682,20 @@ mod tests {
 
     #[test]
     fn grpc_limits_of_null_mean_none_and_a_zero_timeout_is_refused() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let load = |yaml: &str| {
-            let file = dir.join("grpc.yaml");
-            std::fs::write(&file, yaml).unwrap();
-            Settings::load(&Sources {
-                profile: Some("local".into()),
-                config_dir: Some(PathBuf::from("/nonexistent")),
-                file: Some(file),
-            })
-        };
         let settings =
-            load("grpc:\n  max_connection_idle: null\n  max_connection_age: null\n").unwrap();
+            local_with("grpc:\n  max_connection_idle: null\n  max_connection_age: null\n").unwrap();
         assert_eq!(settings.grpc.max_connection_idle, None);
         assert_eq!(settings.grpc.max_connection_age, None);
-        let err = load("grpc:\n  request_timeout: 0s\n").unwrap_err();
+        let err = local_with("grpc:\n  request_timeout: 0s\n").unwrap_err();
         assert!(
             format!("{err:#}").contains("grpc.request_timeout"),
             "{err:#}"
         );
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn zero_sized_groups_and_counts_are_refused_by_name() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let load = |yaml: &str| {
-            let file = dir.join("limits.yaml");
-            std::fs::write(&file, yaml).unwrap();
-            Settings::load(&Sources {
-                profile: Some("local".into()),
-                config_dir: Some(PathBuf::from("/nonexistent")),
-                file: Some(file),
-            })
-        };
-        let settings = load("database:\n  group_commit:\n    max_batch: 1\n").unwrap();
+        let settings = local_with("database:\n  group_commit:\n    max_batch: 1\n").unwrap();
         assert_eq!(settings.database.group_commit.max_batch, 1);
         for (yaml, key) in [
             (
@@ -734,10 +709,9 @@ mod tests {
             ("search:\n  count_limit: 0\n", "search.count_limit"),
             ("smtp:\n  pool_max_size: 0\n", "smtp.pool_max_size"),
         ] {
-            let err = load(yaml).unwrap_err();
+            let err = local_with(yaml).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{yaml}: {err:#}");
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -753,34 +727,14 @@ mod tests {
 
     #[test]
     fn a_config_file_overrides_the_profile() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("override.yaml");
-        std::fs::write(&file, "http:\n  addr: 127.0.0.1:6000\n").unwrap();
-        let settings = Settings::load(&Sources {
-            profile: Some("local".into()),
-            config_dir: Some(PathBuf::from("/nonexistent")),
-            file: Some(file),
-        })
-        .unwrap();
+        let settings = local_with("http:\n  addr: 127.0.0.1:6000\n").unwrap();
         assert_eq!(settings.http.addr.port(), 6000);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
     fn a_misspelt_key_is_refused() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("typo.yaml");
-        std::fs::write(&file, "http:\n  adr: 127.0.0.1:6000\n").unwrap();
-        let err = Settings::load(&Sources {
-            profile: Some("local".into()),
-            config_dir: Some(PathBuf::from("/nonexistent")),
-            file: Some(file),
-        })
-        .unwrap_err();
+        let err = local_with("http:\n  adr: 127.0.0.1:6000\n").unwrap_err();
         assert!(format!("{err:#}").contains("adr"), "{err:#}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -816,18 +770,8 @@ mod tests {
 
     #[test]
     fn a_sample_ratio_outside_zero_to_one_is_refused() {
-        let dir = std::env::temp_dir().join(format!("mailroom-config-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("ratio.yaml");
-        std::fs::write(&file, "telemetry:\n  sample_ratio: 1.5\n").unwrap();
-        let err = Settings::load(&Sources {
-            profile: Some("local".into()),
-            config_dir: Some(PathBuf::from("/nonexistent")),
-            file: Some(file),
-        })
-        .unwrap_err();
+        let err = local_with("telemetry:\n  sample_ratio: 1.5\n").unwrap_err();
         assert!(format!("{err:#}").contains("sample_ratio"), "{err:#}");
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
