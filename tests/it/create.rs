@@ -86,14 +86,7 @@ async fn create_publishes_a_send_event_with_the_email_id() {
 async fn prefer_respond_async_answers_202_and_the_create_worker_stores_the_email() {
     let app = spawn_app().await;
     let to = unique_recipient("async");
-    let response = app
-        .client
-        .post(app.url("/api/v1/email"))
-        .header("Prefer", "respond-async")
-        .json(&email_body(&to))
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_email_async(&email_body(&to)).await;
 
     assert_eq!(response.status(), 202);
     assert_eq!(response.headers()["preference-applied"], "respond-async");
@@ -113,14 +106,7 @@ async fn prefer_respond_async_stores_an_email_too_large_for_an_event_right_away(
     let app = spawn_app_with(|settings| settings.nats.max_event_bytes = 1024).await;
     let mut body = email_body(&unique_recipient("async-large"));
     body["message"] = json!("x".repeat(2000));
-    let response = app
-        .client
-        .post(app.url("/api/v1/email"))
-        .header("Prefer", "respond-async")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_email_async(&body).await;
 
     assert_eq!(response.status(), 201, "stored, not refused nor a 503");
     assert!(response.headers().get("preference-applied").is_none());
@@ -138,14 +124,7 @@ async fn prefer_respond_async_takes_the_largest_valid_message() {
     let app = spawn_app_with(|settings| settings.smtp.port = closed_port()).await;
     let mut body = email_body(&unique_recipient("async-max"));
     body["message"] = json!("x".repeat(mailroom::domain::MAX_MESSAGE_BYTES));
-    let response = app
-        .client
-        .post(app.url("/api/v1/email"))
-        .header("Prefer", "respond-async")
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = app.post_email_async(&body).await;
 
     let status = response.status().as_u16();
     assert!(status == 201 || status == 202, "answered {status}");
@@ -183,11 +162,7 @@ async fn the_same_idempotency_key_twice_gives_one_email() {
     let second: Value = second.json().await.unwrap();
 
     assert_eq!(first["emailID"], second["emailID"]);
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(app.stored_emails().await, 1);
 }
 
 #[tokio::test]

@@ -139,11 +139,7 @@ async fn an_invalid_create_event_is_dead_lettered_once_and_not_redelivered() {
             .len(),
         1
     );
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_emails().await, 0);
 }
 
 #[tokio::test]
@@ -233,9 +229,5 @@ async fn a_create_event_with_a_line_break_in_the_subject_is_refused() {
         error.contains("subject") && error.contains("line breaks"),
         "{error}"
     );
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_emails().await, 0);
 }

@@ -47,13 +47,8 @@ async fn exercise(app: &TestApp) {
         .unwrap();
     assert_eq!(search.status(), 200);
     let accepted = app
-        .client
-        .post(app.url("/api/v1/email"))
-        .header("Prefer", "respond-async")
-        .json(&email_body(&unique_recipient("metrics-async")))
-        .send()
-        .await
-        .unwrap();
+        .post_email_async(&email_body(&unique_recipient("metrics-async")))
+        .await;
     assert_eq!(accepted.status(), 202);
     // A gRPC call, so the gRPC series exist too.
     let mut grpc = app.grpc_client().await;

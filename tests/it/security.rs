@@ -30,11 +30,7 @@ async fn every_api_route_refuses_a_call_without_a_key() {
     for call in calls {
         assert_unauthorized(call.send().await.unwrap(), "Bearer").await;
     }
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 0, "nothing was created");
+    assert_eq!(app.stored_emails().await, 0, "nothing was created");
 }
 
 #[tokio::test]

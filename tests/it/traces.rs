@@ -143,13 +143,8 @@ async fn a_rest_create_is_one_trace_from_the_request_to_the_smtp_send() {
 async fn an_async_create_is_one_trace_through_both_workers() {
     let app = spawn_app().await;
     let response = app
-        .client
-        .post(app.url("/api/v1/email"))
-        .header("Prefer", "respond-async")
-        .json(&email_body(&unique_recipient("traced-async")))
-        .send()
-        .await
-        .unwrap();
+        .post_email_async(&email_body(&unique_recipient("traced-async")))
+        .await;
     assert_eq!(response.status(), 202);
     let accepted: serde_json::Value = response.json().await.unwrap();
     let id = accepted["emailID"].as_str().unwrap();

@@ -166,11 +166,7 @@ async fn a_create_event_handled_twice_stores_one_email() {
         ..event
     };
     assert_eq!(handler.handle(&again).await, Verdict::Ack);
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(app.stored_emails().await, 1);
 }
 
 #[tokio::test]
@@ -273,11 +269,7 @@ async fn a_batch_of_create_events_gets_one_verdict_per_message() {
         "the same key with other content: a conflict, {:?}",
         verdicts[4]
     );
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 2);
+    assert_eq!(app.stored_emails().await, 2);
 }
 
 #[tokio::test]

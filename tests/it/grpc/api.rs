@@ -220,11 +220,7 @@ async fn the_same_idempotency_key_and_content_returns_the_same_email() {
     assert!(!first.replayed);
     assert!(again.replayed);
     assert_eq!(again.status, "Ok");
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
+    assert_eq!(app.stored_emails().await, 1);
 }
 
 #[tokio::test]

@@ -34,11 +34,7 @@ async fn every_method_refuses_a_call_without_a_key() {
             status.message()
         );
     }
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_emails().await, 0);
 }
 
 #[tokio::test]

@@ -84,11 +84,7 @@ async fn a_request_over_the_message_size_limit_is_refused_before_any_work() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
-        .fetch_one(&app.db)
-        .await
-        .unwrap();
-    assert_eq!(count, 0);
+    assert_eq!(app.stored_emails().await, 0);
 }
 
 #[tokio::test]

@@ -390,6 +390,17 @@ impl TestApp {
             .expect("POST /api/v1/email")
     }
 
+    /// `POST /api/v1/email` with `Prefer: respond-async`: the create workers store it.
+    pub async fn post_email_async(&self, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/api/v1/email"))
+            .header("Prefer", "respond-async")
+            .json(body)
+            .send()
+            .await
+            .expect("POST /api/v1/email (respond-async)")
+    }
+
     pub async fn get_email(&self, id: &str) -> reqwest::Response {
         self.client
             .get(self.url(&format!("/api/v1/email/{id}")))
@@ -403,6 +414,15 @@ impl TestApp {
         let response = self.post_email(body).await;
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
         response.json().await.unwrap()
+    }
+
+    /// Rows in this application's `emails` table.
+    pub async fn stored_emails(&self) -> i64 {
+        let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
+            .fetch_one(&self.db)
+            .await
+            .expect("counting the stored emails");
+        count
     }
 
     /// Waits until the email has `status`, and returns it.
