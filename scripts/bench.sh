@@ -16,7 +16,8 @@
 # measurement, 15), BENCH_CONNECTIONS (64), BENCH_SEARCH_ROWS (1000000), BENCH_PGBENCH_SECS
 # (15), BENCH_SMTP_MESSAGES (20000), BENCH_SMTP_SESSIONS (20), BENCH_OUT_DIR, BENCH_PG
 # (server URL without database), BENCH_NATS, BENCH_REDIS, BENCH_PERF=1 (perf record -e
-# cpu-clock of the service during the e2e, REST and gRPC phases, into the output directory).
+# cpu-clock of the service during the e2e, REST and gRPC phases, into the output directory;
+# BENCH_PERF=system records every process on the machine instead, PostgreSQL and NATS too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -377,13 +378,19 @@ curl -sf "http://127.0.0.1:$HTTP_PORT/ready" >/dev/null || fail "mailroom is not
 note_rss idle
 
 perf_start() { # name
-  [ "${BENCH_PERF:-0}" = 1 ] || return 0
-  perf record -e cpu-clock -F 499 -g -p "$SERVICE_PID" -o "$OUT_DIR/perf-$1.data" >/dev/null 2>&1 &
+  local target=(-p "$SERVICE_PID")
+  case "${BENCH_PERF:-0}" in
+    1) ;;
+    system) target=(-a) ;;
+    *) return 0 ;;
+  esac
+  perf record -e cpu-clock -F 499 -g "${target[@]}" -o "$OUT_DIR/perf-$1.data" >/dev/null 2>&1 &
   PERF_PID=$!
 }
 perf_stop() {
-  [ "${BENCH_PERF:-0}" = 1 ] || return 0
+  [ -n "${PERF_PID:-}" ] || return 0
   kill -INT "$PERF_PID" 2>/dev/null; wait "$PERF_PID" 2>/dev/null || true
+  PERF_PID=""
 }
 
 say "end to end: $E2E_COUNT create events on ${NATS_PREFIX}mail:create -> sent"

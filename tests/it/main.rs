@@ -16,6 +16,7 @@ mod health;
 mod jetstream;
 mod monitoring;
 mod nginx;
+mod plans;
 mod read;
 mod resilience;
 mod security;

@@ -1,0 +1,111 @@
+//! Query plans under load: the statements that move a batch of emails along read those
+//! emails by primary key, whatever PostgreSQL's statistics say about the rest of the
+//! table.
+//!
+//! Statistics lag behind a busy table. Analysed while every email was sent, they say no
+//! email is queued; a burst of new emails then makes a plan that scans "all the queued
+//! emails" look cheap, and every claim of 16 emails read thousands (`make bench` found
+//! PostgreSQL spending a fifth of its time in such scans).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mailroom::{
+    adapters::postgres::{self, PgEmailStore},
+    domain::EmailId,
+    ports::{AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, FinishedAttempt},
+};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::helpers::{Cleanup, Isolation, eventually};
+
+/// Index scans PostgreSQL has counted on an index of `emails`.
+async fn index_scans(db: &PgPool, index: &str) -> i64 {
+    sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
+        .bind(index)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are_stale() {
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let settings = isolation.settings(|_| {});
+    let db = postgres::pool(&settings.database).unwrap();
+    postgres::create_and_migrate(&settings.database, &db)
+        .await
+        .unwrap();
+
+    // Statistics taken while nothing was due, then a burst of queued emails they do not
+    // know about.
+    sqlx::raw_sql(
+        "ALTER TABLE emails SET (autovacuum_enabled = false);
+         INSERT INTO emails (email_id, address_from, address_to, subject, message, status, \
+                             attempts, sent_at, next_attempt_at) \
+         SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'old', 'old', 'sent', 1, \
+                now(), NULL FROM generate_series(1, 2000);
+         ANALYZE emails;
+         INSERT INTO emails (email_id, address_from, address_to, subject, message) \
+         SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'new', 'new' \
+         FROM generate_series(1, 5000);",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let batch: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO emails (email_id, address_from, address_to, subject, message) \
+         SELECT id, 'a@example.com', 'b@example.com', 'batch', 'batch' FROM UNNEST($1::uuid[]) id",
+    )
+    .bind(&batch)
+    .execute(&db)
+    .await
+    .unwrap();
+
+    let store = PgEmailStore::new(db.clone(), 1000);
+    let ids: Vec<EmailId> = batch.iter().copied().map(EmailId::from).collect();
+    let claims = store.claim(&ids, Duration::from_secs(60)).await.unwrap();
+    assert!(
+        claims.iter().all(|c| matches!(c, Claim::Claimed(_))),
+        "{claims:?}"
+    );
+    let finished: Vec<FinishedAttempt> = ids
+        .iter()
+        .map(|&id| FinishedAttempt {
+            id,
+            record: AttemptRecord {
+                attempt: 1,
+                started_at: Utc::now(),
+                outcome: AttemptOutcome::Sent,
+                smtp_code: Some(250),
+                smtp_text: "2.0.0 Ok".into(),
+            },
+            after: AfterAttempt::Sent,
+            error: None,
+        })
+        .collect();
+    let sent = store.finish_attempts(&finished).await.unwrap();
+    assert_eq!(sent.len(), 16);
+
+    // A backend reports its counters when it exits: close the pool, then wait for the
+    // primary key's scans to show up; the due index's are reported with them.
+    db.close().await;
+    let stats = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the statement counters",
+        || async { index_scans(&stats, "emails_pkey").await > 0 },
+    )
+    .await;
+    assert_eq!(
+        index_scans(&stats, "emails_due_idx").await,
+        0,
+        "a statement given ids scanned the index of every unfinished email"
+    );
+    stats.close().await;
+}
