@@ -5,7 +5,7 @@
 //! Statistics lag behind a busy table. Analysed while every email was sent, they say no
 //! email is queued; a burst of new emails then makes a plan that scans "all the queued
 //! emails" look cheap, and every claim of 16 emails read thousands (`make bench` found
-//! PostgreSQL spending a fifth of its time in such scans).
+//! PostgreSQL spending a fifth to a half of its time in such scans, by load).
 
 use std::time::Duration;
 
