@@ -105,9 +105,7 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
     // A backend reports its counters when it exits: close the pool, then wait for the
     // 32 updates (claimed, sent) to show up; the index scans are reported with them.
     db.close().await;
-    let stats = PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
-        .await
-        .unwrap();
+    let stats = postgres::pool(&settings.database).unwrap();
     eventually(
         Duration::from_secs(10),
         "the statement counters",
