@@ -551,15 +551,17 @@ jq -r '
   def n: if type == "number" then (. * 10 | round / 10 | tostring) else tostring end;
   def r: if type == "number" then (. * 100 | round / 100 | tostring) else tostring end;
   def ok: if . then "met" else "NOT met" end;
+  # A limit: the figure the ratios use, then its two rounds.
+  def limit($k; $unit): "\(.figures[$k] | n) \($unit) (before \(.limits_before_after[$k][0] | n), after \(.limits_before_after[$k][1] | n))";
   "",
   "mailroom bench \(.stamp) (commit \(.commit), \(.cores) cores, load average \(.load_average_start) -> \(.load_average_end))",
   "",
   "| figure | value |", "|---|---|",
-  "| pgbench single-row INSERT, c=8 | \(.figures.pgbench_c8_tps | n) tps (before \(.limits_before_after.pgbench_c8_tps[0] | n), after \(.limits_before_after.pgbench_c8_tps[1] | n)) |",
-  "| pgbench single-row INSERT, c=64 | \(.figures.pgbench_c64_tps | n) tps (before \(.limits_before_after.pgbench_c64_tps[0] | n), after \(.limits_before_after.pgbench_c64_tps[1] | n)) |",
-  "| smtp-source -> smtp-sink, new connection per message | \(.figures.smtp_new_connection_msg_per_s | n) msg/s (before \(.limits_before_after.smtp_new_connection_msg_per_s[0] | n), after \(.limits_before_after.smtp_new_connection_msg_per_s[1] | n)) |",
-  "| smtp-source -> smtp-sink, connections reused | \(.figures.smtp_reused_connection_msg_per_s | n) msg/s (before \(.limits_before_after.smtp_reused_connection_msg_per_s[0] | n), after \(.limits_before_after.smtp_reused_connection_msg_per_s[1] | n)) |",
-  "| wrk -> nginx static file, c=64 | \(.figures.nginx_static_req_per_s | n) req/s (before \(.limits_before_after.nginx_static_req_per_s[0] | n), after \(.limits_before_after.nginx_static_req_per_s[1] | n)) |",
+  "| pgbench single-row INSERT, c=8 | \(limit("pgbench_c8_tps"; "tps")) |",
+  "| pgbench single-row INSERT, c=64 | \(limit("pgbench_c64_tps"; "tps")) |",
+  "| smtp-source -> smtp-sink, new connection per message | \(limit("smtp_new_connection_msg_per_s"; "msg/s")) |",
+  "| smtp-source -> smtp-sink, connections reused | \(limit("smtp_reused_connection_msg_per_s"; "msg/s")) |",
+  "| wrk -> nginx static file, c=64 | \(limit("nginx_static_req_per_s"; "req/s")) |",
   "| end to end, \(.phases.e2e.count) create events -> sent | \(.figures.e2e_emails_per_s | n) emails/s |",
   "| REST POST /api/v1/email, c=64 | \(.figures.rest_post_req_per_s | n) req/s, p50 \(.figures.rest_post_p50_ms | n) ms, p99 \(.figures.rest_post_p99_ms | n) ms, non-2xx \(.figures.rest_post_non_2xx) |",
   "| REST POST with Prefer: respond-async (202), c=64 | \(.figures.rest_post_async_req_per_s | n) req/s |",
