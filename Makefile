@@ -10,7 +10,7 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test fuzz bench deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
+.PHONY: run test fuzz bench bench-ab deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
 	local local-down develop develop-down
 
 ## run: dependencies up, database created and migrated, service in the foreground
@@ -33,6 +33,11 @@ fuzz: deps
 ## PostgreSQL, Redis and NATS like `make deps` when they are down (never maildev).
 bench:
 	scripts/bench.sh
+
+## bench-ab: the service's bench phases for BASELINE=path/to/mailroom (A) and this tree's
+## release build (B), alternating in one run; prints B / A for each figure
+bench-ab:
+	scripts/bench-ab.sh
 
 ## deps: check PostgreSQL, Redis and NATS, start what is installed, install and start maildev
 deps:
