@@ -19,6 +19,7 @@ fi
 # are not Rust: promtool and docker-compose checks.
 scripts/test-tools.sh
 scripts/check-deploy.sh
+scripts/test-leftovers.sh
 
 # Integration tests wait on the network, not the CPU: run more of them at once than
 # there are cores.

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     adapters::{jetstream::JetStream, postgres},
-    auth, certs, commands,
+    api_keys, certs, commands,
     config::{Settings, Sources},
     rest,
     startup::{Application, Core},
@@ -183,9 +183,9 @@ impl Cli {
 fn api_key(action: ApiKeyAction) -> anyhow::Result<()> {
     match action {
         ApiKeyAction::New { name } => {
-            let key = auth::generate_key();
+            let key = api_keys::generate_key();
             println!("key:   {key}");
-            println!("entry: {name}:{}", auth::hash_key(&key));
+            println!("entry: {name}:{}", api_keys::hash_key(&key));
             eprintln!("Give the key to the caller; put only the entry in auth.api_keys.");
         }
         ApiKeyAction::Hash { name } => {
@@ -195,7 +195,7 @@ fn api_key(action: ApiKeyAction) -> anyhow::Result<()> {
                 .context("reading the key from stdin")?;
             let key = key.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!key.is_empty(), "no key on standard input");
-            println!("{name}:{}", auth::hash_key(key));
+            println!("{name}:{}", api_keys::hash_key(key));
         }
     }
     Ok(())

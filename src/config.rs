@@ -12,6 +12,8 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::api_keys::ApiKeys;
+
 /// The profiles shipped in `config/`, with their built-in copies.
 const BUILT_IN: &[(&str, &str)] = &[
     ("default", include_str!("../config/default.yaml")),
@@ -52,6 +54,14 @@ pub struct HttpSettings {
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
     pub cors_allowed_origins: Vec<String>,
+    /// A connection that began a request must send its head within this long.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection with nothing in flight for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Most connections open at once on each of the REST and metrics listeners.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +173,26 @@ pub struct NatsSettings {
 }
 
 impl NatsSettings {
+    /// The servers `url` lists, comma separated (a cluster's seed servers): the client
+    /// connects to whichever answers, and learns the rest of the cluster from it.
+    pub fn server_addrs(&self) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+        let servers = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+            .map(|url| {
+                url.parse::<async_nats::ServerAddr>().with_context(|| {
+                    format!("nats.url: {} is not a NATS server URL", redact_url(url))
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if servers.is_empty() {
+            bail!("nats.url names no server");
+        }
+        Ok(servers)
+    }
+
     /// The stream name with the isolation prefix applied.
     pub fn stream_name(&self) -> String {
         // Stream and consumer names may not contain '.', so the prefix is sanitised.
@@ -297,8 +327,11 @@ pub struct ReconcilerSettings {
     pub enabled: bool,
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    #[serde(with = "humantime_serde")]
-    pub queued_age: Duration,
+    /// How long past due an unfinished email (queued, sending past its lease, deferred
+    /// past its retry time) must be before its send event is published again. Once
+    /// called `queued_age`, which is still read.
+    #[serde(with = "humantime_serde", alias = "queued_age")]
+    pub overdue_age: Duration,
     pub batch_size: i64,
 }
 
@@ -345,8 +378,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// `NAME:SHA256HEX` entries.
-    pub api_keys: Vec<String>,
+    /// `NAME:SHA256HEX` entries, parsed (and checked) as the settings load.
+    pub api_keys: ApiKeys,
     pub rate_limit: RateLimitSettings,
 }
 
@@ -461,17 +494,22 @@ impl Settings {
                 _ => {}
             }
         }
-        crate::auth::ApiKeys::parse(&self.auth.api_keys)?;
+        self.nats.server_addrs()?;
         if self.auth.rate_limit.per_second <= 0.0 || self.auth.rate_limit.burst == 0 {
             bail!("auth.rate_limit.per_second and auth.rate_limit.burst must be positive");
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
         }
+        if self.http.max_connections == 0 {
+            bail!("http.max_connections must be at least 1");
+        }
         if self.grpc.max_message_bytes == 0 {
             bail!("grpc.max_message_bytes must be at least 1");
         }
         for (name, value) in [
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.keep_alive_timeout", self.http.keep_alive_timeout),
             ("grpc.request_timeout", self.grpc.request_timeout),
             ("grpc.health_interval", self.grpc.health_interval),
             ("grpc.keepalive_interval", self.grpc.keepalive_interval),
@@ -747,6 +785,29 @@ mod tests {
             settings.nats.durable_name("mailroom-send"),
             "t_1234_mailroom-send"
         );
+    }
+
+    #[test]
+    fn nats_url_takes_a_comma_separated_list_of_servers() {
+        let settings = local_with(
+            "nats:\n  url: \"nats://a.example:4222, nats://b.example:4223,tls://c.example\"\n",
+        )
+        .unwrap();
+        let servers: Vec<String> = settings
+            .nats
+            .server_addrs()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{}:{}", s.host(), s.port()))
+            .collect();
+        assert_eq!(
+            servers,
+            ["a.example:4222", "b.example:4223", "c.example:4222"]
+        );
+        let err = local_with("nats:\n  url: \"nats://a:4222,nats://b:x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("nats://b:x"), "{err:#}");
+        let err = local_with("nats:\n  url: \" , \"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("names no server"), "{err:#}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The one error type of the use-case layer. Each delivery adapter maps it exhaustively
-//! (REST: `http::problem`, gRPC: `grpc::status`), so a new variant forces a decision in
+//! (REST: `rest::problem`, gRPC: `grpc::status`), so a new variant forces a decision in
 //! every protocol.
 
 use std::fmt;
@@ -73,6 +73,38 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         matches!(self, Error::Unavailable { .. })
     }
+
+    /// The error and every cause under it, `: ` apart, for logs and dead letters (never
+    /// for API callers: the causes name internals).
+    pub fn with_causes(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            text.push_str(": ");
+            text.push_str(&error.to_string());
+            cause = error.source();
+        }
+        text
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_causes_of_an_error_are_spelt_out_for_logs() {
+        let source = anyhow::anyhow!("duplicate key").context("PostgreSQL query failed");
+        assert_eq!(
+            Error::Internal(source).with_causes(),
+            "internal error: PostgreSQL query failed: duplicate key"
+        );
+        let down = Error::unavailable(Dependency::Nats, anyhow::anyhow!("connection refused"));
+        assert_eq!(
+            down.with_causes(),
+            "nats is unavailable: connection refused"
+        );
+    }
+}

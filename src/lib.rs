@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod adapters;
+pub mod api_keys;
 pub mod auth;
 pub mod certs;
 pub mod cli;
@@ -19,9 +20,12 @@ pub mod grpc;
 pub mod metrics;
 pub mod ports;
 pub mod rest;
+pub mod retry;
+pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod usecase;
+pub mod wire;
 pub mod workers;
 
 pub use error::{Error, Result};

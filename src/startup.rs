@@ -14,12 +14,14 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
     auth::Gate,
-    config::Settings,
+    config::{HttpSettings, Settings},
     grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
     rest::{self, AppState},
+    retry,
+    server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
-    workers::{CreateHandler, SendHandler, WorkerPool},
+    workers::{CreateHandler, Reconciler, SendHandler, WorkerPool},
 };
 
 pub struct Application {
@@ -49,7 +51,7 @@ impl Core {
         let patience = settings.startup.wait_for_dependencies;
         let pool = postgres::pool(&settings.database)?;
         if settings.database.migrate_on_start {
-            retry_for(patience, "PostgreSQL", || {
+            retry::until_deadline(patience, "PostgreSQL", || {
                 postgres::create_and_migrate(&settings.database, &pool)
             })
             .await
@@ -108,12 +110,15 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // First, so a missing certificate stops the start before anything connects.
         let grpc_tls = grpc::load_tls(&settings.grpc)?;
+        match server::raise_open_file_limit() {
+            Ok(limit) => tracing::debug!(limit, "open-file limit"),
+            Err(err) => tracing::warn!(error = %err, "could not raise the open-file limit"),
+        }
         let Core {
             mailroom,
             jetstream,
             metrics,
         } = Core::connect(&settings).await?;
-        let bus = mailroom.ports().bus.clone();
 
         let nats = &settings.nats;
         let create = &nats.consumers.create;
@@ -138,7 +143,7 @@ impl Application {
                 workers: create.workers,
                 batch_size: create.batch_size,
                 ack_wait: create.ack_wait,
-                bus: bus.clone(),
+                mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
             },
             WorkerPool {
@@ -158,7 +163,7 @@ impl Application {
                 workers: send.workers,
                 batch_size: send.batch_size,
                 ack_wait: send.ack_wait,
-                bus,
+                mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
             },
         ];
@@ -232,7 +237,8 @@ impl Application {
             &settings.http,
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");
-        tasks.spawn(serve(http, app, shutdown.clone(), "REST API"));
+        let limits = limits(&settings.http);
+        tasks.spawn(serve(http, app, limits, shutdown.clone(), "REST API"));
 
         tracing::info!(addr = %grpc.local_addr(), "gRPC API listening (TLS)");
         tasks.spawn(grpc.run(shutdown.clone()));
@@ -253,6 +259,7 @@ impl Application {
         tasks.spawn(serve(
             metrics_listener,
             metrics_app,
+            limits,
             shutdown.clone(),
             "metrics",
         ));
@@ -266,23 +273,14 @@ impl Application {
         }
 
         if settings.reconciler.enabled {
-            let reconciler = settings.reconciler.clone();
+            let reconciler = Reconciler {
+                mailroom: mailroom.clone(),
+                settings: settings.reconciler.clone(),
+            };
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
-                let mut ticks = tokio::time::interval(reconciler.interval);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(()),
-                        _ = ticks.tick() => {}
-                    }
-                    if let Err(err) = mailroom
-                        .reconcile(reconciler.queued_age, reconciler.batch_size)
-                        .await
-                    {
-                        tracing::warn!(error = format!("{err:#}"), "reconciler pass failed");
-                    }
-                }
+                reconciler.run(shutdown).await;
+                Ok(())
             });
         }
 
@@ -326,33 +324,20 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: Limits,
     shutdown: CancellationToken,
     name: &'static str,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    server::serve(listener, app, limits, shutdown)
         .await
         .with_context(|| format!("serving the {name}"))
 }
 
-/// Runs `attempt` until it succeeds or `patience` has passed.
-async fn retry_for<F, Fut, T>(patience: Duration, what: &str, mut attempt: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<T>>,
-{
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        match attempt().await {
-            Ok(value) => return Ok(value),
-            Err(err) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(
-                    error = format!("{err:#}"),
-                    "{what} is not reachable yet; retrying"
-                );
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => return Err(err),
-        }
+/// What the REST and metrics listeners allow their clients.
+fn limits(http: &HttpSettings) -> Limits {
+    Limits {
+        header_read_timeout: http.header_read_timeout,
+        keep_alive_timeout: http.keep_alive_timeout,
+        max_connections: http.max_connections,
     }
 }

@@ -20,11 +20,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::{
-    config::{ConsumerSettings, DeliverPolicySetting, NatsSettings, StreamStorage},
-    domain::{CreateEvent, DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
+    config::{ConsumerSettings, DeliverPolicySetting, NatsSettings, StreamStorage, redact_url},
+    domain::{DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
     error::{Dependency, Error, Result},
     ports::{CreateRequest, EventBus, SendReason},
+    retry,
     telemetry::propagation,
+    wire::CreateEvent,
 };
 
 /// Subjects with the isolation prefix applied.
@@ -70,28 +72,21 @@ pub struct JetStream {
 }
 
 impl JetStream {
-    /// Connects and creates (or updates) the stream. Retries for `patience`, so a NATS
-    /// server that starts a little after mailroom is waited for.
+    /// Connects to one of the servers `nats.url` lists and creates (or updates) the
+    /// stream. Retries for `patience`, so a NATS server that starts a little after
+    /// mailroom is waited for.
     pub async fn connect(settings: &NatsSettings, patience: Duration) -> anyhow::Result<Self> {
-        let deadline = tokio::time::Instant::now() + patience;
-        let client = loop {
-            let attempt = async_nats::ConnectOptions::new()
+        let servers = settings.server_addrs()?;
+        let shown: Vec<String> = settings.url.split(',').map(redact_url).collect();
+        let shown = shown.join(",");
+        let client = retry::until_deadline(patience, "NATS", || {
+            async_nats::ConnectOptions::new()
                 .name("mailroom")
                 .connection_timeout(Duration::from_secs(2))
-                .connect(&settings.url)
-                .await;
-            match attempt {
-                Ok(client) => break client,
-                Err(err) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(error = %err, url = %settings.url, "NATS is not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                Err(err) => {
-                    return Err(err)
-                        .with_context(|| format!("connecting to NATS at {}", settings.url));
-                }
-            }
-        };
+                .connect(servers.clone())
+        })
+        .await
+        .with_context(|| format!("connecting to NATS at {shown}"))?;
         let context = jetstream::ContextBuilder::new()
             .timeout(settings.publish.ack_timeout)
             .max_ack_inflight(settings.publish.max_ack_inflight)

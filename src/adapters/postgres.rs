@@ -157,8 +157,8 @@ impl TryFrom<EmailRow> for Email {
     }
 }
 
-/// PostgreSQL being unreachable is `Unavailable` (the caller may retry); anything else
-/// is a bug or a surprise.
+/// PostgreSQL being unreachable, or refusing for a moment, is `Unavailable` (the caller
+/// may retry); anything else is a bug or a surprise, and trying again will not help.
 fn db_error(err: sqlx::Error) -> Error {
     let unavailable = match &err {
         sqlx::Error::Io(_)
@@ -169,11 +169,16 @@ fn db_error(err: sqlx::Error) -> Error {
         | sqlx::Error::Protocol(_) => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
             // 08: connection exception; 53: insufficient resources; 57P0x: shutdown;
-            // 3D000: the database is gone (dropped, or not created yet).
+            // 3D000: the database is gone (dropped, or not created yet). Worth trying
+            // again too: 40 (a serialisation failure or deadlock), 55P03 (a lock not
+            // available) and 57014 (a statement cancelled, by its timeout for one).
             code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P")
+                || code.starts_with("40")
                 || code == "3D000"
+                || code == "55P03"
+                || code == "57014"
         }),
         _ => false,
     };

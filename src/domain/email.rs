@@ -77,7 +77,7 @@ impl fmt::Display for EmailId {
 /// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
 /// `deferred` until its next attempt; a permanent failure or exhausted retries make it
 /// `failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
     Queued,

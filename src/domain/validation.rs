@@ -2,17 +2,14 @@
 //! and NATS events are all turned into an [`EmailDraft`] and checked here, so the three
 //! paths accept and refuse exactly the same things.
 
-use std::{borrow::Cow, fmt};
+use std::borrow::Cow;
 
-use lettre::Address;
 use validator::{Validate, ValidationError};
 
-use super::EmailId;
+use super::{Address, AddressError, EmailId, Field, Violation, Violations};
 
 /// Most bytes in a message (text or HTML body).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
-/// Most characters in an address (RFC 5321's path limit).
-pub const MAX_ADDRESS_CHARS: u64 = 254;
 /// Most characters in a subject.
 pub const MAX_SUBJECT_CHARS: u64 = 255;
 /// Most characters in an idempotency key.
@@ -26,145 +23,13 @@ pub const DEFAULT_PAGE_SIZE: u32 = 10;
 /// Highest page number; keeps the offset arithmetic far from overflow.
 pub const MAX_PAGE: u32 = 1_000_000;
 
-/// An input field a violation is about. Each protocol names it its own way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Field {
-    From,
-    To,
-    Subject,
-    Message,
-    Html,
-    IdempotencyKey,
-    EmailId,
-    Search,
-    Page,
-    Size,
-    /// The request as a whole (malformed JSON, an unknown field).
-    Body,
-}
-
-impl Field {
-    /// The name used by REST and NATS (camelCase, as in the original service).
-    pub fn json_name(self) -> &'static str {
-        match self {
-            Field::From => "from",
-            Field::To => "to",
-            Field::Subject => "subject",
-            Field::Message => "message",
-            Field::Html => "html",
-            Field::IdempotencyKey => "idempotencyKey",
-            Field::EmailId => "emailID",
-            Field::Search => "search",
-            Field::Page => "page",
-            Field::Size => "size",
-            Field::Body => "body",
-        }
-    }
-
-    /// The name of the field in `proto/email.proto`.
-    pub fn proto_name(self) -> &'static str {
-        match self {
-            Field::From => "From",
-            Field::To => "To",
-            Field::Subject => "Subject",
-            Field::Message => "Message",
-            Field::Html => "Html",
-            Field::IdempotencyKey => "IdempotencyKey",
-            Field::EmailId => "EmailID",
-            Field::Search => "Search",
-            Field::Page => "page",
-            Field::Size => "size",
-            Field::Body => "",
-        }
-    }
-}
-
-/// One thing wrong with one field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    pub field: Field,
-    /// A stable machine-readable code (`required`, `address`, `length`, …).
-    pub code: Cow<'static, str>,
-    /// A sentence for people.
-    pub message: Cow<'static, str>,
-}
-
-impl Violation {
-    pub fn new(
-        field: Field,
-        code: impl Into<Cow<'static, str>>,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
-        Self {
-            field,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-/// Everything wrong with an input, never empty.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violations(Vec<Violation>);
-
-impl Violations {
-    pub fn one(violation: Violation) -> Self {
-        Self(vec![violation])
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = &Violation> {
-        self.0.iter()
-    }
-
-    pub fn fields(&self) -> impl Iterator<Item = Field> + '_ {
-        self.0.iter().map(|v| v.field)
-    }
-
-    /// `Err` with the violations sorted by field, or `Ok` when there are none.
-    pub fn check(mut list: Vec<Violation>) -> Result<(), Self> {
-        if list.is_empty() {
-            return Ok(());
-        }
-        list.sort_by_key(|v| v.field as u8);
-        Err(Self(list))
-    }
-}
-
-impl fmt::Display for Violations {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, v) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("; ")?;
-            }
-            write!(f, "{}: {}", v.field.json_name(), v.message)?;
-        }
-        Ok(())
-    }
-}
-
 /// An email as a caller asked for it, before any check. Missing fields are `None` so
 /// every missing field is reported at once.
 #[derive(Debug, Clone, Default, Validate)]
 pub struct EmailDraft {
-    #[validate(
-        required(message = "is required"),
-        length(
-            min = 1,
-            max = "MAX_ADDRESS_CHARS",
-            message = "must be 1 to 254 characters"
-        ),
-        custom(function = "email_address")
-    )]
+    #[validate(required(message = "is required"), custom(function = "email_address"))]
     pub from: Option<String>,
-    #[validate(
-        required(message = "is required"),
-        length(
-            min = 1,
-            max = "MAX_ADDRESS_CHARS",
-            message = "must be 1 to 254 characters"
-        ),
-        custom(function = "email_address")
-    )]
+    #[validate(required(message = "is required"), custom(function = "email_address"))]
     pub to: Option<String>,
     #[validate(
         required(message = "is required"),
@@ -226,9 +91,8 @@ impl TryFrom<EmailDraft> for NewEmail {
         }
         // `validate` has checked that these are present and well formed.
         let address = |raw: Option<String>, field| {
-            raw.unwrap_or_default().parse::<Address>().map_err(|_| {
-                Violations::one(Violation::new(field, "address", "is not an email address"))
-            })
+            Address::parse(&raw.unwrap_or_default())
+                .map_err(|err| Violations::one(Violation::new(field, err.code(), err.to_string())))
         };
         Ok(NewEmail {
             id: draft.id.unwrap_or_else(EmailId::generate),
@@ -258,22 +122,13 @@ fn error(code: &'static str, message: &'static str) -> ValidationError {
     ValidationError::new(code).with_message(Cow::Borrowed(message))
 }
 
-/// An address lettre accepts (an RFC 5322 addr-spec), which also rules out CR/LF.
+/// An RFC 5322 addr-spec ([`Address`]), which also rules out CR/LF.
 fn email_address(value: &str) -> Result<(), ValidationError> {
-    if value.is_empty() || value.chars().count() as u64 > MAX_ADDRESS_CHARS {
-        // The length rule reports these; one violation per problem.
-        return Ok(());
-    }
-    if value.chars().any(char::is_control) {
-        return Err(error(
-            "control_characters",
-            "must not contain control characters",
-        ));
-    }
-    value
-        .parse::<Address>()
+    Address::parse(value)
         .map(|_| ())
-        .map_err(|_| error("address", "is not an email address (like user@example.com)"))
+        .map_err(|err: AddressError| {
+            ValidationError::new(err.code()).with_message(Cow::Owned(err.to_string()))
+        })
 }
 
 /// Text that ends up in a mail header: no CR/LF (header injection) and no other control
@@ -459,7 +314,7 @@ mod tests {
         result
             .unwrap_err()
             .iter()
-            .map(|v| (v.field, v.code.to_string()))
+            .map(|v| (v.field(), v.code.to_string()))
             .collect()
     }
 

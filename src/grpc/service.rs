@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{EmailId, Field},
+    domain::{Email, EmailId, Field},
     error::Error,
     usecase::Mailroom,
 };
@@ -42,9 +42,9 @@ impl EmailService for EmailApi {
     ) -> Result<Response<GetByIdRes>, Status> {
         let id = EmailId::parse(&request.get_ref().email_id, Field::EmailId)
             .map_err(Error::Validation)?;
-        let cached = self.mailroom.get(id).await?;
+        let email = self.mailroom.get(id).await?;
         Ok(Response::new(GetByIdRes {
-            email: Some(convert::email(cached.email.clone())),
+            email: Some(convert::email(Email::clone(&email))),
         }))
     }
 

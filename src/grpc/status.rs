@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::{
-    domain::{Violation, Violations},
+    domain::{Field, Violation, Violations},
     error::Error,
 };
 
@@ -64,11 +64,7 @@ impl From<Error> for Status {
 
 /// INVALID_ARGUMENT with one field violation per problem, fields named as in the proto.
 pub fn invalid_argument(violations: &Violations) -> Status {
-    let message = violations
-        .iter()
-        .map(|v| format!("{}: {}", v.field.proto_name(), v.message))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let message = violations.describe(proto_name);
     let field_violations: Vec<FieldViolation> = violations.iter().map(field_violation).collect();
     Status::with_error_details(
         Code::InvalidArgument,
@@ -79,7 +75,7 @@ pub fn invalid_argument(violations: &Violations) -> Status {
 
 fn field_violation(violation: &Violation) -> FieldViolation {
     FieldViolation {
-        field: violation.field.proto_name().to_owned(),
+        field: violation.path.render(proto_name),
         description: violation.message.to_string(),
         // google.rpc wants SCREAMING_SNAKE_CASE reasons: `address` becomes `ADDRESS`.
         reason: violation.code.to_ascii_uppercase(),
@@ -87,9 +83,26 @@ fn field_violation(violation: &Violation) -> FieldViolation {
     }
 }
 
+/// A field's name in `proto/email.proto` (the request as a whole has none).
+pub fn proto_name(field: Field) -> &'static str {
+    match field {
+        Field::EmailId => "EmailID",
+        Field::From => "From",
+        Field::To => "To",
+        Field::Subject => "Subject",
+        Field::Message => "Message",
+        Field::Html => "Html",
+        Field::IdempotencyKey => "IdempotencyKey",
+        Field::Search => "Search",
+        Field::Page => "page",
+        Field::Size => "size",
+        Field::Body => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use crate::domain::{EmailId, Field};
+    use crate::domain::EmailId;
 
     use super::*;
 

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{Email, EmailDraft, EmailStatus, SearchPage};
+use crate::domain::{self, Email, EmailDraft, SearchPage};
 
 /// A new email. Every field is checked, and all problems are reported at once.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
@@ -49,6 +49,31 @@ impl CreateEmailRequest {
     }
 }
 
+/// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
+/// `deferred` until its next attempt; a permanent failure or exhausted retries make it
+/// `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailStatus {
+    Queued,
+    Sending,
+    Sent,
+    Deferred,
+    Failed,
+}
+
+impl From<domain::EmailStatus> for EmailStatus {
+    fn from(status: domain::EmailStatus) -> Self {
+        match status {
+            domain::EmailStatus::Queued => EmailStatus::Queued,
+            domain::EmailStatus::Sending => EmailStatus::Sending,
+            domain::EmailStatus::Sent => EmailStatus::Sent,
+            domain::EmailStatus::Deferred => EmailStatus::Deferred,
+            domain::EmailStatus::Failed => EmailStatus::Failed,
+        }
+    }
+}
+
 /// A stored email and where its delivery stands.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -84,7 +109,7 @@ impl From<Email> for EmailResponse {
             html: email.html,
             created_at: email.created_at,
             updated_at: email.updated_at,
-            status: email.status,
+            status: email.status.into(),
             attempts: email.attempts,
             sent_at: email.sent_at,
             last_error: email.last_error,

@@ -8,7 +8,7 @@ use axum::{
 };
 
 use crate::{
-    domain::{EmailId, Field, SearchQuery, Violation, Violations},
+    domain::{Email, EmailId, Field, SearchQuery, Violation, Violations},
     usecase::{Accepted, Created},
 };
 
@@ -155,20 +155,7 @@ pub async fn get_by_id(
 ) -> Result<Response, Problem> {
     let id = EmailId::parse(&raw_id, Field::EmailId).map_err(|v| Problem::validation(&v))?;
     let email = state.mailroom.get(id).await?;
-    // Encoded once per cached copy: a read served from the local cache sends these bytes.
-    let body = email.rendered(|email| {
-        serde_json::to_vec(&EmailResponse::from(email.clone()))
-            .expect("an email encodes as JSON")
-            .into()
-    });
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(Json(EmailResponse::from(Email::clone(&email))).into_response())
 }
 
 /// Search emails: full text over recipient, subject and message, newest first.

@@ -12,6 +12,7 @@ use utoipa::ToSchema;
 use crate::{
     domain::{Field, Violation, Violations},
     error::Error,
+    wire,
 };
 
 pub const CONTENT_TYPE: &str = "application/problem+json";
@@ -105,12 +106,12 @@ impl Problem {
             StatusCode::BAD_REQUEST,
             "urn:mailroom:problem:validation",
             "Invalid input",
-            violations.to_string(),
+            wire::describe(violations),
         );
         problem.errors = violations
             .iter()
             .map(|v| FieldError {
-                field: v.field.json_name().to_owned(),
+                field: wire::json_path(&v.path),
                 code: v.code.to_string(),
                 message: v.message.to_string(),
             })
@@ -127,7 +128,7 @@ impl Problem {
             message.clone(),
         );
         problem.errors.push(FieldError {
-            field: field.unwrap_or_else(|| Field::Body.json_name().to_owned()),
+            field: field.unwrap_or_else(|| wire::json_name(Field::Body).to_owned()),
             code: "malformed".into(),
             message,
         });

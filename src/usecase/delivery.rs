@@ -95,8 +95,16 @@ impl Mailroom {
             let delivery = match (claim, attempt) {
                 (Claim::Claimed(_), Some(attempt)) => {
                     let email = recorded.next().expect("one email per recorded attempt");
-                    changed.push((email.clone(), attempt.error.clone(), span));
-                    outcome(attempt, email)
+                    let error = attempt.error.clone();
+                    let delivery = outcome(attempt, email);
+                    // A lost lease changed nothing: the new holder announces its own.
+                    if let Delivery::Sent(email)
+                    | Delivery::Retry { email, .. }
+                    | Delivery::Failed { email, .. } = &delivery
+                    {
+                        changed.push((email.clone(), error, span));
+                    }
+                    delivery
                 }
                 (Claim::Finished(email), _) => Delivery::AlreadyDone(email),
                 (Claim::NotDue(after), _) => Delivery::NotDue { after },
@@ -192,13 +200,15 @@ impl Mailroom {
 
 /// The delivery an attempt amounts to, given the email as recorded afterwards.
 fn outcome(attempt: FinishedAttempt, email: Email) -> Delivery {
+    // The store moves an email on only for the attempt holding its lease.
+    let recorded = email.attempts == attempt.record.attempt;
     match (attempt.after, email.status) {
-        (AfterAttempt::Sent, _) => Delivery::Sent(email),
-        (AfterAttempt::Deferred { next_attempt_at }, EmailStatus::Deferred) => {
+        (AfterAttempt::Sent, EmailStatus::Sent) if recorded => Delivery::Sent(email),
+        (AfterAttempt::Deferred { next_attempt_at }, EmailStatus::Deferred) if recorded => {
             let after = (next_attempt_at - Utc::now()).to_std().unwrap_or_default();
             Delivery::Retry { email, after }
         }
-        (AfterAttempt::Failed, EmailStatus::Failed) => Delivery::Failed {
+        (AfterAttempt::Failed, EmailStatus::Failed) if recorded => Delivery::Failed {
             reason: attempt.error.unwrap_or_default(),
             email,
         },

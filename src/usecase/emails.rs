@@ -12,7 +12,7 @@ use crate::{
 use futures::future::join_all;
 use tracing::Instrument;
 
-use super::{CachedEmail, Mailroom};
+use super::Mailroom;
 
 /// A created email, and whether it was created by an earlier request with the same
 /// idempotency key (or id).
@@ -104,7 +104,7 @@ impl Mailroom {
         {
             tracing::warn!(
                 email.id = %email.id,
-                error = format!("{err:#}"),
+                error = err.with_causes(),
                 "send event not published; the reconciler will publish it"
             );
         }
@@ -137,7 +137,7 @@ impl Mailroom {
     /// Redis cache, else from PostgreSQL. A cache outage only costs the detour through
     /// PostgreSQL.
     #[tracing::instrument(name = "usecase.get", skip_all, fields(email.id = %id))]
-    pub async fn get(&self, id: EmailId) -> Result<Arc<CachedEmail>> {
+    pub async fn get(&self, id: EmailId) -> Result<Arc<Email>> {
         if self.local.is_enabled() {
             if let Some(email) = self.local.get(id) {
                 self.metrics.local_cache(true);
@@ -146,7 +146,7 @@ impl Mailroom {
             }
             self.metrics.local_cache(false);
         }
-        let email = CachedEmail::new(self.read_through(id).await?);
+        let email = Arc::new(self.read_through(id).await?);
         if self.local.is_enabled() {
             self.local.store(email.clone());
         }

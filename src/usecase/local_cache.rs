@@ -10,48 +10,22 @@
 //! before it.
 //!
 //! Bounded by `cache.local_capacity` (emails) and `cache.local_max_bytes` (their
-//! content, counted twice for the rendering kept with it): a full shard first drops its
-//! expired entries, then arbitrary ones. Nothing here does I/O or knows about protocols.
+//! content): a full shard first drops its expired entries, then arbitrary ones. Nothing
+//! here does I/O or knows about protocols.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
-
-use bytes::Bytes;
 
 use crate::domain::{Email, EmailId};
 
 /// Shards, each with its own lock, so concurrent readers rarely wait for each other.
 const SHARDS: usize = 16;
 
-/// An email as the reads hand it out: shared by every reader of one cached copy, with a
-/// rendering of it that a delivery adapter computes once per copy (the REST API keeps
-/// its JSON body there), so a hit neither clones nor encodes the email again.
-#[derive(Debug)]
-pub struct CachedEmail {
-    pub email: Email,
-    rendered: OnceLock<Bytes>,
-}
-
-impl CachedEmail {
-    pub fn new(email: Email) -> Arc<Self> {
-        Arc::new(CachedEmail {
-            email,
-            rendered: OnceLock::new(),
-        })
-    }
-
-    /// The rendering of this copy, made by `render` on first use. One adapter's
-    /// rendering only: every caller must render the same way.
-    pub fn rendered(&self, render: impl FnOnce(&Email) -> Bytes) -> Bytes {
-        self.rendered.get_or_init(|| render(&self.email)).clone()
-    }
-}
-
 struct Entry {
-    email: Arc<CachedEmail>,
+    email: Arc<Email>,
     expires: Instant,
     weight: usize,
 }
@@ -79,8 +53,9 @@ pub struct LocalCache {
     shards: Box<[Mutex<Shard>]>,
 }
 
-/// What an email costs the cache: its text, twice (the rendering kept with it is about
-/// as large), and a fixed overhead for the rest.
+/// What an email costs the cache: its text, twice (a delivery adapter may keep a
+/// rendering of it about as large, as long as the email is here), and a fixed overhead
+/// for the rest.
 fn weight(email: &Email) -> usize {
     let text = email.from.len()
         + email.to.len()
@@ -110,13 +85,13 @@ impl LocalCache {
     }
 
     /// The email, when a copy younger than the TTL is here.
-    pub fn get(&self, id: EmailId) -> Option<Arc<CachedEmail>> {
+    pub fn get(&self, id: EmailId) -> Option<Arc<Email>> {
         self.get_at(id, Instant::now())
     }
 
     /// Keeps `email`, unless a newer copy of it is already here: after a read, and after
     /// this instance changed the email.
-    pub fn store(&self, email: Arc<CachedEmail>) {
+    pub fn store(&self, email: Arc<Email>) {
         self.store_at(email, Instant::now());
     }
 
@@ -126,7 +101,7 @@ impl LocalCache {
         self.shards.get(index)
     }
 
-    fn get_at(&self, id: EmailId, now: Instant) -> Option<Arc<CachedEmail>> {
+    fn get_at(&self, id: EmailId, now: Instant) -> Option<Arc<Email>> {
         let shard = self.shard(id)?.lock().unwrap_or_else(|p| p.into_inner());
         shard
             .entries
@@ -135,19 +110,19 @@ impl LocalCache {
             .map(|entry| entry.email.clone())
     }
 
-    fn store_at(&self, email: Arc<CachedEmail>, now: Instant) {
-        let id = email.email.id;
+    fn store_at(&self, email: Arc<Email>, now: Instant) {
+        let id = email.id;
         let Some(shard) = self.shard(id) else {
             return;
         };
-        let weight = weight(&email.email);
+        let weight = weight(&email);
         if weight > self.shard_max_bytes {
             return;
         }
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = shard.entries.get(&id)
             && existing.expires > now
-            && existing.email.email.updated_at > email.email.updated_at
+            && existing.email.updated_at > email.updated_at
         {
             return;
         }
@@ -200,9 +175,9 @@ mod tests {
     use super::*;
     use crate::domain::EmailStatus;
 
-    fn email(id: EmailId, status: EmailStatus, second: u32) -> Arc<CachedEmail> {
+    fn email(id: EmailId, status: EmailStatus, second: u32) -> Arc<Email> {
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 21, 0, second).unwrap();
-        CachedEmail::new(Email {
+        Arc::new(Email {
             id,
             from: "a@example.com".into(),
             to: "b@example.com".into(),
@@ -232,7 +207,7 @@ mod tests {
         let id = new_id();
         cache.store_at(email(id, EmailStatus::Queued, 0), start);
         let hit = cache.get_at(id, start + Duration::from_millis(999));
-        assert_eq!(hit.map(|e| e.email.status), Some(EmailStatus::Queued));
+        assert_eq!(hit.map(|e| e.status), Some(EmailStatus::Queued));
         assert!(cache.get_at(id, start + Duration::from_secs(1)).is_none());
         assert!(cache.get_at(new_id(), start).is_none());
     }
@@ -246,7 +221,7 @@ mod tests {
         cache.store_at(email(id, EmailStatus::Sent, 2), now);
         // A reader that fetched the queued copy before the change comes back late.
         cache.store_at(email(id, EmailStatus::Queued, 0), now);
-        let status = cache.get_at(id, now).map(|e| e.email.status);
+        let status = cache.get_at(id, now).map(|e| e.status);
         assert_eq!(status, Some(EmailStatus::Sent));
     }
 
@@ -258,7 +233,7 @@ mod tests {
         cache.store_at(email(id, EmailStatus::Sent, 5), start);
         let later = start + Duration::from_secs(2);
         cache.store_at(email(id, EmailStatus::Queued, 0), later);
-        let status = cache.get_at(id, later).map(|e| e.email.status);
+        let status = cache.get_at(id, later).map(|e| e.status);
         assert_eq!(status, Some(EmailStatus::Queued));
     }
 
@@ -289,11 +264,9 @@ mod tests {
         let cache = LocalCache::new(Duration::from_secs(10), 1000, SHARDS * 8 * 1024);
         let now = Instant::now();
         let large = |id| {
-            let mut email = Arc::into_inner(email(id, EmailStatus::Queued, 0))
-                .unwrap()
-                .email;
+            let mut email = Arc::into_inner(email(id, EmailStatus::Queued, 0)).unwrap();
             email.message = "x".repeat(3 * 1024);
-            CachedEmail::new(email)
+            Arc::new(email)
         };
         let ids: Vec<EmailId> = (0..SHARDS * 10).map(|_| new_id()).collect();
         for id in &ids {
@@ -309,11 +282,9 @@ mod tests {
         }
         // An email larger than a shard's budget is not kept at all.
         let id = new_id();
-        let mut huge = Arc::into_inner(email(id, EmailStatus::Queued, 0))
-            .unwrap()
-            .email;
+        let mut huge = Arc::into_inner(email(id, EmailStatus::Queued, 0)).unwrap();
         huge.message = "x".repeat(64 * 1024);
-        cache.store_at(CachedEmail::new(huge), now);
+        cache.store_at(Arc::new(huge), now);
         assert!(cache.get_at(id, now).is_none());
     }
 
@@ -329,19 +300,5 @@ mod tests {
             cache.store(email(id, EmailStatus::Queued, 0));
             assert!(cache.get(id).is_none());
         }
-    }
-
-    #[test]
-    fn the_rendering_is_made_once_per_copy() {
-        let cached = email(new_id(), EmailStatus::Queued, 0);
-        let mut calls = 0;
-        for _ in 0..3 {
-            let body = cached.rendered(|e| {
-                calls += 1;
-                Bytes::from(e.subject.clone())
-            });
-            assert_eq!(body, "s");
-        }
-        assert_eq!(calls, 1);
     }
 }

@@ -7,7 +7,11 @@ mod emails;
 mod group_commit;
 mod health;
 mod local_cache;
+#[cfg(test)]
+pub(crate) mod memory;
 mod reconcile;
+#[cfg(test)]
+mod scenarios;
 
 use std::{sync::Arc, time::Duration};
 
@@ -15,10 +19,11 @@ pub use delivery::{Delivery, DeliveryPolicy};
 pub use emails::{Accepted, Created};
 pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
-pub use local_cache::{CachedEmail, LocalCache};
+pub use local_cache::LocalCache;
 
 use crate::{
-    domain::{Email, StatusEvent},
+    domain::{DeadLetter, Email, StatusEvent},
+    error::Result,
     metrics::Metrics,
     ports::{EmailCache, EmailStore, EventBus, Mailer},
 };
@@ -62,8 +67,11 @@ impl Mailroom {
         self
     }
 
-    pub fn ports(&self) -> &Ports {
-        &self.ports
+    /// Publishes a message that cannot be handled on the dead-letter subject, so nothing
+    /// is dropped silently; `dedup_key` makes publishing the same letter again a no-op.
+    #[tracing::instrument(name = "usecase.dead_letter", skip_all, fields(subject = %letter.subject))]
+    pub async fn dead_letter(&self, letter: &DeadLetter, dedup_key: &str) -> Result<()> {
+        self.ports.bus.publish_dead_letter(letter, dedup_key).await
     }
 
     /// Follows a status change: metrics, both cache tiers and the `mail:status` event.
@@ -72,7 +80,7 @@ impl Mailroom {
         self.metrics.email_entered(email.status);
         // This instance's readers see the change at once, whatever Redis does.
         if self.local.is_enabled() {
-            self.local.store(CachedEmail::new(email.clone()));
+            self.local.store(Arc::new(email.clone()));
         }
         let event = StatusEvent {
             email_id: email.id,
@@ -90,7 +98,7 @@ impl Mailroom {
             tracing::warn!(email.id = %email.id, error = format!("{err:#}"), "could not refresh the cached email");
         }
         if let Err(err) = published {
-            tracing::warn!(email.id = %email.id, error = format!("{err:#}"), "could not publish the status event");
+            tracing::warn!(email.id = %email.id, error = err.with_causes(), "could not publish the status event");
         }
     }
 }

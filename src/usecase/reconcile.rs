@@ -30,7 +30,7 @@ impl Mailroom {
                 Ok(()) => published += 1,
                 Err(err) => {
                     // Still stranded: the next pass after `age` tries again.
-                    tracing::warn!(email.id = %id, error = format!("{err:#}"), "could not republish a send event");
+                    tracing::warn!(email.id = %id, error = err.with_causes(), "could not republish a send event");
                 }
             }
         }

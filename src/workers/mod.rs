@@ -10,6 +10,7 @@
 //! a message at a time without a server and without sleeping through backoffs.
 
 mod create;
+mod reconciler;
 mod send;
 
 use std::{sync::Arc, time::Duration};
@@ -24,13 +25,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
 
 pub use create::CreateHandler;
+pub use reconciler::Reconciler;
 pub use send::SendHandler;
 
 use crate::{
     domain::DeadLetter,
     metrics::{MessageOutcome, Metrics},
-    ports::EventBus,
     telemetry::propagation,
+    usecase::Mailroom,
 };
 
 /// A message as handlers see it.
@@ -105,7 +107,8 @@ pub struct WorkerPool {
     /// Most messages in one batch.
     pub batch_size: usize,
     pub ack_wait: Duration,
-    pub bus: Arc<dyn EventBus>,
+    /// Where dead letters go.
+    pub mailroom: Mailroom,
     pub metrics: Metrics,
 }
 
@@ -284,7 +287,7 @@ impl WorkerPool {
                     time: Utc::now(),
                     deliveries: inbound.delivered,
                 };
-                match self.bus.publish_dead_letter(&letter, &dedup_key).await {
+                match self.mailroom.dead_letter(&letter, &dedup_key).await {
                     Ok(()) => {
                         tracing::warn!(reason = %reason, "message dead-lettered");
                         Verdict::DeadLetter { reason, dedup_key }
@@ -323,6 +326,22 @@ impl WorkerPool {
             .nats_duration
             .with_label_values(&[self.label.as_str()])
             .observe(elapsed);
+    }
+}
+
+#[cfg(test)]
+impl Inbound {
+    /// A message as the pool would hand it to a handler, for tests.
+    pub(crate) fn for_test(subject: &str, payload: impl Into<Bytes>, delivered: i64) -> Self {
+        Inbound {
+            subject: subject.to_owned(),
+            payload: payload.into(),
+            msg_id: None,
+            stream_sequence: 7,
+            delivered,
+            published: Utc::now(),
+            span: tracing::Span::none(),
+        }
     }
 }
 

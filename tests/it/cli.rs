@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::helpers::{Cleanup, Isolation, TestCerts, closed_port, eventually};
+use crate::helpers::{Cleanup, Isolation, TestCerts, eventually, free_port};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mailroom");
 
@@ -120,7 +120,7 @@ async fn the_service_serves_until_sigterm_then_exits_cleanly() {
     let isolation = Isolation::new();
     let _cleanup = Cleanup(isolation.clone());
     let certs = TestCerts::generate();
-    let (http, grpc, metrics) = (closed_port(), closed_port(), closed_port());
+    let (http, grpc, metrics) = (free_port(), free_port(), free_port());
     let mut child = mailroom(&isolation)
         .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))
         .env("MAILROOM__GRPC__ADDR", format!("127.0.0.1:{grpc}"))
@@ -232,8 +232,11 @@ fn api_key_new_prints_a_key_whose_entry_the_service_accepts() {
         .lines()
         .find_map(|l| l.strip_prefix("entry: "))
         .unwrap();
-    assert_eq!(entry, format!("billing:{}", mailroom::auth::hash_key(key)));
-    let keys = mailroom::auth::ApiKeys::parse(&[entry.to_owned()]).unwrap();
+    assert_eq!(
+        entry,
+        format!("billing:{}", mailroom::api_keys::hash_key(key))
+    );
+    let keys = mailroom::api_keys::ApiKeys::parse(&[entry.to_owned()]).unwrap();
     assert_eq!(keys.authenticate(key), Some("billing"));
 }
 
@@ -256,6 +259,6 @@ fn api_key_hash_reads_the_key_from_stdin() {
     assert!(output.status.success());
     assert_eq!(
         String::from_utf8(output.stdout).unwrap().trim(),
-        format!("ops:{}", mailroom::auth::hash_key("local-dev-key"))
+        format!("ops:{}", mailroom::api_keys::hash_key("local-dev-key"))
     );
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::helpers::{
-    TestApp, closed_port, email_body, maildev_messages_to,
+    Consumer, TestApp, closed_port, email_body, maildev_messages_to,
     smtp::{Behaviour, FakeSmtp},
     spawn_app, spawn_app_with, unique_recipient, wait_for,
 };
@@ -136,8 +136,11 @@ async fn a_permanent_smtp_refusal_fails_the_email_at_once_with_one_dead_letter()
     }
     assert!(letter["error"].as_str().unwrap().contains("no such user"));
 
-    // Still one a while later: the message was acknowledged, not redelivered.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The send event was acknowledged after its one delivery: it is never delivered
+    // again, so no second attempt or dead letter can follow.
+    let settled = app.settled(Consumer::Send).await;
+    assert_eq!(settled.delivered.consumer_sequence, 1, "delivered once");
+    assert_eq!(settled.num_redelivered, 0);
     assert_eq!(dead_letters_for(&app, id, 1).await.len(), 1);
     assert_eq!(smtp.recipients_seen(), 1);
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, email_body, eventually, maildev_messages_to, spawn_app, unique_recipient, wait_for,
+    Consumer, TestApp, email_body, eventually, maildev_messages_to, spawn_app, unique_recipient,
+    wait_for,
 };
 
 async fn emails_to(app: &TestApp, to: &str) -> Vec<(String, String)> {
@@ -90,7 +91,12 @@ async fn a_create_event_with_the_same_idempotency_key_twice_makes_one_email() {
             .any(|(_, status)| status == "sent")
     })
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both events handled (acknowledged), so nothing more can come of them.
+    let settled = app.settled(Consumer::Create).await;
+    assert_eq!(
+        settled.delivered.consumer_sequence, 2,
+        "each event delivered once"
+    );
     assert_eq!(emails_to(&app, &to).await.len(), 1);
 }
 
@@ -131,10 +137,13 @@ async fn an_invalid_create_event_is_dead_lettered_once_and_not_redelivered() {
         "data is the original payload"
     );
 
-    // Acked: nothing more arrives, and no email was stored.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Acknowledged after its one delivery, so it is never delivered again; its dead
+    // letter went out before the acknowledgement.
+    let settled = app.settled(Consumer::Create).await;
+    assert_eq!(settled.delivered.consumer_sequence, 1, "delivered once");
+    assert_eq!(settled.num_redelivered, 0);
     assert_eq!(
-        dead_letters_with(&app, "invalid-event-marker", 2)
+        dead_letters_with(&app, "invalid-event-marker", 1)
             .await
             .len(),
         1

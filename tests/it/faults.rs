@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::helpers::{
-    Cleanup, Isolation, closed_port, email_body, eventually, metric_value,
+    Cleanup, Isolation, email_body, eventually, free_port, metric_value,
     smtp::{Behaviour, FakeSmtp},
     spawn_app_in, unique_recipient, wait_for,
 };
@@ -69,17 +69,14 @@ struct Service(Child);
 
 impl Service {
     fn start(isolation: &Isolation, smtp_port: u16) -> (Service, u16) {
-        let http = closed_port();
+        let http = free_port();
         let child = isolation
             .command()
             .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))
-            .env(
-                "MAILROOM__GRPC__ADDR",
-                format!("127.0.0.1:{}", closed_port()),
-            )
+            .env("MAILROOM__GRPC__ADDR", format!("127.0.0.1:{}", free_port()))
             .env(
                 "MAILROOM__METRICS__ADDR",
-                format!("127.0.0.1:{}", closed_port()),
+                format!("127.0.0.1:{}", free_port()),
             )
             .env("MAILROOM__SMTP__PORT", smtp_port.to_string())
             .stdout(Stdio::null())
@@ -184,7 +181,7 @@ impl PrivateNats {
     fn start() -> Self {
         let store = std::env::temp_dir().join(format!("mailroom-nats-{}", uuid::Uuid::new_v4()));
         let mut nats = PrivateNats {
-            port: closed_port(),
+            port: free_port(),
             store,
             child: None,
         };

@@ -13,11 +13,12 @@ use mailroom::{
     adapters::jetstream::JetStream,
     config::{DeliverPolicySetting, Settings, StreamStorage},
     domain::{EmailId, EmailStatus, StatusEvent},
+    ports::EventBus,
 };
 use serde_json::json;
 
 use crate::helpers::{
-    Isolation, TestApp, email_body, eventually, metric_value,
+    Consumer, Isolation, TestApp, closed_port, email_body, eventually, metric_value,
     smtp::{Behaviour, FakeSmtp},
     spawn_app, spawn_app_in, spawn_app_with, spawn_sibling, unique_recipient,
 };
@@ -37,6 +38,26 @@ async fn stored_emails(app: &TestApp) -> Vec<(String, String)> {
         .fetch_all(&app.db)
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_list_of_servers_whose_first_is_down_still_starts_a_working_service() {
+    let smtp = FakeSmtp::start(Behaviour::Accept).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        // A cluster's seed list, as NATS clients take it; nothing listens on the first.
+        s.nats.url = format!("nats://127.0.0.1:{}, {}", closed_port(), s.nats.url);
+    })
+    .await;
+    let created = app
+        .create_email(&email_body(&unique_recipient("seed-list")))
+        .await;
+    app.wait_for_status(
+        created["emailID"].as_str().unwrap(),
+        "sent",
+        Duration::from_secs(15),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -116,7 +137,7 @@ async fn a_repeated_message_id_within_the_duplicate_window_makes_one_email() {
 #[tokio::test]
 async fn publishes_beyond_the_in_flight_bound_wait_instead_of_failing() {
     let app = spawn_app_with(|s| s.nats.publish.max_ack_inflight = 1).await;
-    let bus = app.mailroom.ports().bus.clone();
+    let bus = app.bus.clone();
     let publishes = (0..200).map(|attempt| {
         let bus = bus.clone();
         async move {
@@ -346,7 +367,8 @@ async fn replay(
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every event the consumer was given is settled: nothing else will be stored.
+    app.settled(Consumer::Create).await;
     stored_emails(&app)
         .await
         .into_iter()
@@ -462,9 +484,10 @@ async fn a_create_event_that_keeps_failing_is_dead_lettered_after_max_deliver() 
         "{}",
         letters[0]
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The event was acknowledged with its dead letter: no delivery, so no letter, follows.
+    app.settled(Consumer::Create).await;
     assert_eq!(
-        app.messages_on(&app.subject("mail:errors"), 2, Duration::from_millis(200))
+        app.messages_on(&app.subject("mail:errors"), 1, Duration::ZERO)
             .await
             .len(),
         1
@@ -475,10 +498,10 @@ async fn a_create_event_that_keeps_failing_is_dead_lettered_after_max_deliver() 
 async fn reconcilers_on_two_instances_republish_each_stranded_email_once() {
     let quiet = |s: &mut Settings| {
         s.reconciler.interval = Duration::from_millis(100);
-        s.reconciler.queued_age = Duration::from_secs(3600);
+        s.reconciler.overdue_age = Duration::from_secs(3600);
     };
-    let first = spawn_app_with(quiet).await;
-    let second = spawn_sibling(&first, quiet).await;
+    let mut first = spawn_app_with(quiet).await;
+    let mut second = spawn_sibling(&first, quiet).await;
     let mut ids = Vec::new();
     for _ in 0..10 {
         let id = uuid::Uuid::now_v7();
@@ -498,7 +521,10 @@ async fn reconcilers_on_two_instances_republish_each_stranded_email_once() {
             .wait_for_status(id, "sent", Duration::from_secs(20))
             .await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once both have stopped (their reconciler passes finished), nothing more is
+    // published.
+    second.stop().await;
+    first.stop().await;
     let events = first
         .messages_on(&first.subject("mail:send"), 10, Duration::from_secs(5))
         .await;

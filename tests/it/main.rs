@@ -14,6 +14,7 @@ mod faults;
 mod grpc;
 mod health;
 mod jetstream;
+mod listeners;
 mod monitoring;
 mod nginx;
 mod plans;

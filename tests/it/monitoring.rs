@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use crate::helpers::{
-    TestApp, closed_port, email_body, eventually, metric_value, spawn_app,
+    TestApp, email_body, eventually, free_port, metric_value, spawn_app,
     tools::{Daemon, ScratchDir, require},
     unique_recipient, wait_for,
 };
@@ -259,7 +259,7 @@ async fn a_real_prometheus_scrapes_the_service_with_the_shipped_configuration() 
         format!("- targets: [\"{target}\"]\n"),
     );
 
-    let port = closed_port();
+    let port = free_port();
     let mut command = Command::new(prometheus);
     command.args([
         format!("--config.file={}", dir.join("prometheus.yml").display()),

@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     browser::{assert_swagger_ui_lists_every_operation, render_in_chromium},
     helpers::{
-        TestApp, closed_port, email_body, eventually, grpc_channel, metric_value, spawn_app,
+        TestApp, email_body, eventually, free_port, grpc_channel, metric_value, spawn_app,
         spawn_sibling,
         tools::{Daemon, ScratchDir, artifact_dir, require},
         unique_recipient, with_test_key,
@@ -93,7 +93,7 @@ async fn nginx_serves_the_rest_api_over_https_and_http2_from_both_instances() {
     ] {
         std::fs::copy(from, dir.join("certs").join(to)).unwrap();
     }
-    let (https, http) = (closed_port(), closed_port());
+    let (https, http) = (free_port(), free_port());
     let conf = render(&[
         (
             "listen 443 ssl http2;",

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use serde_json::json;
 
 use crate::helpers::{
-    Cleanup, Isolation, TestApp, closed_port, email_body, eventually,
+    Cleanup, Isolation, TestApp, closed_port, email_body, eventually, free_port,
     otlp::{ReceivedSpan, Trace},
     spawn_app, spawn_app_with, telemetry, unique_recipient,
 };
@@ -283,8 +283,7 @@ fn drain(mut output: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 async fn an_unreachable_collector_neither_delays_requests_nor_floods_the_log() {
     let isolation = Isolation::new();
     let _cleanup = Cleanup(isolation.clone());
-    let (http, grpc, metrics, collector) =
-        (closed_port(), closed_port(), closed_port(), closed_port());
+    let (http, grpc, metrics, collector) = (free_port(), free_port(), free_port(), closed_port());
     let mut child = isolation
         .command()
         .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))

@@ -15,6 +15,7 @@ use std::{
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use mailroom::{
+    adapters::jetstream::JetStream,
     certs::{self, CertificatePaths},
     config::{Settings, Sources},
     grpc::pb::email_service_client::EmailServiceClient,
@@ -131,8 +132,8 @@ pub struct Isolation {
 
 impl Isolation {
     pub fn new() -> Self {
-        // The creation time in the name lets `scripts/test.sh` remove leftovers of
-        // interrupted runs.
+        // The creation time in the name lets `scripts/test-leftovers.sh` (run by
+        // `make test`) remove the databases and Redis keys of interrupted runs.
         let tag = format!(
             "{}_{}",
             chrono::Utc::now().timestamp(),
@@ -145,12 +146,15 @@ impl Isolation {
         }
     }
 
-    /// Drops the database and the stream. Blocking, for `Drop`: runs on a thread with a
-    /// runtime of its own, since it may be called from inside an async context.
+    /// Drops the database and the stream and deletes the Redis keys. Blocking, for
+    /// `Drop`: runs on a thread with a runtime of its own, since it may be called from
+    /// inside an async context.
     pub fn clean_up(&self, settings: &Settings) {
         let database = self.database.clone();
         let stream = settings.nats.stream_name();
         let nats_url = settings.nats.url.clone();
+        let redis_url = settings.redis.url.expose_secret().to_owned();
+        let redis_prefix = self.redis_prefix.clone();
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -167,6 +171,7 @@ impl Isolation {
                     .execute(&mut admin)
                     .await;
                 }
+                let _ = delete_redis_keys(&redis_url, &redis_prefix).await;
             });
         });
         let _ = cleanup.join();
@@ -208,6 +213,25 @@ impl Isolation {
         settings.nats.prefix = self.nats_prefix.clone();
         settings.redis.key_prefix = self.redis_prefix.clone();
     }
+}
+
+/// Deletes every Redis key under `prefix`.
+async fn delete_redis_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = {
+        let mut scan: redis::AsyncIter<String> =
+            redis::AsyncCommands::scan_match(&mut connection, format!("{prefix}*")).await?;
+        let mut keys = Vec::new();
+        while let Some(key) = futures::StreamExt::next(&mut scan).await {
+            keys.push(key?);
+        }
+        keys
+    };
+    for chunk in keys.chunks(500) {
+        let _: () = redis::AsyncCommands::del(&mut connection, chunk).await?;
+    }
+    Ok(())
 }
 
 /// Removes an isolation's database and stream at the end of a test that runs the
@@ -276,10 +300,19 @@ pub struct TestApp {
     pub db: PgPool,
     pub nats: async_nats::Client,
     pub jetstream: jetstream::Context,
+    /// The service's own event bus (the JetStream adapter), for publishing as it does.
+    pub bus: JetStream,
     pub mailroom: Mailroom,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     owns_resources: bool,
+}
+
+/// The durable consumers of an application.
+#[derive(Debug, Clone, Copy)]
+pub enum Consumer {
+    Create,
+    Send,
 }
 
 /// Starts an application with the test settings.
@@ -335,6 +368,7 @@ async fn start(
     let mailroom = app.mailroom().clone();
     let nats = app.jetstream().client.clone();
     let jetstream = app.jetstream().context.clone();
+    let bus = app.jetstream().clone();
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let db = PgPool::connect(settings.database.url.expose_secret())
@@ -355,6 +389,7 @@ async fn start(
         db,
         nats,
         jetstream,
+        bus,
         mailroom,
         shutdown,
         task: Some(task),
@@ -443,6 +478,46 @@ impl TestApp {
             assert!(
                 Instant::now() < deadline,
                 "email {id} did not become {status} within {within:?}; it is {row:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's view of a durable consumer of this application.
+    pub async fn consumer_info(&self, which: Consumer) -> jetstream::consumer::Info {
+        let nats = &self.settings.nats;
+        let durable = match which {
+            Consumer::Create => &nats.consumers.create.durable,
+            Consumer::Send => &nats.consumers.send.durable,
+        };
+        let stream = self
+            .jetstream
+            .get_stream(nats.stream_name())
+            .await
+            .expect("the stream");
+        let mut consumer: jetstream::consumer::PullConsumer = stream
+            .get_consumer(&nats.durable_name(durable))
+            .await
+            .expect("the durable consumer");
+        consumer.info().await.expect("consumer info").clone()
+    }
+
+    /// Waits until a durable consumer has settled every message it was given (nothing
+    /// left to deliver, nothing unacknowledged), and returns its state then: the
+    /// positive signal that absence checks wait for. `delivered.consumer_sequence`
+    /// counts every delivery, redeliveries included.
+    pub async fn settled(&self, which: Consumer) -> jetstream::consumer::Info {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let info = self.consumer_info(which).await;
+            if info.num_pending == 0 && info.num_ack_pending == 0 {
+                return info;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the {which:?} consumer did not settle: {} pending, {} unacknowledged",
+                info.num_pending,
+                info.num_ack_pending
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -641,8 +716,29 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// A port nothing listens on.
+/// A port nothing listens on, for as long as the test process runs: a socket is bound
+/// to it and never listens, so connections are refused and no other program (or test)
+/// can take the port meanwhile.
 pub fn closed_port() -> u16 {
+    static RESERVED: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+        .expect("a TCP socket");
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&any.into()).expect("binding a port");
+    let port = socket
+        .local_addr()
+        .unwrap()
+        .as_socket()
+        .expect("an IP address")
+        .port();
+    RESERVED.lock().unwrap().push(socket);
+    port
+}
+
+/// A port free right now, for a server a test starts itself (a child process binds it
+/// a moment later; another program could take it in between, so such servers are
+/// waited for by connecting).
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
@@ -655,7 +751,7 @@ pub struct PrivateRedis {
 
 impl PrivateRedis {
     pub async fn start() -> Self {
-        let port = closed_port();
+        let port = free_port();
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",

@@ -1,0 +1,560 @@
+//! In-memory implementations of the four ports, for tests of the use cases and workers
+//! that run in milliseconds. The store keeps the PostgreSQL store's contract (leases,
+//! idempotency keys, the attempt check on finishing) on a clock the test can move; the
+//! bus and the mailer record what they were asked to do, and each port can be told to
+//! fail, as a dependency that is down or as one that refuses for good.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::{
+    domain::{
+        DeadLetter, Email, EmailId, EmailStatus, NewEmail, SearchPage, SearchQuery, StatusEvent,
+    },
+    error::{Dependency, Error, Result},
+    metrics::Metrics,
+    ports::{
+        AfterAttempt, AttemptRecord, Claim, CreateRequest, EmailCache, EmailStore, EventBus,
+        FinishedAttempt, Inserted, Mailer, SendFailure, SendReason, SmtpReply,
+    },
+};
+
+use super::{DeliveryPolicy, LocalCache, Mailroom, Ports};
+
+/// How a port fails when told to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The dependency is down: `Error::Unavailable`, worth trying again.
+    Outage,
+    /// It refuses for a reason that will not go away: `Error::Internal`.
+    Refusal,
+}
+
+impl Failure {
+    fn error(self, dependency: Dependency) -> Error {
+        match self {
+            Failure::Outage => {
+                Error::unavailable(dependency, anyhow::anyhow!("{dependency} is down"))
+            }
+            Failure::Refusal => Error::Internal(anyhow::anyhow!("{dependency} refused the data")),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[derive(Default)]
+struct StoreState {
+    emails: HashMap<EmailId, Email>,
+    keys: HashMap<String, EmailId>,
+    attempts: Vec<(EmailId, AttemptRecord)>,
+    /// How far the store's clock is ahead of the wall clock.
+    ahead: chrono::Duration,
+    failure: Option<Failure>,
+}
+
+impl StoreState {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() + self.ahead
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.failure {
+            Some(failure) => Err(failure.error(Dependency::Postgres)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The email store, in memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<StoreState>,
+}
+
+impl MemoryStore {
+    /// Moves the store's clock on (leases expire, retries fall due).
+    pub fn advance(&self, by: Duration) {
+        let mut state = lock(&self.state);
+        state.ahead += chrono::Duration::from_std(by).unwrap();
+    }
+
+    /// Fails every call from now on (`None`: works again).
+    pub fn fail(&self, failure: Option<Failure>) {
+        lock(&self.state).failure = failure;
+    }
+
+    pub fn email(&self, id: EmailId) -> Option<Email> {
+        lock(&self.state).emails.get(&id).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.state).emails.len()
+    }
+
+    pub fn attempts_of(&self, id: EmailId) -> Vec<AttemptRecord> {
+        let state = lock(&self.state);
+        let mut attempts: Vec<AttemptRecord> = state
+            .attempts
+            .iter()
+            .filter(|(of, _)| *of == id)
+            .map(|(_, record)| record.clone())
+            .collect();
+        attempts.sort_by_key(|record| record.attempt);
+        attempts
+    }
+}
+
+/// A stored email as the store makes it from a new one.
+fn queued(new: &NewEmail, now: DateTime<Utc>) -> Email {
+    Email {
+        id: new.id,
+        from: new.from.to_string(),
+        to: new.to.to_string(),
+        subject: new.subject.clone(),
+        message: new.message.clone(),
+        html: new.html.clone(),
+        status: EmailStatus::Queued,
+        attempts: 0,
+        retry_base: 0,
+        last_error: None,
+        idempotency_key: new.idempotency_key.clone(),
+        created_at: now,
+        updated_at: now,
+        sent_at: None,
+        next_attempt_at: Some(now),
+    }
+}
+
+#[async_trait]
+impl EmailStore for MemoryStore {
+    async fn insert(&self, emails: &[NewEmail]) -> Result<Vec<Inserted>> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let mut answers = Vec::with_capacity(emails.len());
+        for new in emails {
+            let by_key = new
+                .idempotency_key
+                .as_ref()
+                .and_then(|key| state.keys.get(key).copied());
+            let taken = by_key.or_else(|| state.emails.contains_key(&new.id).then_some(new.id));
+            if let Some(existing) = taken {
+                answers.push(Inserted::Existing(state.emails[&existing].clone()));
+                continue;
+            }
+            let email = queued(new, now);
+            if let Some(key) = &new.idempotency_key {
+                state.keys.insert(key.clone(), new.id);
+            }
+            state.emails.insert(new.id, email.clone());
+            answers.push(Inserted::Created(email));
+        }
+        Ok(answers)
+    }
+
+    async fn get(&self, id: EmailId) -> Result<Option<Email>> {
+        let state = lock(&self.state);
+        state.check()?;
+        Ok(state.emails.get(&id).cloned())
+    }
+
+    async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>> {
+        let state = lock(&self.state);
+        state.check()?;
+        let mut found: Vec<Email> = state
+            .emails
+            .values()
+            .filter(|email| {
+                query.text.as_deref().is_none_or(|text| {
+                    [&email.to, &email.subject, &email.message]
+                        .iter()
+                        .any(|field| field.contains(text))
+                })
+            })
+            .cloned()
+            .collect();
+        found.sort_by_key(|email| std::cmp::Reverse((email.created_at, email.id)));
+        let counted = found.len() as i64;
+        let rows = found
+            .into_iter()
+            .skip(query.offset() as usize)
+            .take(query.size as usize + 1)
+            .collect();
+        Ok(SearchPage::assemble(query, counted, u32::MAX, rows))
+    }
+
+    async fn claim(&self, ids: &[EmailId], lease: Duration) -> Result<Vec<Claim>> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let mut claimed_here = HashSet::new();
+        let mut claims = Vec::with_capacity(ids.len());
+        for id in ids {
+            if claimed_here.contains(id) {
+                claims.push(Claim::NotDue(lease));
+                continue;
+            }
+            let Some(email) = state.emails.get_mut(id) else {
+                claims.push(Claim::Missing);
+                continue;
+            };
+            let due = email.next_attempt_at.unwrap_or(now);
+            let claim = match email.status {
+                status if status.is_final() => Claim::Finished(email.clone()),
+                EmailStatus::Queued => Claim::Claimed(email.clone()),
+                _ if due <= now => Claim::Claimed(email.clone()),
+                _ => Claim::NotDue((due - now).to_std().unwrap_or_default()),
+            };
+            if matches!(claim, Claim::Claimed(_)) {
+                email.status = EmailStatus::Sending;
+                email.attempts += 1;
+                email.updated_at = now;
+                email.next_attempt_at = Some(now + chrono::Duration::from_std(lease).unwrap());
+                claimed_here.insert(*id);
+                claims.push(Claim::Claimed(email.clone()));
+            } else {
+                claims.push(claim);
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn finish_attempts(&self, finished: &[FinishedAttempt]) -> Result<Vec<Email>> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let mut answers = Vec::with_capacity(finished.len());
+        for attempt in finished {
+            let recorded = state
+                .attempts
+                .iter()
+                .any(|(id, record)| *id == attempt.id && record.attempt == attempt.record.attempt);
+            if !recorded {
+                state.attempts.push((attempt.id, attempt.record.clone()));
+            }
+            let email = state
+                .emails
+                .get_mut(&attempt.id)
+                .ok_or(Error::NotFound(attempt.id))?;
+            // Only the holder of the attempt's lease moves the email on.
+            if email.status == EmailStatus::Sending && email.attempts == attempt.record.attempt {
+                let (status, next) = match attempt.after {
+                    AfterAttempt::Sent => (EmailStatus::Sent, None),
+                    AfterAttempt::Deferred { next_attempt_at } => {
+                        (EmailStatus::Deferred, Some(next_attempt_at))
+                    }
+                    AfterAttempt::Failed => (EmailStatus::Failed, None),
+                };
+                email.status = status;
+                email.next_attempt_at = next;
+                email.last_error = attempt.error.clone();
+                email.updated_at = now;
+                if status == EmailStatus::Sent {
+                    email.sent_at = Some(now);
+                }
+            }
+            answers.push(email.clone());
+        }
+        Ok(answers)
+    }
+
+    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let cutoff = now - chrono::Duration::from_std(age).unwrap();
+        let mut overdue: Vec<(DateTime<Utc>, EmailId)> = state
+            .emails
+            .values()
+            .filter(|email| !email.status.is_final())
+            .filter_map(|email| email.next_attempt_at.map(|at| (at, email.id)))
+            .filter(|(at, _)| *at < cutoff)
+            .collect();
+        overdue.sort();
+        overdue.truncate(limit.max(0) as usize);
+        for (_, id) in &overdue {
+            state
+                .emails
+                .get_mut(id)
+                .expect("listed above")
+                .next_attempt_at = Some(now);
+        }
+        Ok(overdue.into_iter().map(|(_, id)| id).collect())
+    }
+
+    async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let Some(email) = state.emails.get_mut(&id) else {
+            return Ok(None);
+        };
+        if email.status != EmailStatus::Failed {
+            return Ok(None);
+        }
+        email.status = EmailStatus::Queued;
+        email.retry_base = email.attempts;
+        email.last_error = None;
+        email.next_attempt_at = Some(now);
+        email.updated_at = now;
+        Ok(Some(email.clone()))
+    }
+
+    async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>> {
+        lock(&self.state).check()?;
+        Ok(self.attempts_of(id))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        lock(&self.state).check()
+    }
+}
+
+/// The cache, in memory; `down` makes every call fail as a Redis outage would.
+#[derive(Default)]
+pub struct MemoryCache {
+    emails: Mutex<HashMap<EmailId, Email>>,
+    down: Mutex<bool>,
+}
+
+impl MemoryCache {
+    pub fn set_down(&self, down: bool) {
+        *lock(&self.down) = down;
+    }
+
+    pub fn cached(&self, id: EmailId) -> Option<Email> {
+        lock(&self.emails).get(&id).cloned()
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(!*lock(&self.down), "redis is down");
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EmailCache for MemoryCache {
+    async fn get(&self, id: EmailId) -> anyhow::Result<Option<Email>> {
+        self.check()?;
+        Ok(self.cached(id))
+    }
+
+    async fn put(&self, email: &Email) -> anyhow::Result<()> {
+        self.check()?;
+        lock(&self.emails).insert(email.id, email.clone());
+        Ok(())
+    }
+
+    async fn fill(&self, email: &Email) -> anyhow::Result<()> {
+        self.check()?;
+        lock(&self.emails)
+            .entry(email.id)
+            .or_insert_with(|| email.clone());
+        Ok(())
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        self.check()
+    }
+}
+
+/// What the bus was asked to publish.
+#[derive(Default)]
+pub struct Published {
+    pub creates: Vec<NewEmail>,
+    pub sends: Vec<(EmailId, SendReason)>,
+    pub statuses: Vec<StatusEvent>,
+    /// Dead letters by dedup key, each kept once as the server's duplicate window would.
+    pub dead_letters: Vec<(String, DeadLetter)>,
+}
+
+/// The event bus, in memory.
+#[derive(Default)]
+pub struct MemoryBus {
+    published: Mutex<Published>,
+    down: Mutex<bool>,
+}
+
+impl MemoryBus {
+    pub fn set_down(&self, down: bool) {
+        *lock(&self.down) = down;
+    }
+
+    pub fn published(&self) -> MutexGuard<'_, Published> {
+        lock(&self.published)
+    }
+
+    fn check(&self) -> Result<()> {
+        if *lock(&self.down) {
+            return Err(Failure::Outage.error(Dependency::Nats));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    async fn request_create(&self, email: &NewEmail) -> Result<CreateRequest> {
+        self.check()?;
+        self.published().creates.push(email.clone());
+        Ok(CreateRequest::Published)
+    }
+
+    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
+        self.check()?;
+        self.published().sends.push((id, reason));
+        Ok(())
+    }
+
+    async fn publish_status(&self, event: &StatusEvent) -> Result<()> {
+        self.check()?;
+        self.published().statuses.push(event.clone());
+        Ok(())
+    }
+
+    async fn publish_dead_letter(&self, letter: &DeadLetter, dedup_key: &str) -> Result<()> {
+        self.check()?;
+        let mut published = self.published();
+        if !published
+            .dead_letters
+            .iter()
+            .any(|(key, _)| key == dedup_key)
+        {
+            published
+                .dead_letters
+                .push((dedup_key.to_owned(), letter.clone()));
+        }
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.check()
+    }
+}
+
+/// A mailer that answers from a script, one reply per send (250 once the script is
+/// done), and remembers what it sent.
+#[derive(Default)]
+pub struct ScriptedMailer {
+    replies: Mutex<VecDeque<std::result::Result<SmtpReply, SendFailure>>>,
+    sent: Mutex<Vec<EmailId>>,
+    hold: Mutex<Option<Arc<Hold>>>,
+}
+
+/// A send held in the middle of its SMTP exchange until the test lets it go.
+#[derive(Default)]
+pub struct Hold {
+    pub entered: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
+}
+
+impl ScriptedMailer {
+    /// Makes the next send wait, once it has begun, until `release` is notified.
+    pub fn hold_next(&self) -> Arc<Hold> {
+        let hold = Arc::new(Hold::default());
+        *lock(&self.hold) = Some(hold.clone());
+        hold
+    }
+
+    /// Queues the replies of the next sends.
+    pub fn script(
+        &self,
+        replies: impl IntoIterator<Item = std::result::Result<SmtpReply, SendFailure>>,
+    ) {
+        lock(&self.replies).extend(replies);
+    }
+
+    /// Every email a send was attempted for, in order.
+    pub fn sent(&self) -> Vec<EmailId> {
+        lock(&self.sent).clone()
+    }
+}
+
+pub fn transient(text: &str) -> std::result::Result<SmtpReply, SendFailure> {
+    Err(SendFailure::Transient {
+        code: Some(451),
+        text: text.to_owned(),
+    })
+}
+
+pub fn permanent(text: &str) -> std::result::Result<SmtpReply, SendFailure> {
+    Err(SendFailure::Permanent {
+        code: Some(550),
+        text: text.to_owned(),
+    })
+}
+
+#[async_trait]
+impl Mailer for ScriptedMailer {
+    async fn send(&self, email: &Email) -> std::result::Result<SmtpReply, SendFailure> {
+        lock(&self.sent).push(email.id);
+        let hold = lock(&self.hold).take();
+        if let Some(hold) = hold {
+            hold.entered.notify_one();
+            hold.release.notified().await;
+        }
+        lock(&self.replies).pop_front().unwrap_or_else(|| {
+            Ok(SmtpReply {
+                code: 250,
+                text: "2.0.0 OK".into(),
+            })
+        })
+    }
+
+    async fn ping(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A use-case layer on in-memory ports, with handles on each of them.
+pub struct Harness {
+    pub mailroom: Mailroom,
+    pub store: Arc<MemoryStore>,
+    pub cache: Arc<MemoryCache>,
+    pub bus: Arc<MemoryBus>,
+    pub mailer: Arc<ScriptedMailer>,
+}
+
+/// The retry policy the harness runs with: 3 attempts, 30 s then 60 s apart, 60 s leases.
+pub fn policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_attempts: 3,
+        backoff: vec![Duration::from_secs(30), Duration::from_secs(60)],
+        lease: Duration::from_secs(60),
+    }
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let store = Arc::new(MemoryStore::default());
+        let cache = Arc::new(MemoryCache::default());
+        let bus = Arc::new(MemoryBus::default());
+        let mailer = Arc::new(ScriptedMailer::default());
+        let ports = Ports {
+            store: store.clone(),
+            cache: cache.clone(),
+            bus: bus.clone(),
+            mailer: mailer.clone(),
+        };
+        // The local tier off: every read goes through the ports.
+        let local = LocalCache::new(Duration::ZERO, 0, 0);
+        Harness {
+            mailroom: Mailroom::new(ports, local, policy(), Metrics::new()),
+            store,
+            cache,
+            bus,
+            mailer,
+        }
+    }
+}

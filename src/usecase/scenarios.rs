@@ -1,0 +1,389 @@
+//! The create, delivery and reconciler rules on in-memory ports ([`super::memory`]): each
+//! scenario runs in milliseconds, with the store's clock moved by hand instead of
+//! waiting for leases and backoffs.
+
+use std::time::Duration;
+
+use crate::{
+    domain::{EmailDraft, EmailId, EmailStatus, NewEmail},
+    error::Error,
+    ports::{AttemptOutcome, SendReason},
+};
+
+use super::{
+    Delivery,
+    memory::{Failure, Harness, permanent, transient},
+};
+
+fn new_email(key: Option<&str>, subject: &str) -> NewEmail {
+    NewEmail::try_from(EmailDraft {
+        from: Some("sender@example.com".into()),
+        to: Some("alice@example.com".into()),
+        subject: Some(subject.into()),
+        message: Some("Hello".into()),
+        idempotency_key: key.map(str::to_owned),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+async fn stored(harness: &Harness) -> EmailId {
+    let created = harness
+        .mailroom
+        .create_all(vec![(new_email(None, "Hi"), tracing::Span::none())])
+        .await
+        .unwrap();
+    created.into_iter().next().unwrap().unwrap().email.id
+}
+
+async fn deliver(harness: &Harness, id: EmailId) -> Delivery {
+    harness.mailroom.deliver(id).await.unwrap()
+}
+
+fn statuses(harness: &Harness, id: EmailId) -> Vec<EmailStatus> {
+    harness
+        .bus
+        .published()
+        .statuses
+        .iter()
+        .filter(|event| event.email_id == id)
+        .map(|event| event.status)
+        .collect()
+}
+
+// --- create ----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn an_idempotency_key_repeated_inside_one_batch_creates_one_email() {
+    let harness = Harness::new();
+    let batch = vec![
+        (new_email(Some("order-1"), "Receipt"), tracing::Span::none()),
+        (new_email(Some("order-1"), "Receipt"), tracing::Span::none()),
+    ];
+    let results = harness.mailroom.create_all(batch).await.unwrap();
+    let first = results[0].as_ref().unwrap();
+    let second = results[1].as_ref().unwrap();
+    assert!(!first.replayed && second.replayed);
+    assert_eq!(first.email.id, second.email.id);
+    assert_eq!(harness.store.len(), 1);
+    let published = harness.bus.published();
+    assert_eq!(published.sends, vec![(first.email.id, SendReason::Created)]);
+    assert_eq!(published.statuses.len(), 1, "one queued event");
+}
+
+#[tokio::test]
+async fn a_key_repeated_in_a_batch_with_other_content_is_a_conflict_for_the_later_email() {
+    let harness = Harness::new();
+    let batch = vec![
+        (new_email(Some("order-2"), "Receipt"), tracing::Span::none()),
+        (new_email(Some("order-2"), "Refund"), tracing::Span::none()),
+    ];
+    let results = harness.mailroom.create_all(batch).await.unwrap();
+    let first = results[0].as_ref().unwrap();
+    match &results[1] {
+        Err(Error::IdempotencyConflict { key, existing }) => {
+            assert_eq!((key.as_str(), *existing), ("order-2", first.email.id));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(harness.store.len(), 1);
+}
+
+#[tokio::test]
+async fn a_store_outage_stores_nothing_and_says_it_is_worth_retrying() {
+    let harness = Harness::new();
+    harness.store.fail(Some(Failure::Outage));
+    let err = harness
+        .mailroom
+        .create_all(vec![(new_email(None, "Hi"), tracing::Span::none())])
+        .await
+        .unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    harness.store.fail(None);
+    assert_eq!(harness.store.len(), 0);
+    assert!(harness.bus.published().sends.is_empty());
+}
+
+#[tokio::test]
+async fn a_lost_send_event_leaves_the_email_stored_for_the_reconciler() {
+    let harness = Harness::new();
+    harness.bus.set_down(true);
+    let id = stored(&harness).await;
+    harness.bus.set_down(false);
+    assert_eq!(harness.store.email(id).unwrap().status, EmailStatus::Queued);
+    assert!(harness.bus.published().sends.is_empty());
+    harness.store.advance(Duration::from_secs(120));
+    let published = harness
+        .mailroom
+        .reconcile(Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    assert_eq!(published, 1);
+    assert_eq!(
+        harness.bus.published().sends,
+        vec![(id, SendReason::Reconciled)]
+    );
+}
+
+// --- delivery --------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_transient_failure_defers_the_email_until_its_backoff_then_a_permanent_one_fails_it() {
+    let harness = Harness::new();
+    harness
+        .mailer
+        .script([transient("451 4.3.0 busy"), permanent("550 5.7.1 refused")]);
+    let id = stored(&harness).await;
+
+    let Delivery::Retry { email, after } = deliver(&harness, id).await else {
+        panic!("a transient failure is retried");
+    };
+    assert_eq!(email.status, EmailStatus::Deferred);
+    assert!(
+        after > Duration::from_secs(25) && after <= Duration::from_secs(30),
+        "{after:?}"
+    );
+
+    // Asked again before the backoff is over: nothing is sent.
+    assert!(matches!(
+        deliver(&harness, id).await,
+        Delivery::NotDue { .. }
+    ));
+    assert_eq!(harness.mailer.sent().len(), 1);
+
+    harness.store.advance(Duration::from_secs(31));
+    let Delivery::Failed { email, reason } = deliver(&harness, id).await else {
+        panic!("a permanent failure fails the email");
+    };
+    assert_eq!(email.status, EmailStatus::Failed);
+    assert!(reason.contains("refused"), "{reason}");
+    let outcomes: Vec<AttemptOutcome> = harness
+        .store
+        .attempts_of(id)
+        .iter()
+        .map(|a| a.outcome)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [AttemptOutcome::Transient, AttemptOutcome::Permanent]
+    );
+    assert_eq!(
+        statuses(&harness, id),
+        [
+            EmailStatus::Queued,
+            EmailStatus::Sending,
+            EmailStatus::Deferred,
+            EmailStatus::Sending,
+            EmailStatus::Failed
+        ]
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_give_up_after_the_retry_budget_and_a_redrive_grants_a_new_one() {
+    let harness = Harness::new();
+    harness.mailer.script([
+        transient("421 one"),
+        transient("421 two"),
+        transient("421 three"),
+        transient("421 four"),
+    ]);
+    let id = stored(&harness).await;
+    for _ in 0..2 {
+        assert!(matches!(
+            deliver(&harness, id).await,
+            Delivery::Retry { .. }
+        ));
+        harness.store.advance(Duration::from_secs(61));
+    }
+    let Delivery::Failed { reason, .. } = deliver(&harness, id).await else {
+        panic!("the third transient failure of three attempts is final");
+    };
+    assert!(reason.contains("gave up after 3 attempts"), "{reason}");
+
+    let requeued = harness.mailroom.requeue(id).await.unwrap().unwrap();
+    assert_eq!(
+        (requeued.status, requeued.retry_base),
+        (EmailStatus::Queued, 3)
+    );
+    assert!(
+        matches!(deliver(&harness, id).await, Delivery::Retry { .. }),
+        "the first failure after a redrive is retried again"
+    );
+    harness.store.advance(Duration::from_secs(31));
+    assert!(matches!(deliver(&harness, id).await, Delivery::Sent(_)));
+    assert_eq!(harness.store.email(id).unwrap().attempts, 5);
+}
+
+#[tokio::test]
+async fn an_id_repeated_in_one_batch_is_sent_once() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    let deliveries = harness
+        .mailroom
+        .deliver_all(vec![
+            (id, tracing::Span::none()),
+            (id, tracing::Span::none()),
+        ])
+        .await
+        .unwrap();
+    assert!(matches!(deliveries[0], Delivery::Sent(_)));
+    assert!(matches!(deliveries[1], Delivery::NotDue { .. }));
+    assert_eq!(harness.mailer.sent(), [id]);
+}
+
+#[tokio::test]
+async fn an_email_already_sent_is_not_sent_again() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    assert!(matches!(deliver(&harness, id).await, Delivery::Sent(_)));
+    let Delivery::AlreadyDone(email) = deliver(&harness, id).await else {
+        panic!("a redelivered send event finds the email sent");
+    };
+    assert_eq!(email.status, EmailStatus::Sent);
+    assert_eq!(harness.mailer.sent(), [id]);
+    assert!(matches!(
+        deliver(&harness, EmailId::generate()).await,
+        Delivery::Missing
+    ));
+}
+
+#[tokio::test]
+async fn a_worker_that_lost_its_lease_leaves_the_email_to_the_one_that_took_it_over() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    let hold = harness.mailer.hold_next();
+    let slow = {
+        let mailroom = harness.mailroom.clone();
+        tokio::spawn(async move { mailroom.deliver(id).await })
+    };
+    hold.entered.notified().await;
+    // The slow worker's SMTP exchange outlives its lease; another worker takes over.
+    harness.store.advance(Duration::from_secs(61));
+    harness.mailer.script([transient("451 try later")]);
+    assert!(matches!(
+        deliver(&harness, id).await,
+        Delivery::Retry { .. }
+    ));
+
+    hold.release.notify_one();
+    let Delivery::AlreadyDone(email) = slow.await.unwrap().unwrap() else {
+        panic!("the slow worker's result is not recorded over the newer attempt");
+    };
+    assert_eq!((email.status, email.attempts), (EmailStatus::Deferred, 2));
+    assert_eq!(
+        harness.store.email(id).unwrap().status,
+        EmailStatus::Deferred
+    );
+}
+
+#[tokio::test]
+async fn a_store_outage_during_delivery_is_worth_retrying() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    harness.store.fail(Some(Failure::Outage));
+    let err = harness.mailroom.deliver(id).await.unwrap_err();
+    assert!(err.is_transient());
+    harness.store.fail(Some(Failure::Refusal));
+    let err = harness.mailroom.deliver(id).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert!(harness.mailer.sent().is_empty());
+}
+
+// --- reconciler ------------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_reconciler_republishes_an_overdue_email_once_per_age_and_never_a_finished_one() {
+    let harness = Harness::new();
+    let waiting = stored(&harness).await;
+    let sent = stored(&harness).await;
+    assert!(matches!(deliver(&harness, sent).await, Delivery::Sent(_)));
+    let age = Duration::from_secs(60);
+
+    assert_eq!(
+        harness.mailroom.reconcile(age, 100).await.unwrap(),
+        0,
+        "not overdue yet"
+    );
+    harness.store.advance(Duration::from_secs(61));
+    assert_eq!(harness.mailroom.reconcile(age, 100).await.unwrap(), 1);
+    assert_eq!(
+        harness.mailroom.reconcile(age, 100).await.unwrap(),
+        0,
+        "taken for an age"
+    );
+    harness.store.advance(Duration::from_secs(61));
+    assert_eq!(harness.mailroom.reconcile(age, 100).await.unwrap(), 1);
+    let reconciled: Vec<EmailId> = harness
+        .bus
+        .published()
+        .sends
+        .iter()
+        .filter(|(_, reason)| *reason == SendReason::Reconciled)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(reconciled, [waiting, waiting]);
+}
+
+#[tokio::test]
+async fn the_reconciler_finds_a_crashed_workers_email_once_its_lease_is_over() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    // A worker claimed it and vanished: the email stays `sending` under its lease.
+    let hold = harness.mailer.hold_next();
+    let crashed = {
+        let mailroom = harness.mailroom.clone();
+        tokio::spawn(async move { mailroom.deliver(id).await })
+    };
+    hold.entered.notified().await;
+    crashed.abort();
+    let age = Duration::from_secs(60);
+    harness.store.advance(Duration::from_secs(100));
+    assert_eq!(
+        harness.mailroom.reconcile(age, 100).await.unwrap(),
+        0,
+        "lease + age not over"
+    );
+    harness.store.advance(Duration::from_secs(30));
+    assert_eq!(harness.mailroom.reconcile(age, 100).await.unwrap(), 1);
+    assert!(matches!(deliver(&harness, id).await, Delivery::Sent(_)));
+}
+
+#[tokio::test]
+async fn a_bus_outage_leaves_the_overdue_email_for_the_next_pass() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    harness.store.advance(Duration::from_secs(61));
+    harness.bus.set_down(true);
+    let age = Duration::from_secs(60);
+    assert_eq!(harness.mailroom.reconcile(age, 100).await.unwrap(), 0);
+    harness.bus.set_down(false);
+    harness.store.advance(Duration::from_secs(61));
+    assert_eq!(harness.mailroom.reconcile(age, 100).await.unwrap(), 1);
+    assert_eq!(
+        harness.bus.published().sends.last(),
+        Some(&(id, SendReason::Reconciled))
+    );
+}
+
+// --- reads -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_cache_outage_only_costs_the_detour_through_the_store() {
+    let harness = Harness::new();
+    let id = stored(&harness).await;
+    harness.cache.set_down(true);
+    assert_eq!(harness.mailroom.get(id).await.unwrap().id, id);
+    harness.cache.set_down(false);
+    // The cache holds the email since its creation: a store outage does not hide it.
+    harness.store.fail(Some(Failure::Outage));
+    assert_eq!(harness.mailroom.get(id).await.unwrap().id, id);
+    assert!(
+        harness
+            .mailroom
+            .get(EmailId::generate())
+            .await
+            .unwrap_err()
+            .is_transient()
+    );
+}

@@ -1,0 +1,52 @@
+//! The JSON wire format that the REST API and NATS create events share: field names as
+//! in the original service (camelCase), and the `mail:create` event. The domain names its
+//! fields with [`Field`]; this is where they get their JSON spelling.
+
+mod create_event;
+#[cfg(test)]
+mod properties;
+
+pub use create_event::CreateEvent;
+
+use crate::domain::{Field, FieldPath, Violations};
+
+/// A field's name in REST bodies, query strings and NATS events.
+pub fn json_name(field: Field) -> &'static str {
+    match field {
+        Field::EmailId => "emailID",
+        Field::From => "from",
+        Field::To => "to",
+        Field::Subject => "subject",
+        Field::Message => "message",
+        Field::Html => "html",
+        Field::IdempotencyKey => "idempotencyKey",
+        Field::Search => "search",
+        Field::Page => "page",
+        Field::Size => "size",
+        Field::Body => "body",
+    }
+}
+
+/// A path as JSON callers write it: `cc[2]`, `attachments[0].content`.
+pub fn json_path(path: &FieldPath) -> String {
+    path.render(json_name)
+}
+
+/// Every violation as `path: message`, with JSON names.
+pub fn describe(violations: &Violations) -> String {
+    violations.describe(json_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Violation;
+
+    #[test]
+    fn fields_keep_the_names_of_the_original_service() {
+        assert_eq!(json_name(Field::EmailId), "emailID");
+        assert_eq!(json_name(Field::IdempotencyKey), "idempotencyKey");
+        let violations = Violations::one(Violation::new(Field::To, "address", "is bad"));
+        assert_eq!(describe(&violations), "to: is bad");
+    }
+}
