@@ -56,6 +56,9 @@ enum Command {
         tag: String,
         #[arg(long, default_value_t = 600)]
         timeout_secs: u64,
+        /// Bytes of an attachment each email carries (0: none); sent in base64.
+        #[arg(long, default_value_t = 0)]
+        attachment_bytes: usize,
     },
     /// Calls the gRPC API for a fixed time.
     Grpc {
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
                 database,
                 tag,
                 timeout_secs,
+                attachment_bytes,
             } => {
                 publish(
                     &nats,
@@ -141,6 +145,7 @@ fn main() -> anyhow::Result<()> {
                     &database,
                     &tag,
                     Duration::from_secs(timeout_secs),
+                    attachment_bytes,
                 )
                 .await
             }
@@ -196,6 +201,7 @@ fn body(i: usize) -> String {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn publish(
     nats: &str,
     subject: &str,
@@ -204,7 +210,19 @@ async fn publish(
     database: &str,
     tag: &str,
     timeout: Duration,
+    attachment_bytes: usize,
 ) -> anyhow::Result<Value> {
+    use base64::Engine;
+    // Bytes that compress badly and look like a document: a repeating, shifted pattern.
+    let attachment = (attachment_bytes > 0).then(|| {
+        let bytes: Vec<u8> = (0..attachment_bytes)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        json!([{
+            "filename": "invoice.pdf",
+            "content": base64::engine::general_purpose::STANDARD.encode(bytes),
+        }])
+    });
     let client = async_nats::connect(nats)
         .await
         .context("connecting to NATS")?;
@@ -220,12 +238,16 @@ async fn publish(
     let mut acks = FuturesUnordered::new();
     let mut acked = 0usize;
     for i in 0..count {
-        let payload = serde_json::to_vec(&json!({
+        let mut event = json!({
             "from": "bench@example.com",
             "to": format!("rcpt{i}@example.com"),
             "subject": format!("{tag} {i}"),
             "message": body(i),
-        }))?;
+        });
+        if let Some(attachment) = &attachment {
+            event["attachments"] = attachment.clone();
+        }
+        let payload = serde_json::to_vec(&event)?;
         let ack = js
             .publish(subject.to_owned(), payload.into())
             .await
@@ -288,6 +310,7 @@ async fn publish(
         "all_sent_secs": sent_secs,
         "emails_per_s": count as f64 / sent_secs,
         "failed": failed,
+        "attachment_bytes": attachment_bytes,
     }))
 }
 

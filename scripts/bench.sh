@@ -12,13 +12,15 @@
 # NATS prefix, Redis prefix and ports, and removes all of it on exit. Writes
 # target/bench/bench-TIMESTAMP.json (and latest.json) and prints a table.
 #
-# Knobs (environment): BENCH_E2E_COUNT (20000), BENCH_DURATION (seconds per HTTP/gRPC
+# Knobs (environment): BENCH_E2E_COUNT (20000), BENCH_ATTACHMENT_COUNT (2000 emails with a
+# 100 KB attachment each, end to end; 0 leaves that phase and its limit out), BENCH_DURATION (seconds per HTTP/gRPC
 # measurement, 15), BENCH_CONNECTIONS (64), BENCH_SEARCH_ROWS (1000000), BENCH_PGBENCH_SECS
 # (15), BENCH_SMTP_MESSAGES (20000), BENCH_SMTP_SESSIONS (20), BENCH_OUT_DIR, BENCH_PG
 # (server URL without database), BENCH_NATS, BENCH_REDIS, BENCH_PERF=1 (perf record -e
 # cpu-clock of the service during the e2e, REST and gRPC phases, into the output directory;
 # BENCH_PERF=system records every process on the machine instead, PostgreSQL and NATS too),
-# BENCH_BIN (a mailroom binary to measure instead of building this tree's),
+# BENCH_BIN (a mailroom binary to measure instead of building this tree's), BENCH_LOAD (a
+# built load generator, benches/load.rs, instead of building it),
 # BENCH_ONLY=service (the service's own phases only: no limits, no search on 1,000,000
 # rows; what scripts/bench-ab.sh runs for each binary it compares).
 set -euo pipefail
@@ -35,6 +37,7 @@ SEARCH_ROUNDS="${BENCH_SEARCH_ROUNDS:-30}"
 PGBENCH_SECS="${BENCH_PGBENCH_SECS:-15}"
 SMTP_MESSAGES="${BENCH_SMTP_MESSAGES:-20000}"
 SMTP_SESSIONS="${BENCH_SMTP_SESSIONS:-20}"
+ATTACHMENT_COUNT="${BENCH_ATTACHMENT_COUNT:-2000}"
 PG="${BENCH_PG:-postgres://postgres:postgres@127.0.0.1:5432}"
 NATS_URL="${BENCH_NATS:-nats://127.0.0.1:4222}"
 REDIS_URL="${BENCH_REDIS:-redis://127.0.0.1:6379}"
@@ -129,9 +132,13 @@ else
   cargo build --release --locked --bin mailroom
   BIN="$CARGO_TARGET_DIR/release/mailroom"
 fi
-cargo bench --locked --bench load --no-run
-LOAD="$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
-  jq -r 'select(.executable != null and .target.name == "load") | .executable' | tail -n 1)"
+if [ -n "${BENCH_LOAD:-}" ]; then
+  LOAD="$BENCH_LOAD"
+else
+  cargo bench --locked --bench load --no-run
+  LOAD="$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.executable != null and .target.name == "load") | .executable' | tail -n 1)"
+fi
 [ -x "$LOAD" ] || fail "could not find the load generator's executable"
 
 # --- isolation and cleanup --------------------------------------------------------------
@@ -344,6 +351,17 @@ smtp_limits() { # phase-name-suffix
   say "smtp-source -> smtp-sink on 127.0.0.1:$SMTP_PORT"
   phase "smtp_new_connection$1" smtp_run
   phase "smtp_reused_connection$1" smtp_run -d
+  [ "$ATTACHMENT_COUNT" -gt 0 ] && phase "smtp_attachment_new_connection$1" smtp_attachment_run
+  return 0
+}
+# Messages of 100 KB (the size of an email with a 100 KB attachment, near enough), a new
+# connection each: the limit of the end-to-end run with attachments.
+smtp_attachment_run() {
+  local result
+  result="$(seconds_of smtp-source -s "$SMTP_SESSIONS" -m "$ATTACHMENT_COUNT" -l 102400 \
+    -f bench@example.com -t rcpt@example.com 127.0.0.1:"$SMTP_PORT")" || return 1
+  jq -c --argjson n "$ATTACHMENT_COUNT" --argjson s "$SMTP_SESSIONS" \
+    '{messages: $n, sessions: $s, bytes: 102400, secs: .secs, msg_per_s: ($n / .secs)}' <<<"$result"
 }
 
 # HTTP
@@ -426,6 +444,13 @@ phase e2e "$LOAD" --bench publish --nats "$NATS_URL" --subject "${NATS_PREFIX}ma
   --count "$E2E_COUNT" --database "$PG/$DB" --tag "e2e-$TAG"
 perf_stop
 note_rss e2e
+
+if [ "$ATTACHMENT_COUNT" -gt 0 ]; then
+  say "end to end with attachments: $ATTACHMENT_COUNT create events with 100 KB each -> sent"
+  phase e2e_attachment "$LOAD" --bench publish --nats "$NATS_URL" --subject "${NATS_PREFIX}mail:create" \
+    --count "$ATTACHMENT_COUNT" --database "$PG/$DB" --tag "e2e-attachment-$TAG" --attachment-bytes 102400
+  note_rss e2e_attachment
+fi
 
 say "REST POST /api/v1/email, wrk c=$CONNECTIONS for ${DURATION}s"
 export BENCH_KEY="$KEY"
@@ -528,6 +553,7 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
     load_average_start: $load_start, load_average_end: $load_end,
     figures: {
       e2e_emails_per_s: $r.e2e.emails_per_s,
+      e2e_attachment_emails_per_s: $r.e2e_attachment.emails_per_s,
       rest_post_req_per_s: $r.rest_post.req_per_s,
       rest_post_p50_ms: $r.rest_post.p50_ms,
       rest_post_p99_ms: $r.rest_post.p99_ms,
@@ -546,6 +572,7 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
       pgbench_c64_tps: pair("pgbench_c64"),
       smtp_new_connection_msg_per_s: pair("smtp_new_connection"),
       smtp_reused_connection_msg_per_s: pair("smtp_reused_connection"),
+      smtp_attachment_new_connection_msg_per_s: pair("smtp_attachment_new_connection"),
       nginx_static_req_per_s: pair("nginx_static")
     },
     peak_rss_mib_after: ($rss | add),
@@ -556,6 +583,7 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
   .figures = (.limits_before_after | map_values(max)) + .figures |
   .ratios = {
     e2e_over_smtp_new_connection: ratio(.figures.e2e_emails_per_s; .figures.smtp_new_connection_msg_per_s),
+    e2e_attachment_over_smtp_100kb_new_connection: ratio(.figures.e2e_attachment_emails_per_s; .figures.smtp_attachment_new_connection_msg_per_s),
     e2e_over_pgbench_c8: ratio(.figures.e2e_emails_per_s; .figures.pgbench_c8_tps),
     rest_post_over_pgbench_c64: ratio(.figures.rest_post_req_per_s; .figures.pgbench_c64_tps),
     rest_get_cached_over_nginx: ratio(.figures.rest_get_cached_req_per_s; .figures.nginx_static_req_per_s)
@@ -585,8 +613,10 @@ jq -r '
   "| pgbench single-row INSERT, c=64 | \(limit("pgbench_c64_tps"; "tps")) |",
   "| smtp-source -> smtp-sink, new connection per message | \(limit("smtp_new_connection_msg_per_s"; "msg/s")) |",
   "| smtp-source -> smtp-sink, connections reused | \(limit("smtp_reused_connection_msg_per_s"; "msg/s")) |",
+  "| smtp-source -> smtp-sink, 100 KB messages, new connection per message | \(limit("smtp_attachment_new_connection_msg_per_s"; "msg/s")) |",
   "| wrk -> nginx static file, c=64 | \(limit("nginx_static_req_per_s"; "req/s")) |",
   "| end to end, \(.phases.e2e.count) create events -> sent | \(.figures.e2e_emails_per_s | n) emails/s |",
+  "| end to end, \(.phases.e2e_attachment.count) create events with a 100 KB attachment -> sent | \(.figures.e2e_attachment_emails_per_s | n) emails/s |",
   "| REST POST /api/v1/email, c=64 | \(.figures.rest_post_req_per_s | n) req/s, p50 \(.figures.rest_post_p50_ms | n) ms, p99 \(.figures.rest_post_p99_ms | n) ms, non-2xx \(.figures.rest_post_non_2xx) |",
   "| REST POST with Prefer: respond-async (202), c=64 | \(.figures.rest_post_async_req_per_s | n) req/s |",
   "| REST GET /api/v1/email/{id}, cached, c=64 | \(.figures.rest_get_cached_req_per_s | n) req/s, p99 \(.figures.rest_get_cached_p99_ms | n) ms |",
@@ -598,6 +628,7 @@ jq -r '
   "| goal | ratio or figure | |", "|---|---|---|",
   "| end to end / smtp new connection >= 0.5 (moonshot 1.0) | \(.ratios.e2e_over_smtp_new_connection | r) | \(.goals.e2e_over_smtp_new_connection_ge_0_5 | ok) |",
   "| end to end / pgbench c=8 (reported) | \(.ratios.e2e_over_pgbench_c8 | r) | |",
+  "| end to end with 100 KB attachments / smtp-source -l 102400 new connection (reported) | \(.ratios.e2e_attachment_over_smtp_100kb_new_connection | r) | |",
   "| REST POST / pgbench c=64 >= 0.5 | \(.ratios.rest_post_over_pgbench_c64 | r) | \(.goals.rest_post_over_pgbench_c64_ge_0_5 | ok) |",
   "| REST cached GET / nginx static >= 0.5 | \(.ratios.rest_get_cached_over_nginx | r) | \(.goals.rest_get_cached_over_nginx_ge_0_5 | ok) |",
   "| search p99 < 50 ms | \(.figures.search_p99_ms | n) ms | \(.goals.search_p99_lt_50_ms | ok) |",

@@ -34,6 +34,7 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub nats: NatsSettings,
     pub smtp: SmtpSettings,
+    pub limits: LimitsSettings,
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
     pub search: SearchSettings,
@@ -303,6 +304,14 @@ pub struct SmtpSettings {
     pub hello_name: String,
 }
 
+/// What one email may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    pub max_recipients: usize,
+    pub max_message_bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmtpSecurity {
@@ -500,6 +509,9 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
+        }
+        if self.limits.max_recipients == 0 || self.limits.max_message_bytes == 0 {
+            bail!("limits.max_recipients and limits.max_message_bytes must be at least 1");
         }
         if self.http.max_connections == 0 {
             bail!("http.max_connections must be at least 1");
@@ -714,7 +726,7 @@ mod tests {
         assert_eq!(grpc.tls_key, PathBuf::from("certs/server.key"));
         assert_eq!(grpc.max_connection_idle, Some(Duration::from_secs(300)));
         assert_eq!(grpc.max_connection_age, Some(Duration::from_secs(1800)));
-        assert_eq!(grpc.max_message_bytes, 4 * 1024 * 1024);
+        assert_eq!(grpc.max_message_bytes, 16 * 1024 * 1024);
         assert!(grpc.reflection);
     }
 

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::domain::{EmailId, Violations};
+use crate::domain::{EmailId, Rejected, TooLarge, Violations};
 
 /// A dependency mailroom needs to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +39,12 @@ pub enum Error {
     Validation(Violations),
     #[error("email {0} not found")]
     NotFound(EmailId),
+    /// The email exists and has no attachment with this index.
+    #[error("email {id} has no attachment {index}")]
+    AttachmentNotFound { id: EmailId, index: usize },
+    /// The message would be larger than `limits.max_message_bytes` once delivered.
+    #[error("the message would take at least {} bytes as delivered; limits.max_message_bytes is {}", .0.size, .0.limit)]
+    MessageTooLarge(TooLarge),
     /// The idempotency key was used before for different content.
     #[error("idempotency key {key:?} was already used for another email ({existing})")]
     IdempotencyConflict { key: String, existing: EmailId },
@@ -57,6 +63,15 @@ pub enum Error {
 impl From<Violations> for Error {
     fn from(violations: Violations) -> Self {
         Error::Validation(violations)
+    }
+}
+
+impl From<Rejected> for Error {
+    fn from(rejected: Rejected) -> Self {
+        match rejected {
+            Rejected::Invalid(violations) => Error::Validation(violations),
+            Rejected::TooLarge(too_large) => Error::MessageTooLarge(too_large),
+        }
     }
 }
 

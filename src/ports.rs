@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::{
@@ -65,6 +66,16 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub smtp_code: Option<u16>,
     pub smtp_text: String,
+    /// Recipients the server refused in this attempt, with what it said.
+    pub refused: Vec<RefusedRecipient>,
+}
+
+/// A recipient the SMTP server would not take.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RefusedRecipient {
+    pub address: String,
+    pub code: Option<u16>,
+    pub text: String,
 }
 
 /// Where an email goes after an attempt.
@@ -108,6 +119,10 @@ pub trait EmailStore: Send + Sync + 'static {
     async fn requeue(&self, id: EmailId) -> Result<Option<Email>>;
     /// The attempts of an email, oldest first.
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>>;
+    /// The bytes of an email's attachments, in order (what sending it needs).
+    async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>>;
+    /// One attachment's bytes; `None` when the email or the attachment does not exist.
+    async fn attachment_content(&self, id: EmailId, index: usize) -> Result<Option<Bytes>>;
     async fn ping(&self) -> Result<()>;
 }
 
@@ -161,36 +176,62 @@ pub trait EventBus: Send + Sync + 'static {
 pub struct SmtpReply {
     pub code: u16,
     pub text: String,
+    /// Recipients refused while the others were accepted: the message went to the rest.
+    pub refused: Vec<RefusedRecipient>,
+}
+
+/// Whether retrying a failed send can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A 4xx reply, a refused or dropped connection, a timeout.
+    Transient,
+    /// A 5xx reply or a message the server will never take.
+    Permanent,
 }
 
 /// Why a message could not be sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SendFailure {
-    /// Worth retrying: a 4xx reply, a refused or dropped connection, a timeout.
-    #[error("transient SMTP failure: {text}")]
-    Transient { code: Option<u16>, text: String },
-    /// Retrying cannot help: a 5xx reply or a message the server will never take.
-    #[error("permanent SMTP failure: {text}")]
-    Permanent { code: Option<u16>, text: String },
+#[error("{} SMTP failure: {text}", match kind { FailureKind::Transient => "transient", FailureKind::Permanent => "permanent" })]
+pub struct SendFailure {
+    pub kind: FailureKind,
+    pub code: Option<u16>,
+    pub text: String,
+    /// When every recipient was refused: each of them, with the server's reply.
+    pub refused: Vec<RefusedRecipient>,
 }
 
 impl SendFailure {
-    pub fn code(&self) -> Option<u16> {
-        match self {
-            SendFailure::Transient { code, .. } | SendFailure::Permanent { code, .. } => *code,
+    pub fn transient(code: Option<u16>, text: impl Into<String>) -> Self {
+        SendFailure {
+            kind: FailureKind::Transient,
+            code,
+            text: text.into(),
+            refused: Vec::new(),
         }
     }
 
-    pub fn text(&self) -> &str {
-        match self {
-            SendFailure::Transient { text, .. } | SendFailure::Permanent { text, .. } => text,
+    pub fn permanent(code: Option<u16>, text: impl Into<String>) -> Self {
+        SendFailure {
+            kind: FailureKind::Permanent,
+            code,
+            text: text.into(),
+            refused: Vec::new(),
         }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.kind == FailureKind::Permanent
     }
 }
 
 #[async_trait]
 pub trait Mailer: Send + Sync + 'static {
-    async fn send(&self, email: &Email) -> std::result::Result<SmtpReply, SendFailure>;
+    /// Sends the email, whose attachments' bytes are `attachments` (in order).
+    async fn send(
+        &self,
+        email: &Email,
+        attachments: &[Bytes],
+    ) -> std::result::Result<SmtpReply, SendFailure>;
     /// Whether the SMTP server answers.
     async fn ping(&self) -> anyhow::Result<()>;
 }

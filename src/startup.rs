@@ -15,9 +15,10 @@ use crate::{
     adapters::{jetstream::JetStream, postgres, redis::RedisCache, smtp::SmtpMailer},
     auth::Gate,
     config::{HttpSettings, Settings},
+    domain::{self, Rules},
     grpc::{self, ApiKeyAuth, GrpcServer},
     metrics::Metrics,
-    rest::{self, AppState},
+    rest::{self, AppState, RenderedEmails},
     retry,
     server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
@@ -88,7 +89,17 @@ impl Core {
             settings.cache.local_capacity,
             settings.cache.local_max_bytes,
         );
-        let mut mailroom = Mailroom::new(ports, local, policy, metrics.clone());
+        let rules = Rules {
+            limits: domain::Limits {
+                max_recipients: settings.limits.max_recipients,
+                max_message_bytes: settings.limits.max_message_bytes,
+            },
+            message_id_domain: match settings.smtp.hello_name.as_str() {
+                "" => Rules::default().message_id_domain,
+                name => name.to_owned(),
+            },
+        };
+        let mut mailroom = Mailroom::new(ports, rules, local, policy, metrics.clone());
         let group_commit = &settings.database.group_commit;
         if group_commit.max_batch > 1 {
             mailroom = mailroom.with_group_commit(GroupCommitSettings {
@@ -233,7 +244,17 @@ impl Application {
         let mut tasks = JoinSet::new();
 
         let app = rest::router(
-            AppState::new(mailroom.clone(), metrics.clone(), gate),
+            AppState::new(
+                mailroom.clone(),
+                metrics.clone(),
+                gate,
+                // Bodies are kept per copy of the in-process cache; without it, none.
+                RenderedEmails::new(if settings.cache.local_ttl.is_zero() {
+                    0
+                } else {
+                    settings.cache.local_capacity
+                }),
+            ),
             &settings.http,
         );
         tracing::info!(addr = %http.local_addr()?, "REST API listening");

@@ -42,7 +42,9 @@ impl RedisCache {
     }
 
     fn key(&self, id: EmailId) -> String {
-        format!("{}email:{id}", self.prefix)
+        // v2: the email as it is since it holds mailboxes and message parts; entries of
+        // the earlier shape are left to expire.
+        format!("{}email:v2:{id}", self.prefix)
     }
 
     /// Caches an email for the TTL; `only_if_absent` never replaces a cached copy.

@@ -73,9 +73,27 @@ impl Address {
     pub fn domain(&self) -> &str {
         &self.text[self.at + 1..]
     }
+
+    /// The domain as it goes on the wire: an internationalised one in punycode.
+    pub fn ascii_domain(&self) -> String {
+        let domain = self.domain();
+        if domain.is_ascii() {
+            return domain.to_owned();
+        }
+        // Checked by `parse`: a non-ASCII domain has an ASCII form.
+        idna::domain_to_ascii(domain).unwrap_or_else(|_| domain.to_owned())
+    }
+
+    /// The address as it goes on the wire: the local part as written, the domain in its
+    /// ASCII form.
+    pub fn ascii(&self) -> String {
+        format!("{}@{}", self.local_part(), self.ascii_domain())
+    }
 }
 
-/// A host name (internationalised ones through their punycode form) or an IP literal.
+/// A host name or an IP literal. An internationalised name must have a valid ASCII
+/// (punycode) form, the one it goes on the wire in: `email_address` alone would take
+/// names whose IDNA mapping is no host name (a no-break space becomes a space).
 fn valid_domain(domain: &str) -> bool {
     let ascii_ok = |domain: &str| {
         if EmailAddress::is_valid_domain(domain) {
@@ -87,7 +105,11 @@ fn valid_domain(domain: &str) -> bool {
             .unwrap_or(domain);
         ip.parse::<IpAddr>().is_ok()
     };
-    ascii_ok(domain) || idna::domain_to_ascii(domain).is_ok_and(|ascii| ascii_ok(&ascii))
+    if domain.is_ascii() {
+        ascii_ok(domain)
+    } else {
+        idna::domain_to_ascii(domain).is_ok_and(|ascii| ascii.is_ascii() && ascii_ok(&ascii))
+    }
 }
 
 impl fmt::Display for Address {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Field, Violation, Violations};
+use super::{AttachmentMeta, Field, Header, Mailbox, NewEmail, Tags, Violation, Violations};
 
 /// An email's id: a UUID (v7 for emails mailroom creates, so ids sort by creation time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -129,15 +129,30 @@ impl FromStr for EmailStatus {
     }
 }
 
-/// A stored email.
+/// A stored email. Attachments are here by their metadata; their bytes are read from
+/// the store when the email is sent or an attachment is asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Email {
     pub id: EmailId,
-    pub from: String,
-    pub to: String,
+    pub from: Mailbox,
+    pub to: Vec<Mailbox>,
+    #[serde(default)]
+    pub cc: Vec<Mailbox>,
+    #[serde(default)]
+    pub bcc: Vec<Mailbox>,
+    #[serde(default)]
+    pub reply_to: Vec<Mailbox>,
     pub subject: String,
-    pub message: String,
+    /// The text part, when there is one.
+    pub text: Option<String>,
     pub html: Option<String>,
+    #[serde(default)]
+    pub attachments: Vec<AttachmentMeta>,
+    #[serde(default)]
+    pub headers: Vec<Header>,
+    #[serde(default)]
+    pub tags: Tags,
+    pub message_id: String,
     pub status: EmailStatus,
     /// Delivery attempts made, ever.
     pub attempts: i32,
@@ -154,13 +169,75 @@ pub struct Email {
 }
 
 impl Email {
+    /// A new email as stored when it is accepted: queued, due now.
+    pub fn queued(new: &NewEmail, at: DateTime<Utc>) -> Email {
+        Email {
+            id: new.id,
+            from: new.from.clone(),
+            to: new.to.clone(),
+            cc: new.cc.clone(),
+            bcc: new.bcc.clone(),
+            reply_to: new.reply_to.clone(),
+            subject: new.subject.clone(),
+            text: new.text.clone(),
+            html: new.html.clone(),
+            attachments: new.attachments.iter().map(|a| a.meta.clone()).collect(),
+            headers: new.headers.clone(),
+            tags: new.tags.clone(),
+            message_id: new.message_id.clone(),
+            status: EmailStatus::Queued,
+            attempts: 0,
+            retry_base: 0,
+            last_error: None,
+            idempotency_key: new.idempotency_key.clone(),
+            created_at: at,
+            updated_at: at,
+            sent_at: None,
+            next_attempt_at: Some(at),
+        }
+    }
+
     /// Whether this stored email carries the same content as a new request, which decides
-    /// between an idempotent replay and a conflict.
-    pub fn has_same_content(&self, new: &super::NewEmail) -> bool {
-        self.from == AsRef::<str>::as_ref(&new.from)
-            && self.to == AsRef::<str>::as_ref(&new.to)
+    /// between an idempotent replay and a conflict. (The Message-ID follows from the id,
+    /// so it is left out.)
+    pub fn has_same_content(&self, new: &NewEmail) -> bool {
+        self.from == new.from
+            && self.to == new.to
+            && self.cc == new.cc
+            && self.bcc == new.bcc
+            && self.reply_to == new.reply_to
             && self.subject == new.subject
-            && self.message == new.message
+            && self.text == new.text
             && self.html == new.html
+            && self.headers == new.headers
+            && self.tags == new.tags
+            && self.attachments.len() == new.attachments.len()
+            && self
+                .attachments
+                .iter()
+                .zip(&new.attachments)
+                .all(|(stored, new)| *stored == new.meta)
+    }
+
+    /// Every recipient of the envelope: to, cc and bcc.
+    pub fn recipients(&self) -> impl Iterator<Item = &Mailbox> {
+        self.to.iter().chain(&self.cc).chain(&self.bcc)
+    }
+}
+
+#[cfg(test)]
+impl Email {
+    /// A plain queued email from sender@example.com to alice@example.com, for tests.
+    pub(crate) fn example(at: DateTime<Utc>) -> Email {
+        let new = super::Rules::default()
+            .new_email(super::EmailDraft {
+                from: Some("sender@example.com".into()),
+                to: Some(super::AddressList::Text("alice@example.com".into())),
+                subject: Some("Subject line".into()),
+                message: Some("The message".into()),
+                ..Default::default()
+            })
+            .expect("a valid draft");
+        Email::queued(&new, at)
     }
 }

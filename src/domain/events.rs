@@ -6,7 +6,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{EmailId, EmailStatus};
+use super::{EmailId, EmailStatus, Tags};
 
 /// A request to deliver a stored email, published on `mail:send`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,6 +25,9 @@ pub struct StatusEvent {
     pub attempt: i32,
     pub error: Option<String>,
     pub at: DateTime<Utc>,
+    /// The email's tags, so consumers can route events without reading the email.
+    #[serde(default, skip_serializing_if = "Tags::is_empty")]
+    pub tags: Tags,
 }
 
 /// A message that could not be handled, published on `mail:errors` so nothing is

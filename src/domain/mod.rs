@@ -4,16 +4,26 @@
 mod address;
 mod email;
 mod events;
+mod mailbox;
+mod message;
 #[cfg(test)]
 pub(crate) mod properties;
+mod search;
 mod validation;
 mod violation;
 
 pub use address::{Address, AddressError, MAX_ADDRESS_CHARS};
 pub use email::{Email, EmailId, EmailStatus};
 pub use events::{DeadLetter, SendEvent, StatusEvent};
+pub use mailbox::{Mailbox, MailboxError, format_list, parse_list};
+pub use message::{
+    Attachment, AttachmentMeta, Header, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS, Tags,
+};
+pub use search::{
+    DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, MAX_SEARCH_CHARS, SearchPage, SearchQuery,
+};
 pub use validation::{
-    DEFAULT_PAGE_SIZE, EmailDraft, MAX_IDEMPOTENCY_KEY_CHARS, MAX_MESSAGE_BYTES, MAX_PAGE,
-    MAX_PAGE_SIZE, MAX_SEARCH_CHARS, NewEmail, SearchPage, SearchQuery,
+    AddressList, AttachmentDraft, ContentInput, EmailDraft, Limits, MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_MESSAGE_BYTES, NewEmail, Rejected, Rules, TooLarge, delivered_size_bound,
 };
 pub use violation::{Field, FieldPath, Segment, Violation, Violations};

@@ -12,18 +12,34 @@ use lettre::Address;
 use proptest::{collection::vec, option, prelude::*};
 use uuid::Uuid;
 
+use bytes::Bytes;
+
 use super::{
-    EmailDraft, EmailId, Field, MAX_MESSAGE_BYTES, MAX_PAGE, MAX_PAGE_SIZE, MAX_SEARCH_CHARS,
-    NewEmail, SearchQuery,
+    AddressList, AttachmentDraft, ContentInput, EmailDraft, EmailId, Field, MAX_MESSAGE_BYTES,
+    MAX_PAGE, MAX_PAGE_SIZE, MAX_SEARCH_CHARS, Mailbox, NewEmail, Rejected, Rules, SearchQuery,
+    format_list, parse_list,
 };
 
 // --- the rules, restated ---------------------------------------------------------------
 
+/// An address lettre takes, whose wire form (the domain in punycode) it takes too.
 pub(crate) fn address_ok(raw: &str) -> bool {
     let chars = raw.chars().count();
+    let wire_form = || {
+        let (local, domain) = raw.rsplit_once('@')?;
+        let ascii = idna::domain_to_ascii(domain).ok()?;
+        format!("{local}@{ascii}").parse::<Address>().ok()
+    };
     (1..=254).contains(&chars)
         && !raw.chars().any(char::is_control)
         && raw.parse::<Address>().is_ok()
+        && (raw.is_ascii() || wire_form().is_some())
+}
+
+/// A single mailbox without a display name, as the strategies write them (no `<`, `>`,
+/// `"` or `,`): blanks around it do not count.
+pub(crate) fn bare_mailbox_ok(raw: &str) -> bool {
+    address_ok(raw.trim())
 }
 
 /// Subjects and idempotency keys end up in mail or NATS headers.
@@ -35,7 +51,14 @@ pub(crate) fn body_ok(raw: &str) -> bool {
     (1..=MAX_MESSAGE_BYTES).contains(&raw.len()) && !raw.contains('\0')
 }
 
-/// The fields a draft breaks a rule in.
+/// Whether names repeat, case aside (headers) or exactly (tags).
+fn repeats(names: impl Iterator<Item = String>) -> bool {
+    let mut seen = HashSet::new();
+    names.into_iter().any(|name| !seen.insert(name))
+}
+
+/// The fields a draft breaks a rule in (drafts as `draft()` makes them: one mailbox per
+/// list, headers, tags and attachments well formed but for repeated names).
 pub(crate) fn broken_fields(draft: &EmailDraft) -> HashSet<Field> {
     let mut broken = HashSet::new();
     let mut check = |field, ok: bool| {
@@ -43,8 +66,17 @@ pub(crate) fn broken_fields(draft: &EmailDraft) -> HashSet<Field> {
             broken.insert(field);
         }
     };
-    check(Field::From, draft.from.as_deref().is_some_and(address_ok));
-    check(Field::To, draft.to.as_deref().is_some_and(address_ok));
+    // One bare mailbox, as an item or as a list's text (the strategies write no commas).
+    let one = |list: &Option<AddressList>| match list {
+        Some(AddressList::Items(items)) => items.len() == 1 && bare_mailbox_ok(&items[0]),
+        Some(AddressList::Text(text)) => bare_mailbox_ok(text),
+        None => false,
+    };
+    check(
+        Field::From,
+        draft.from.as_deref().is_some_and(bare_mailbox_ok),
+    );
+    check(Field::To, one(&draft.to));
     check(
         Field::Subject,
         draft
@@ -54,7 +86,11 @@ pub(crate) fn broken_fields(draft: &EmailDraft) -> HashSet<Field> {
     );
     check(
         Field::Message,
-        draft.message.as_deref().is_some_and(body_ok),
+        match (&draft.message, &draft.html) {
+            (None, None) => false,
+            (Some(message), _) => body_ok(message),
+            (None, Some(_)) => true,
+        },
     );
     check(Field::Html, draft.html.as_deref().is_none_or(body_ok));
     check(
@@ -64,27 +100,52 @@ pub(crate) fn broken_fields(draft: &EmailDraft) -> HashSet<Field> {
             .as_deref()
             .is_none_or(|k| header_text_ok(k, 255)),
     );
+    check(
+        Field::Headers,
+        !repeats(draft.headers.iter().map(|(n, _)| n.to_ascii_lowercase())),
+    );
+    check(
+        Field::Tags,
+        !repeats(draft.tags.iter().map(|(n, _)| n.clone())),
+    );
     broken
 }
 
-/// What every accepted email satisfies, whichever path it came by.
+/// What every accepted email satisfies, whichever path it came by: each address is one
+/// lettre can send, each mailbox's header form reads back as itself.
 pub(crate) fn assert_follows_the_rules(email: &NewEmail) {
-    for address in [&email.from, &email.to] {
-        let text = address.to_string();
+    let mailboxes = std::iter::once(&email.from)
+        .chain(&email.to)
+        .chain(&email.cc)
+        .chain(&email.bcc)
+        .chain(&email.reply_to);
+    for mailbox in mailboxes {
+        let text = mailbox.address.to_string();
         assert!(address_ok(&text), "accepted address {text:?}");
-        assert_eq!(
-            text.parse::<Address>().map(|a| a.to_string()),
-            Ok(text.clone()),
-            "lettre reads the accepted address as it is"
+        assert!(
+            mailbox.address.ascii().parse::<Address>().is_ok(),
+            "lettre takes the wire form of {text:?}"
+        );
+        assert_eq!(Mailbox::parse(&mailbox.to_string()).as_ref(), Ok(mailbox));
+        assert!(
+            mailbox
+                .name
+                .as_deref()
+                .is_none_or(|n| !n.chars().any(char::is_control))
         );
     }
+    assert!(!email.to.is_empty());
     assert!(
         header_text_ok(&email.subject, 255),
         "accepted subject {:?}",
         email.subject
     );
     assert!(!email.subject.contains(['\r', '\n']));
-    assert!(body_ok(&email.message), "accepted message");
+    assert!(email.text.is_some() || email.html.is_some(), "a body");
+    assert!(
+        email.text.as_deref().is_none_or(body_ok),
+        "accepted message"
+    );
     assert!(email.html.as_deref().is_none_or(body_ok), "accepted html");
     assert!(
         email
@@ -94,6 +155,14 @@ pub(crate) fn assert_follows_the_rules(email: &NewEmail) {
         "accepted idempotency key {:?}",
         email.idempotency_key
     );
+    for header in &email.headers {
+        assert!(!header.value.contains(['\r', '\n']), "{header:?}");
+    }
+}
+
+/// The rules a deployment runs with by default.
+pub(crate) fn rules() -> Rules {
+    Rules::default()
 }
 
 // --- strategies ------------------------------------------------------------------------
@@ -180,26 +249,82 @@ pub(crate) fn idempotency_key() -> impl Strategy<Value = String> {
     prop_oneof![4 => clean_text(30, false), 2 => text(30), 1 => around("k", 255)]
 }
 
+/// A mailbox as the rules restated above read it: anything `address()` makes, less the
+/// characters of display names and lists.
+pub(crate) fn bare_mailbox() -> impl Strategy<Value = String> {
+    address().prop_map(|raw| raw.replace(['<', '>', '"', ','], ""))
+}
+
+fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
+    vec(("X-[A-Za-c]{1,3}", clean_text(20, false)), 0..4)
+}
+
+fn tags() -> impl Strategy<Value = Vec<(String, String)>> {
+    vec(("[a-c]{1,2}", clean_text(20, false)), 0..4)
+}
+
+fn attachments() -> impl Strategy<Value = Vec<AttachmentDraft>> {
+    vec(
+        ("[a-z]{1,8}\\.(pdf|png|txt|bin)", vec(any::<u8>(), 1..64)).prop_map(|(name, bytes)| {
+            AttachmentDraft {
+                filename: Some(name),
+                content: Some(ContentInput::Bytes(Bytes::from(bytes))),
+                ..Default::default()
+            }
+        }),
+        0..3,
+    )
+}
+
 pub(crate) fn draft() -> impl Strategy<Value = EmailDraft> {
     (
-        option::weighted(0.9, address()),
-        option::weighted(0.9, address()),
-        option::weighted(0.9, subject()),
-        option::weighted(0.9, body()),
-        option::weighted(0.3, body()),
-        option::weighted(0.3, idempotency_key()),
+        (
+            option::weighted(0.9, bare_mailbox()),
+            option::weighted(0.9, bare_mailbox()),
+            option::weighted(0.9, subject()),
+            option::weighted(0.85, body()),
+            option::weighted(0.3, body()),
+            option::weighted(0.3, idempotency_key()),
+        ),
+        (headers(), tags(), attachments()),
     )
         .prop_map(
-            |(from, to, subject, message, html, idempotency_key)| EmailDraft {
-                from,
-                to,
-                subject,
-                message,
-                html,
-                idempotency_key,
-                id: None,
+            |(
+                (from, to, subject, message, html, idempotency_key),
+                (headers, tags, attachments),
+            )| {
+                EmailDraft {
+                    from,
+                    to: to.map(|to| AddressList::Items(vec![to])),
+                    subject,
+                    message,
+                    html,
+                    idempotency_key,
+                    headers,
+                    tags,
+                    attachments,
+                    ..Default::default()
+                }
             },
         )
+}
+
+/// A display name of anything printable, specials and quotes included.
+fn display_name() -> impl Strategy<Value = String> {
+    let chars = vec![
+        'a', 'Z', ' ', '.', ',', ';', ':', '@', '(', ')', '[', ']', '"', '\\', '<', '>', 'é', 'ß',
+        '😀', '\'',
+    ];
+    vec(prop::sample::select(chars), 1..20).prop_map(String::from_iter)
+}
+
+fn good_address() -> impl Strategy<Value = String> {
+    (
+        "[a-z0-9]{1,8}([._+-][a-z0-9]{1,4})?",
+        "[a-z0-9]{1,10}",
+        "[a-z]{2,5}",
+    )
+        .prop_map(|(local, domain, tld)| format!("{local}@{domain}.{tld}"))
 }
 
 // --- properties ------------------------------------------------------------------------
@@ -210,18 +335,63 @@ proptest! {
     #[test]
     fn a_draft_is_accepted_exactly_when_it_follows_the_rules(draft in draft()) {
         let broken = broken_fields(&draft);
-        match NewEmail::try_from(draft) {
+        match rules().new_email(draft) {
             Ok(email) => {
                 prop_assert!(broken.is_empty(), "accepted despite {:?}", broken);
                 assert_follows_the_rules(&email);
             }
-            Err(violations) => {
+            Err(Rejected::Invalid(violations)) => {
                 prop_assert_eq!(violations.fields().collect::<HashSet<_>>(), broken);
                 for violation in violations.iter() {
                     prop_assert!(!violation.code.is_empty() && !violation.message.is_empty());
                 }
             }
+            Err(Rejected::TooLarge(too_large)) => {
+                prop_assert!(false, "no draft of the strategy is that large: {:?}", too_large);
+            }
         }
+    }
+
+    /// A mailbox with any display name is written so that it reads back as itself, and
+    /// so that lettre (an independent RFC 5322 parser) reads the same name and address.
+    #[test]
+    fn a_mailbox_in_header_form_reads_back_as_itself(
+        name in display_name(),
+        address in good_address(),
+    ) {
+        let mailbox = Mailbox::new(
+            Some(name.trim().to_owned()),
+            super::Address::parse(&address).unwrap(),
+        );
+        let text = mailbox.to_string();
+        let parsed = Mailbox::parse(&text);
+        prop_assert_eq!(parsed.as_ref(), Ok(&mailbox), "{}", text);
+        if name.is_ascii() {
+            // lettre folds runs of blanks in a name into one, as RFC 5322 reads them.
+            let folded = |name: &str| name.split_whitespace().collect::<Vec<_>>().join(" ");
+            let theirs: lettre::message::Mailbox = text.parse().unwrap();
+            prop_assert_eq!(theirs.email.to_string(), address);
+            prop_assert_eq!(theirs.name.as_deref().map(folded), mailbox.name.as_deref().map(folded));
+        }
+    }
+
+    /// A list of mailboxes in header form splits into the same mailboxes again.
+    #[test]
+    fn a_list_in_header_form_splits_into_its_mailboxes(
+        entries in vec((option::of(display_name()), good_address()), 1..6),
+    ) {
+        let mailboxes: Vec<Mailbox> = entries
+            .into_iter()
+            .map(|(name, address)| {
+                Mailbox::new(name.map(|n| n.trim().to_owned()), super::Address::parse(&address).unwrap())
+            })
+            .collect();
+        let parsed: Vec<Mailbox> = parse_list(&format_list(&mailboxes))
+            .unwrap()
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        prop_assert_eq!(parsed, mailboxes);
     }
 
     #[test]
@@ -328,7 +498,9 @@ fn the_strategies_reach_both_sides_of_every_rule() {
             Field::Subject,
             Field::Message,
             Field::Html,
-            Field::IdempotencyKey
+            Field::IdempotencyKey,
+            Field::Headers,
+            Field::Tags,
         ])
     );
 }

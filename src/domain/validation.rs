@@ -1,58 +1,73 @@
 //! The one place where caller input becomes domain values. REST bodies, gRPC requests
-//! and NATS events are all turned into an [`EmailDraft`] and checked here, so the three
-//! paths accept and refuse exactly the same things.
+//! and NATS events are all turned into an [`EmailDraft`] and checked here by [`Rules`],
+//! so the three paths accept and refuse exactly the same things, and every problem is
+//! reported at once, each by its path (`cc[2]`, `attachments[0].content`,
+//! `headers.X-Campaign`).
 
-use std::borrow::Cow;
+use std::collections::HashSet;
 
-use validator::{Validate, ValidationError};
+use base64::Engine;
+use bytes::Bytes;
 
-use super::{Address, AddressError, EmailId, Field, Violation, Violations};
+use super::{
+    Address, Attachment, EmailId, Field, FieldPath, Header, Mailbox, MailboxError, Tags, Violation,
+    Violations,
+    mailbox::parse_list,
+    message::{
+        MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS, content_id_problem, content_type_problem,
+        filename_problem, guess_content_type, header_name_problem, header_value_problem,
+        tag_name_problem, tag_value_problem,
+    },
+};
 
-/// Most bytes in a message (text or HTML body).
+/// Most bytes in a message body (the text part, and the HTML part).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// Most characters in a subject.
-pub const MAX_SUBJECT_CHARS: u64 = 255;
+pub const MAX_SUBJECT_CHARS: usize = 255;
 /// Most characters in an idempotency key.
-pub const MAX_IDEMPOTENCY_KEY_CHARS: u64 = 255;
-/// Most characters in a search query.
-pub const MAX_SEARCH_CHARS: usize = 256;
-/// Largest page size.
-pub const MAX_PAGE_SIZE: u32 = 100;
-/// Page size when none is given.
-pub const DEFAULT_PAGE_SIZE: u32 = 10;
-/// Highest page number; keeps the offset arithmetic far from overflow.
-pub const MAX_PAGE: u32 = 1_000_000;
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
+/// How a caller wrote a list of addresses: one string in header form
+/// (`a@x.example, "Doe, Jo" <jo@y.example>`), or one mailbox per item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressList {
+    Text(String),
+    Items(Vec<String>),
+}
+
+/// An attachment's bytes as they arrived: base64 text (REST, NATS) or raw (gRPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentInput {
+    Base64(String),
+    Bytes(Bytes),
+}
+
+/// An attachment as a caller asked for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachmentDraft {
+    pub filename: Option<String>,
+    pub content: Option<ContentInput>,
+    pub content_type: Option<String>,
+    pub content_id: Option<String>,
+}
 
 /// An email as a caller asked for it, before any check. Missing fields are `None` so
 /// every missing field is reported at once.
-#[derive(Debug, Clone, Default, Validate)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EmailDraft {
-    #[validate(required(message = "is required"), custom(function = "email_address"))]
     pub from: Option<String>,
-    #[validate(required(message = "is required"), custom(function = "email_address"))]
-    pub to: Option<String>,
-    #[validate(
-        required(message = "is required"),
-        length(
-            min = 1,
-            max = "MAX_SUBJECT_CHARS",
-            message = "must be 1 to 255 characters"
-        ),
-        custom(function = "header_safe")
-    )]
+    pub to: Option<AddressList>,
+    pub cc: Option<AddressList>,
+    pub bcc: Option<AddressList>,
+    pub reply_to: Option<AddressList>,
     pub subject: Option<String>,
-    #[validate(required(message = "is required"), custom(function = "body_text"))]
+    /// The text part.
     pub message: Option<String>,
-    #[validate(custom(function = "body_text"))]
     pub html: Option<String>,
-    #[validate(
-        length(
-            min = 1,
-            max = "MAX_IDEMPOTENCY_KEY_CHARS",
-            message = "must be 1 to 255 characters"
-        ),
-        custom(function = "header_safe")
-    )]
+    pub attachments: Vec<AttachmentDraft>,
+    /// In the caller's order.
+    pub headers: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
     pub idempotency_key: Option<String>,
     /// The id the email must get (set by the asynchronous REST path, or by a producer of
     /// create events); a new one is generated when `None`.
@@ -63,471 +78,513 @@ pub struct EmailDraft {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEmail {
     pub id: EmailId,
-    pub from: Address,
-    pub to: Address,
+    pub from: Mailbox,
+    /// Never empty. A recipient given more than once is kept where it first appears
+    /// (to, then cc, then bcc).
+    pub to: Vec<Mailbox>,
+    pub cc: Vec<Mailbox>,
+    pub bcc: Vec<Mailbox>,
+    pub reply_to: Vec<Mailbox>,
     pub subject: String,
-    pub message: String,
+    /// The text part; at least one of `text` and `html` is there.
+    pub text: Option<String>,
     pub html: Option<String>,
+    pub attachments: Vec<Attachment>,
+    pub headers: Vec<Header>,
+    pub tags: Tags,
+    /// `<emailID@domain>`, the same on every attempt.
+    pub message_id: String,
     pub idempotency_key: Option<String>,
 }
 
-impl TryFrom<EmailDraft> for NewEmail {
-    type Error = Violations;
+/// The limits a deployment sets (`limits.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most recipients (to, cc and bcc together, after duplicates are dropped).
+    pub max_recipients: usize,
+    /// Most bytes of the message as delivered: every part encoded, headers included.
+    pub max_message_bytes: usize,
+}
 
-    fn try_from(draft: EmailDraft) -> Result<Self, Violations> {
-        if let Err(errors) = draft.validate() {
-            let mut list = Vec::new();
-            for (name, errors) in errors.field_errors() {
-                let field = field_of(&name);
-                list.extend(errors.iter().map(|e| {
-                    Violation::new(
-                        field,
-                        e.code.clone(),
-                        e.message.clone().unwrap_or_else(|| e.code.clone()),
-                    )
-                }));
-            }
-            return Err(Violations::check(list).unwrap_err());
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_recipients: 50,
+            max_message_bytes: 10 * 1024 * 1024,
         }
-        // `validate` has checked that these are present and well formed.
-        let address = |raw: Option<String>, field| {
-            Address::parse(&raw.unwrap_or_default())
-                .map_err(|err| Violations::one(Violation::new(field, err.code(), err.to_string())))
+    }
+}
+
+/// Checks drafts against the limits, and names Message-IDs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    pub limits: Limits,
+    /// The domain of Message-IDs whose sender's domain cannot serve (an IP literal):
+    /// `smtp.hello_name`, or `mailroom.invalid` when that is not set.
+    pub message_id_domain: String,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            limits: Limits::default(),
+            message_id_domain: "mailroom.invalid".into(),
+        }
+    }
+}
+
+/// Why a valid draft still cannot be an email: it would be too large to deliver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge {
+    /// The size the message would have at least (an upper bound of what is delivered).
+    pub size: usize,
+    pub limit: usize,
+}
+
+/// What is wrong with a draft.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    Invalid(Violations),
+    TooLarge(TooLarge),
+}
+
+impl From<Violations> for Rejected {
+    fn from(violations: Violations) -> Self {
+        Rejected::Invalid(violations)
+    }
+}
+
+/// Collects the violations of one draft.
+struct Check(Vec<Violation>);
+
+impl Check {
+    fn fail(&mut self, path: impl Into<FieldPath>, code: &'static str, message: impl Into<String>) {
+        self.0.push(Violation::new(path, code, message.into()));
+    }
+
+    fn problem(
+        &mut self,
+        path: impl Into<FieldPath>,
+        problem: Option<(&'static str, &'static str)>,
+    ) -> bool {
+        match problem {
+            Some((code, message)) => {
+                self.0.push(Violation::new(path, code, message));
+                false
+            }
+            None => true,
+        }
+    }
+}
+
+impl Rules {
+    /// Checks a draft and makes it an email, or says everything wrong with it.
+    pub fn new_email(&self, draft: EmailDraft) -> Result<NewEmail, Rejected> {
+        let mut check = Check(Vec::new());
+        let id = draft.id.unwrap_or_else(EmailId::generate);
+
+        let from = match &draft.from {
+            None => {
+                check.fail(Field::From, "required", "is required");
+                None
+            }
+            Some(raw) => match Mailbox::parse(raw) {
+                Ok(mailbox) => Some(mailbox),
+                Err(err) => {
+                    check.fail(Field::From, err.code(), err.to_string());
+                    None
+                }
+            },
         };
-        Ok(NewEmail {
-            id: draft.id.unwrap_or_else(EmailId::generate),
-            from: address(draft.from, Field::From)?,
-            to: address(draft.to, Field::To)?,
+        let reported = check.0.len();
+        let to = addresses(&mut check, Field::To, draft.to.as_ref());
+        if to.is_empty() && check.0.len() == reported {
+            check.fail(Field::To, "required", "is required: at least one recipient");
+        }
+        let cc = addresses(&mut check, Field::Cc, draft.cc.as_ref());
+        let bcc = addresses(&mut check, Field::Bcc, draft.bcc.as_ref());
+        let reply_to = addresses(&mut check, Field::ReplyTo, draft.reply_to.as_ref());
+        let (to, cc, bcc) = without_repeats(to, cc, bcc);
+        let recipients = to.len() + cc.len() + bcc.len();
+        if recipients > self.limits.max_recipients {
+            check.fail(
+                Field::To,
+                "too_many_recipients",
+                format!(
+                    "to, cc and bcc hold {recipients} recipients; at most {} are allowed",
+                    self.limits.max_recipients
+                ),
+            );
+        }
+
+        match &draft.subject {
+            None => check.fail(Field::Subject, "required", "is required"),
+            Some(subject) => {
+                let chars = subject.chars().count();
+                if chars == 0 || chars > MAX_SUBJECT_CHARS {
+                    check.fail(Field::Subject, "length", "must be 1 to 255 characters");
+                } else {
+                    check.problem(Field::Subject, header_text_problem(subject));
+                }
+            }
+        }
+        if draft.message.is_none() && draft.html.is_none() {
+            check.fail(
+                Field::Message,
+                "required",
+                "is required unless html is given: an email needs a text or an HTML body",
+            );
+        }
+        for (field, body) in [(Field::Message, &draft.message), (Field::Html, &draft.html)] {
+            if let Some(body) = body {
+                check.problem(field, body_problem(body));
+            }
+        }
+        if let Some(key) = &draft.idempotency_key {
+            let chars = key.chars().count();
+            if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS {
+                check.fail(
+                    Field::IdempotencyKey,
+                    "length",
+                    "must be 1 to 255 characters",
+                );
+            } else {
+                check.problem(Field::IdempotencyKey, header_text_problem(key));
+            }
+        }
+
+        let attachments = attachments(&mut check, draft.attachments, draft.html.is_some());
+        let headers = headers(&mut check, draft.headers);
+        let tags = tags(&mut check, draft.tags);
+
+        Violations::check(check.0)?;
+        let from = from.expect("checked above");
+        let message_id = self.message_id(id, &from.address);
+        let email = NewEmail {
+            id,
+            from,
+            to,
+            cc,
+            bcc,
+            reply_to,
             subject: draft.subject.unwrap_or_default(),
-            message: draft.message.unwrap_or_default(),
+            text: draft.message,
             html: draft.html,
+            attachments,
+            headers,
+            tags,
+            message_id,
             idempotency_key: draft.idempotency_key,
-        })
+        };
+        let size = delivered_size_bound(&email);
+        if size > self.limits.max_message_bytes {
+            return Err(Rejected::TooLarge(TooLarge {
+                size,
+                limit: self.limits.max_message_bytes,
+            }));
+        }
+        Ok(email)
+    }
+
+    /// `<emailID@domain>`: the sender's domain (in its ASCII form), unless that is an IP
+    /// literal.
+    fn message_id(&self, id: EmailId, from: &Address) -> String {
+        let domain = from.ascii_domain();
+        let domain = if domain.starts_with('[') {
+            self.message_id_domain.as_str()
+        } else {
+            domain.as_str()
+        };
+        format!("<{id}@{domain}>")
     }
 }
 
-fn field_of(rust_name: &str) -> Field {
-    match rust_name {
-        "from" => Field::From,
-        "to" => Field::To,
-        "subject" => Field::Subject,
-        "message" => Field::Message,
-        "html" => Field::Html,
-        "idempotency_key" => Field::IdempotencyKey,
-        _ => Field::Body,
+/// The mailboxes of a list; each bad item is a violation at its index.
+fn addresses(check: &mut Check, field: Field, list: Option<&AddressList>) -> Vec<Mailbox> {
+    let mut found = Vec::new();
+    let bad = |check: &mut Check, index: usize, err: MailboxError| {
+        check.fail(
+            FieldPath::field(field).index(index),
+            err.code(),
+            err.to_string(),
+        );
+    };
+    match list {
+        None => {}
+        Some(AddressList::Text(text)) => match parse_list(text) {
+            // One address, as the original service took it: named by the field alone.
+            Ok(items) if items.len() == 1 => match items.into_iter().next().expect("one") {
+                Ok(mailbox) => found.push(mailbox),
+                Err(err) => check.fail(field, err.code(), err.to_string()),
+            },
+            Ok(items) => {
+                for (index, item) in items.into_iter().enumerate() {
+                    match item {
+                        Ok(mailbox) => found.push(mailbox),
+                        Err(err) => bad(check, index, err),
+                    }
+                }
+            }
+            Err(err) => check.fail(field, err.code(), err.to_string()),
+        },
+        Some(AddressList::Items(items)) => {
+            for (index, item) in items.iter().enumerate() {
+                match Mailbox::parse(item) {
+                    Ok(mailbox) => found.push(mailbox),
+                    Err(err) => bad(check, index, err),
+                }
+            }
+        }
+    }
+    found
+}
+
+/// Each recipient once, where it first appears: to, then cc, then bcc.
+fn without_repeats(
+    to: Vec<Mailbox>,
+    cc: Vec<Mailbox>,
+    bcc: Vec<Mailbox>,
+) -> (Vec<Mailbox>, Vec<Mailbox>, Vec<Mailbox>) {
+    let mut seen = HashSet::new();
+    let mut keep = |list: Vec<Mailbox>| -> Vec<Mailbox> {
+        list.into_iter()
+            .filter(|mailbox| seen.insert(mailbox.dedup_key()))
+            .collect()
+    };
+    let to = keep(to);
+    let cc = keep(cc);
+    let bcc = keep(bcc);
+    (to, cc, bcc)
+}
+
+fn attachments(check: &mut Check, drafts: Vec<AttachmentDraft>, has_html: bool) -> Vec<Attachment> {
+    if drafts.len() > MAX_ATTACHMENTS {
+        check.fail(
+            Field::Attachments,
+            "too_many",
+            format!("at most {MAX_ATTACHMENTS} attachments are allowed"),
+        );
+        return Vec::new();
+    }
+    let mut content_ids = HashSet::new();
+    let mut out = Vec::with_capacity(drafts.len());
+    for (index, draft) in drafts.into_iter().enumerate() {
+        let at = |field| {
+            FieldPath::field(Field::Attachments)
+                .index(index)
+                .then(field)
+        };
+        let filename = match draft.filename {
+            None => {
+                check.fail(at(Field::Filename), "required", "is required");
+                None
+            }
+            Some(name) => check
+                .problem(at(Field::Filename), filename_problem(&name))
+                .then_some(name),
+        };
+        let content = match draft.content {
+            None => {
+                check.fail(at(Field::Content), "required", "is required");
+                None
+            }
+            Some(ContentInput::Bytes(bytes)) => Some(bytes),
+            Some(ContentInput::Base64(text)) => match decode_base64(&text) {
+                Some(bytes) => Some(Bytes::from(bytes)),
+                None => {
+                    check.fail(
+                        at(Field::Content),
+                        "base64",
+                        "is not base64 (RFC 4648, standard alphabet)",
+                    );
+                    None
+                }
+            },
+        };
+        if content.as_ref().is_some_and(Bytes::is_empty) {
+            check.fail(at(Field::Content), "length", "must not be empty");
+        }
+        let content_type = match draft.content_type {
+            Some(content_type) => check
+                .problem(at(Field::ContentType), content_type_problem(&content_type))
+                .then_some(content_type),
+            None => filename.as_deref().map(guess_content_type),
+        };
+        let content_id = match draft.content_id {
+            None => None,
+            Some(id) => {
+                let id = id
+                    .strip_prefix('<')
+                    .and_then(|id| id.strip_suffix('>'))
+                    .map(str::to_owned)
+                    .unwrap_or(id);
+                if !check.problem(at(Field::ContentId), content_id_problem(&id)) {
+                    None
+                } else if !has_html {
+                    check.fail(
+                        at(Field::ContentId),
+                        "inline_without_html",
+                        "makes an inline part, which only an html body can show (cid:…)",
+                    );
+                    None
+                } else if !content_ids.insert(id.clone()) {
+                    check.fail(
+                        at(Field::ContentId),
+                        "duplicate",
+                        "is given to another attachment too",
+                    );
+                    None
+                } else {
+                    Some(id)
+                }
+            }
+        };
+        if let (Some(filename), Some(content), Some(content_type)) =
+            (filename, content, content_type)
+        {
+            out.push(Attachment::new(filename, content_type, content_id, content));
+        }
+    }
+    out
+}
+
+/// Standard base64, padded or not, with any line breaks and blanks in between ignored
+/// (as base64 from a mail or a `base64` command comes).
+fn decode_base64(text: &str) -> Option<Vec<u8>> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if text.bytes().any(|b| b.is_ascii_whitespace()) {
+        let compact: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        LENIENT.decode(compact).ok()
+    } else {
+        LENIENT.decode(text).ok()
     }
 }
 
-fn error(code: &'static str, message: &'static str) -> ValidationError {
-    ValidationError::new(code).with_message(Cow::Borrowed(message))
+fn headers(check: &mut Check, drafts: Vec<(String, String)>) -> Vec<Header> {
+    if drafts.len() > MAX_HEADERS {
+        check.fail(
+            Field::Headers,
+            "too_many",
+            format!("at most {MAX_HEADERS} headers are allowed"),
+        );
+        return Vec::new();
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::with_capacity(drafts.len());
+    for (name, value) in drafts {
+        let path = FieldPath::field(Field::Headers).key(&name);
+        let name_ok = check.problem(path.clone(), header_name_problem(&name));
+        let value_ok = check.problem(path.clone(), header_value_problem(&value));
+        if name_ok && !names.insert(name.to_ascii_lowercase()) {
+            check.fail(
+                path,
+                "duplicate",
+                "is given twice (header names are case-insensitive)",
+            );
+            continue;
+        }
+        if name_ok && value_ok {
+            out.push(Header { name, value });
+        }
+    }
+    out
 }
 
-/// An RFC 5322 addr-spec ([`Address`]), which also rules out CR/LF.
-fn email_address(value: &str) -> Result<(), ValidationError> {
-    Address::parse(value)
-        .map(|_| ())
-        .map_err(|err: AddressError| {
-            ValidationError::new(err.code()).with_message(Cow::Owned(err.to_string()))
-        })
+fn tags(check: &mut Check, drafts: Vec<(String, String)>) -> Tags {
+    if drafts.len() > MAX_TAGS {
+        check.fail(
+            Field::Tags,
+            "too_many",
+            format!("at most {MAX_TAGS} tags are allowed"),
+        );
+        return Tags::new();
+    }
+    let mut out = Tags::new();
+    for (name, value) in drafts {
+        let path = FieldPath::field(Field::Tags).key(&name);
+        let name_ok = check.problem(path.clone(), tag_name_problem(&name));
+        let value_ok = check.problem(path.clone(), tag_value_problem(&value));
+        if name_ok && value_ok && out.insert(name, value).is_some() {
+            check.fail(path, "duplicate", "is given twice");
+        }
+    }
+    out
 }
 
 /// Text that ends up in a mail header: no CR/LF (header injection) and no other control
 /// characters.
-fn header_safe(value: &str) -> Result<(), ValidationError> {
+fn header_text_problem(value: &str) -> Option<(&'static str, &'static str)> {
     if value.contains(['\r', '\n']) {
-        return Err(error(
-            "line_break",
-            "must not contain line breaks (CR or LF)",
-        ));
+        return Some(("line_break", "must not contain line breaks (CR or LF)"));
     }
     if value.chars().any(char::is_control) {
-        return Err(error(
-            "control_characters",
-            "must not contain control characters",
-        ));
+        return Some(("control_characters", "must not contain control characters"));
     }
-    Ok(())
+    None
 }
 
 /// A message body: at least one character, at most 1 MiB, and no NUL (PostgreSQL text
 /// cannot hold it and no mail should carry it).
-fn body_text(value: &str) -> Result<(), ValidationError> {
+fn body_problem(value: &str) -> Option<(&'static str, &'static str)> {
     if value.is_empty() {
-        return Err(error("length", "must not be empty"));
+        return Some(("length", "must not be empty"));
     }
     if value.len() > MAX_MESSAGE_BYTES {
-        return Err(error("too_large", "must be at most 1 MiB (1048576 bytes)"));
+        return Some(("too_large", "must be at most 1 MiB (1048576 bytes)"));
     }
     if value.contains('\0') {
-        return Err(error("nul_character", "must not contain NUL characters"));
+        return Some(("nul_character", "must not contain NUL characters"));
     }
-    Ok(())
+    None
 }
 
-/// A validated search request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SearchQuery {
-    /// Words to look for; `None` lists every email.
-    pub text: Option<String>,
-    /// Page number, from 1.
-    pub page: u32,
-    pub size: u32,
+/// Bytes `len` bytes take in base64 with a line break (CRLF) every 76 characters.
+fn base64_lines(len: usize) -> usize {
+    let chars = len.div_ceil(3) * 4;
+    chars + chars.div_ceil(76) * 2
 }
 
-impl SearchQuery {
-    /// Checks a search request. Missing or zero `page`/`size` take their defaults, as the
-    /// original service (and proto3, where 0 means unset) did.
-    pub fn parse(
-        text: Option<&str>,
-        page: Option<i64>,
-        size: Option<i64>,
-    ) -> Result<Self, Violations> {
-        let mut list = Vec::new();
-        let text = text.map(str::trim).filter(|t| !t.is_empty());
-        if let Some(text) = text {
-            if text.chars().count() > MAX_SEARCH_CHARS {
-                list.push(Violation::new(
-                    Field::Search,
-                    "length",
-                    "must be at most 256 characters",
-                ));
-            } else if text.contains('\0') {
-                list.push(Violation::new(
-                    Field::Search,
-                    "nul_character",
-                    "must not contain NUL characters",
-                ));
-            }
-        }
-        let page = match page.unwrap_or(0) {
-            0 => 1,
-            p if (1..=i64::from(MAX_PAGE)).contains(&p) => p as u32,
-            _ => {
-                list.push(Violation::new(
-                    Field::Page,
-                    "range",
-                    "must be between 1 and 1000000",
-                ));
-                1
-            }
-        };
-        let size = match size.unwrap_or(0) {
-            0 => DEFAULT_PAGE_SIZE,
-            s if (1..=i64::from(MAX_PAGE_SIZE)).contains(&s) => s as u32,
-            _ => {
-                list.push(Violation::new(
-                    Field::Size,
-                    "range",
-                    "must be between 1 and 100",
-                ));
-                DEFAULT_PAGE_SIZE
-            }
-        };
-        Violations::check(list)?;
-        Ok(SearchQuery {
-            text: text.map(str::to_owned),
-            page,
-            size,
+/// At least the size of the message as delivered, with every part encoded: base64 for
+/// each attachment, and for each body (quoted-printable, when chosen, is never longer);
+/// headers counted three times over for their encoding; an allowance for the MIME
+/// structure. The delivered message is never larger, so a message within the limit by
+/// this count is within it on the wire.
+pub fn delivered_size_bound(email: &NewEmail) -> usize {
+    const MESSAGE_HEADERS: usize = 1024;
+    const PART_OVERHEAD: usize = 256;
+    let mailboxes = [&email.to, &email.cc, &email.reply_to]
+        .iter()
+        .flat_map(|list| list.iter())
+        .chain(std::iter::once(&email.from))
+        .map(|mailbox| 3 * mailbox.to_string().len() + 4)
+        .sum::<usize>();
+    let headers = email
+        .headers
+        .iter()
+        .map(|h| h.name.len() + 3 * h.value.len() + 4)
+        .sum::<usize>();
+    let bodies = [&email.text, &email.html]
+        .iter()
+        .filter_map(|body| body.as_ref())
+        .map(|body| base64_lines(body.len()) + PART_OVERHEAD)
+        .sum::<usize>();
+    let attachments = email
+        .attachments
+        .iter()
+        .map(|a| {
+            base64_lines(a.content.len())
+                + PART_OVERHEAD
+                + 3 * a.meta.filename.len()
+                + a.meta.content_type.len()
+                + a.meta.content_id.as_ref().map_or(0, String::len)
         })
-    }
-
-    pub fn offset(&self) -> i64 {
-        i64::from(self.page - 1) * i64::from(self.size)
-    }
-}
-
-/// One page of search results.
-#[derive(Debug, Clone)]
-pub struct SearchPage<T> {
-    /// Every match when `total_exact`; otherwise a lower bound, because counting stopped
-    /// at the count limit (an exact count of a common word reads the whole table).
-    pub total_count: i64,
-    pub total_exact: bool,
-    pub page: u32,
-    pub size: u32,
-    pub items: Vec<T>,
-    /// Whether at least one match follows this page.
-    pub has_more: bool,
-}
-
-impl<T> SearchPage<T> {
-    /// Assembles a page from a count that stopped after `limit + 1` matches (`counted`
-    /// above `limit` means "more than `limit`") and the page's rows, fetched with one row
-    /// more than `size` so that row tells whether more follow, whatever the count knows.
-    pub fn assemble(query: &SearchQuery, counted: i64, limit: u32, mut rows: Vec<T>) -> Self {
-        let size = query.size as usize;
-        let has_more = rows.len() > size;
-        rows.truncate(size);
-        let total_exact = counted <= i64::from(limit);
-        let total_count = if total_exact {
-            counted
-        } else {
-            // Past the limit, a deep page itself proves more matches than the limit.
-            let seen = match rows.len() {
-                0 => 0,
-                shown => query.offset() + shown as i64 + i64::from(has_more),
-            };
-            seen.max(i64::from(limit))
-        };
-        SearchPage {
-            total_count,
-            total_exact,
-            page: query.page,
-            size: query.size,
-            items: rows,
-            has_more,
-        }
-    }
-
-    /// Pages holding `total_count` matches: a lower bound too when the count is not exact.
-    pub fn total_pages(&self) -> i64 {
-        (self.total_count + i64::from(self.size) - 1) / i64::from(self.size)
-    }
-
-    pub fn map<U>(self, f: impl FnMut(T) -> U) -> SearchPage<U> {
-        SearchPage {
-            total_count: self.total_count,
-            total_exact: self.total_exact,
-            page: self.page,
-            size: self.size,
-            items: self.items.into_iter().map(f).collect(),
-            has_more: self.has_more,
-        }
-    }
+        .sum::<usize>();
+    MESSAGE_HEADERS + 3 * email.subject.len() + mailboxes + headers + bodies + attachments
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn draft() -> EmailDraft {
-        EmailDraft {
-            from: Some("sender@example.com".into()),
-            to: Some("alice@example.com".into()),
-            subject: Some("Hello".into()),
-            message: Some("Hi Alice".into()),
-            ..Default::default()
-        }
-    }
-
-    fn fields(result: Result<NewEmail, Violations>) -> Vec<(Field, String)> {
-        result
-            .unwrap_err()
-            .iter()
-            .map(|v| (v.field(), v.code.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn a_complete_draft_becomes_a_new_email() {
-        let email = NewEmail::try_from(draft()).unwrap();
-        assert_eq!(email.to.to_string(), "alice@example.com");
-        assert_eq!(email.subject, "Hello");
-    }
-
-    #[test]
-    fn every_missing_field_is_reported_at_once() {
-        let got = fields(NewEmail::try_from(EmailDraft::default()));
-        assert_eq!(
-            got,
-            vec![
-                (Field::From, "required".into()),
-                (Field::To, "required".into()),
-                (Field::Subject, "required".into()),
-                (Field::Message, "required".into()),
-            ]
-        );
-    }
-
-    #[test]
-    fn invalid_addresses_are_refused() {
-        for bad in [
-            "not-an-address",
-            "a@",
-            "@b.c",
-            "a b@c.d",
-            "Alice <a@b.c>",
-            "a@b.c\r\nBcc: x@y.z",
-        ] {
-            let got = fields(NewEmail::try_from(EmailDraft {
-                to: Some(bad.into()),
-                ..draft()
-            }));
-            assert_eq!(got.len(), 1, "{bad:?}: {got:?}");
-            assert_eq!(got[0].0, Field::To, "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn an_address_longer_than_254_characters_is_refused() {
-        let long = format!("{}@example.com", "a".repeat(250));
-        let got = fields(NewEmail::try_from(EmailDraft {
-            from: Some(long),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::From, "length".into())]);
-    }
-
-    #[test]
-    fn line_breaks_in_the_subject_are_refused() {
-        for bad in ["Hi\r\nBcc: victim@example.com", "Hi\nthere", "Hi\rthere"] {
-            let got = fields(NewEmail::try_from(EmailDraft {
-                subject: Some(bad.into()),
-                ..draft()
-            }));
-            assert_eq!(got, vec![(Field::Subject, "line_break".into())], "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn other_control_characters_in_the_subject_are_refused() {
-        let got = fields(NewEmail::try_from(EmailDraft {
-            subject: Some("a\u{7}b".into()),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Subject, "control_characters".into())]);
-    }
-
-    #[test]
-    fn subject_length_is_bounded_in_characters() {
-        let ok = "é".repeat(255);
-        assert!(
-            NewEmail::try_from(EmailDraft {
-                subject: Some(ok),
-                ..draft()
-            })
-            .is_ok()
-        );
-        let got = fields(NewEmail::try_from(EmailDraft {
-            subject: Some("é".repeat(256)),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Subject, "length".into())]);
-        let got = fields(NewEmail::try_from(EmailDraft {
-            subject: Some(String::new()),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Subject, "length".into())]);
-    }
-
-    #[test]
-    fn message_size_is_bounded_to_one_mebibyte() {
-        let ok = "a".repeat(MAX_MESSAGE_BYTES);
-        assert!(
-            NewEmail::try_from(EmailDraft {
-                message: Some(ok),
-                ..draft()
-            })
-            .is_ok()
-        );
-        let got = fields(NewEmail::try_from(EmailDraft {
-            message: Some("a".repeat(MAX_MESSAGE_BYTES + 1)),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Message, "too_large".into())]);
-        let got = fields(NewEmail::try_from(EmailDraft {
-            message: Some(String::new()),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Message, "length".into())]);
-    }
-
-    #[test]
-    fn multi_line_messages_are_fine_but_nul_is_not() {
-        assert!(
-            NewEmail::try_from(EmailDraft {
-                message: Some("a\r\nb\tc".into()),
-                ..draft()
-            })
-            .is_ok()
-        );
-        let got = fields(NewEmail::try_from(EmailDraft {
-            message: Some("a\0b".into()),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::Message, "nul_character".into())]);
-    }
-
-    #[test]
-    fn idempotency_keys_are_bounded_and_header_safe() {
-        let got = fields(NewEmail::try_from(EmailDraft {
-            idempotency_key: Some("k".repeat(256)),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::IdempotencyKey, "length".into())]);
-        let got = fields(NewEmail::try_from(EmailDraft {
-            idempotency_key: Some("a\nb".into()),
-            ..draft()
-        }));
-        assert_eq!(got, vec![(Field::IdempotencyKey, "line_break".into())]);
-    }
-
-    #[test]
-    fn search_defaults_and_bounds() {
-        let q = SearchQuery::parse(None, None, None).unwrap();
-        assert_eq!((q.text, q.page, q.size), (None, 1, DEFAULT_PAGE_SIZE));
-        let q = SearchQuery::parse(Some("  "), Some(3), Some(100)).unwrap();
-        assert_eq!(
-            (q.text.clone(), q.page, q.size, q.offset()),
-            (None, 3, 100, 200)
-        );
-        let err = SearchQuery::parse(Some("x"), Some(-1), Some(101)).unwrap_err();
-        assert_eq!(
-            err.fields().collect::<Vec<_>>(),
-            vec![Field::Page, Field::Size]
-        );
-        let err = SearchQuery::parse(Some(&"x".repeat(257)), None, None).unwrap_err();
-        assert_eq!(err.fields().collect::<Vec<_>>(), vec![Field::Search]);
-    }
-
-    fn query(page: i64, size: i64) -> SearchQuery {
-        SearchQuery::parse(Some("x"), Some(page), Some(size)).unwrap()
-    }
-
-    #[test]
-    fn pages_are_counted_up() {
-        // 21 matches, page 2 of size 10: eleven rows fetched, so more follow.
-        let page = SearchPage::assemble(&query(2, 10), 21, 1000, vec![(); 11]);
-        assert_eq!((page.total_count, page.total_exact), (21, true));
-        assert_eq!(page.items.len(), 10, "the extra row is not shown");
-        assert_eq!(page.total_pages(), 3);
-        assert!(page.has_more);
-        let page = SearchPage::assemble(&query(2, 10), 20, 1000, vec![(); 10]);
-        assert_eq!(page.total_pages(), 2);
-        assert!(!page.has_more);
-        let page = SearchPage::assemble(&query(1, 10), 0, 1000, Vec::<()>::new());
-        assert_eq!(page.total_pages(), 0);
-        assert!(!page.has_more);
-    }
-
-    #[test]
-    fn a_count_at_the_limit_is_exact_and_one_past_it_is_a_lower_bound() {
-        let page = SearchPage::assemble(&query(1, 10), 5, 5, vec![(); 5]);
-        assert_eq!((page.total_count, page.total_exact), (5, true));
-        assert_eq!(page.total_pages(), 1);
-        assert!(!page.has_more);
-
-        let page = SearchPage::assemble(&query(1, 2), 6, 5, vec![(); 3]);
-        assert_eq!((page.total_count, page.total_exact), (5, false));
-        assert_eq!(page.total_pages(), 3);
-        assert!(page.has_more);
-    }
-
-    #[test]
-    fn a_capped_count_grows_with_what_a_deep_page_proves() {
-        // Limit 5, page 4 of size 2: rows 7 and 8 exist, and a ninth follows.
-        let page = SearchPage::assemble(&query(4, 2), 6, 5, vec![(); 3]);
-        assert_eq!((page.total_count, page.total_exact), (9, false));
-        assert_eq!(page.total_pages(), 5);
-        assert!(page.has_more);
-        // The last page past the limit: nothing follows it.
-        let page = SearchPage::assemble(&query(4, 2), 6, 5, vec![(); 1]);
-        assert_eq!(page.total_count, 7);
-        assert_eq!(page.total_pages(), 4);
-        assert!(!page.has_more);
-        // A page past every match is empty and says nothing follows.
-        let page = SearchPage::assemble(&query(50, 2), 6, 5, Vec::<()>::new());
-        assert_eq!(page.total_count, 5);
-        assert!(!page.has_more);
-    }
-}
+mod tests;

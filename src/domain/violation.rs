@@ -12,9 +12,23 @@ use std::{borrow::Cow, fmt};
 pub enum Field {
     From,
     To,
+    Cc,
+    Bcc,
+    ReplyTo,
     Subject,
     Message,
     Html,
+    Attachments,
+    /// Of an attachment.
+    Filename,
+    /// Of an attachment.
+    Content,
+    /// Of an attachment.
+    ContentType,
+    /// Of an attachment.
+    ContentId,
+    Headers,
+    Tags,
     IdempotencyKey,
     /// The email's id, when the caller chooses it (or asks for one).
     EmailId,

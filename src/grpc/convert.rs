@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{Email, EmailDraft, EmailStatus, SearchPage, SearchQuery, Violations},
+    domain::{
+        AddressList, AttachmentDraft, ContentInput, Email, EmailDraft, EmailStatus, SearchPage,
+        SearchQuery, Violations, format_list,
+    },
     usecase::Created,
 };
 
@@ -19,13 +22,40 @@ fn present(value: String) -> Option<String> {
     (!value.is_empty()).then_some(value)
 }
 
+/// A list in header form, as the proto's string fields hold it.
+fn addresses(value: String) -> Option<AddressList> {
+    present(value).map(AddressList::Text)
+}
+
+/// A proto map, in name order (a map has none of its own).
+fn pairs(map: std::collections::HashMap<String, String>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = map.into_iter().collect();
+    pairs.sort();
+    pairs
+}
+
 pub fn draft(request: pb::CreateReq) -> EmailDraft {
     EmailDraft {
         from: present(request.from),
-        to: present(request.to),
+        to: addresses(request.to),
+        cc: addresses(request.cc),
+        bcc: addresses(request.bcc),
+        reply_to: addresses(request.reply_to),
         subject: present(request.subject),
         message: present(request.message),
         html: present(request.html),
+        attachments: request
+            .attachments
+            .into_iter()
+            .map(|a| AttachmentDraft {
+                filename: present(a.filename),
+                content: Some(ContentInput::Bytes(a.content.into())),
+                content_type: present(a.content_type),
+                content_id: present(a.content_id),
+            })
+            .collect(),
+        headers: pairs(request.headers),
+        tags: pairs(request.tags),
         idempotency_key: present(request.idempotency_key),
         id: None,
     }
@@ -66,10 +96,30 @@ pub fn search_res(page: SearchPage<Email>) -> pb::SearchRes {
 pub fn email(email: Email) -> pb::Email {
     pb::Email {
         email_id: email.id.to_string(),
-        from: email.from,
-        to: email.to,
+        from: email.from.to_string(),
+        to: format_list(&email.to),
+        cc: format_list(&email.cc),
+        bcc: format_list(&email.bcc),
+        reply_to: format_list(&email.reply_to),
+        attachments: email
+            .attachments
+            .into_iter()
+            .map(|a| pb::AttachmentInfo {
+                filename: a.filename,
+                content_type: a.content_type,
+                size: a.size,
+                content_id: a.content_id.unwrap_or_default(),
+            })
+            .collect(),
+        headers: email
+            .headers
+            .into_iter()
+            .map(|h| (h.name, h.value))
+            .collect(),
+        tags: email.tags.into_iter().collect(),
+        message_id: email.message_id,
         subject: email.subject,
-        message: email.message,
+        message: email.text.unwrap_or_default(),
         created_at: Some(timestamp(email.created_at)),
         status: status(email.status) as i32,
         attempts: email.attempts,
@@ -102,7 +152,7 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 #[cfg(test)]
 mod tests {
-    use crate::domain::{EmailId, Field, NewEmail};
+    use crate::domain::{Field, Rejected, Rules};
 
     use super::*;
 
@@ -117,7 +167,11 @@ mod tests {
             (&partial.to, &partial.html, &partial.idempotency_key),
             (&None, &None, &None)
         );
-        let violations = NewEmail::try_from(draft(pb::CreateReq::default())).unwrap_err();
+        let Err(Rejected::Invalid(violations)) =
+            Rules::default().new_email(draft(pb::CreateReq::default()))
+        else {
+            panic!("an empty request is refused");
+        };
         assert!(violations.iter().all(|v| v.code == "required"));
         assert_eq!(
             violations.fields().collect::<Vec<_>>(),
@@ -144,23 +198,11 @@ mod tests {
     #[test]
     fn an_email_keeps_its_message_and_optional_fields_become_empty() {
         let now = Utc::now();
-        let stored = Email {
-            retry_base: 0,
-            id: EmailId::generate(),
-            from: "a@example.com".into(),
-            to: "b@example.com".into(),
-            subject: "Subject line".into(),
-            message: "The message".into(),
-            html: None,
-            status: EmailStatus::Deferred,
-            attempts: 2,
-            last_error: Some("421 try later".into()),
-            idempotency_key: None,
-            created_at: now,
-            updated_at: now,
-            sent_at: None,
-            next_attempt_at: Some(now),
-        };
+        let mut stored = Email::example(now);
+        stored.status = EmailStatus::Deferred;
+        stored.attempts = 2;
+        stored.last_error = Some("421 try later".into());
+        stored.next_attempt_at = Some(now);
         let message = email(stored.clone());
         assert_eq!(message.email_id, stored.id.to_string());
         assert_eq!(message.message, "The message");

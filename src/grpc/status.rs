@@ -32,6 +32,36 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::AttachmentNotFound { id, index } => {
+                let mut details = ErrorDetails::new();
+                details.set_resource_info(
+                    "emailService.Attachment",
+                    format!("{id}/{index}"),
+                    "",
+                    "",
+                );
+                Status::with_error_details(
+                    Code::NotFound,
+                    format!("email {id} has no attachment {index}"),
+                    details,
+                )
+            }
+            Error::MessageTooLarge(too_large) => {
+                let violation = FieldViolation {
+                    field: proto_name(Field::Attachments).to_owned(),
+                    description: format!(
+                        "the message would take at least {} bytes as delivered; limits.max_message_bytes allows {}",
+                        too_large.size, too_large.limit
+                    ),
+                    reason: "MESSAGE_TOO_LARGE".into(),
+                    localized_message: None,
+                };
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    violation.description.clone(),
+                    ErrorDetails::with_bad_request(vec![violation]),
+                )
+            }
             Error::IdempotencyConflict { key, existing } => {
                 let details = ErrorDetails::with_error_info(
                     "IDEMPOTENCY_KEY_REUSED",
@@ -89,9 +119,19 @@ pub fn proto_name(field: Field) -> &'static str {
         Field::EmailId => "EmailID",
         Field::From => "From",
         Field::To => "To",
+        Field::Cc => "Cc",
+        Field::Bcc => "Bcc",
+        Field::ReplyTo => "ReplyTo",
         Field::Subject => "Subject",
         Field::Message => "Message",
         Field::Html => "Html",
+        Field::Attachments => "Attachments",
+        Field::Filename => "Filename",
+        Field::Content => "Content",
+        Field::ContentType => "ContentType",
+        Field::ContentId => "ContentId",
+        Field::Headers => "Headers",
+        Field::Tags => "Tags",
         Field::IdempotencyKey => "IdempotencyKey",
         Field::Search => "Search",
         Field::Page => "page",

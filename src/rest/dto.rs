@@ -5,49 +5,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::domain::{self, Email, EmailDraft, SearchPage};
-
-/// A new email. Every field is checked, and all problems are reported at once.
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({
-    "from": "sender@example.com",
-    "to": "alice@example.com",
-    "subject": "Welcome",
-    "message": "Hello Alice, welcome aboard."
-}))]
-pub struct CreateEmailRequest {
-    /// Sender address (`user@domain`, at most 254 characters).
-    #[schema(value_type = String, format = "email", max_length = 254)]
-    pub from: Option<String>,
-    /// Recipient address (`user@domain`, at most 254 characters).
-    #[schema(value_type = String, format = "email", max_length = 254)]
-    pub to: Option<String>,
-    /// 1 to 255 characters, no line breaks or other control characters.
-    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
-    pub subject: Option<String>,
-    /// Plain-text body, 1 character to 1 MiB (in UTF-8), without NUL characters.
-    #[schema(value_type = String, min_length = 1, pattern = r"^[^\u0000]*$")]
-    pub message: Option<String>,
-    /// Optional HTML body, sent as an alternative to `message`: 1 character to 1 MiB
-    /// (in UTF-8), without NUL characters.
-    #[schema(nullable = true, min_length = 1, pattern = r"^[^\u0000]*$")]
-    pub html: Option<String>,
-}
-
-impl CreateEmailRequest {
-    pub fn into_draft(self, idempotency_key: Option<String>) -> EmailDraft {
-        EmailDraft {
-            from: self.from,
-            to: self.to,
-            subject: self.subject,
-            message: self.message,
-            html: self.html,
-            idempotency_key,
-            id: None,
-        }
-    }
-}
+use crate::{
+    domain::{self, Email, SearchPage},
+    wire::Pairs,
+};
 
 /// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
 /// `deferred` until its next attempt; a permanent failure or exhausted retries make it
@@ -80,11 +41,27 @@ impl From<domain::EmailStatus> for EmailStatus {
 pub struct EmailResponse {
     #[serde(rename = "emailID")]
     pub email_id: Uuid,
+    /// The sender, as `Name <user@domain>` or `user@domain`.
     pub from: String,
+    /// The recipients in header form (`a@x.example, "Doe, Jo" <jo@y.example>`).
     pub to: String,
+    /// In header form; null when there are none.
+    pub cc: Option<String>,
+    /// In header form; null when there are none.
+    pub bcc: Option<String>,
+    /// In header form; null when there are none.
+    pub reply_to: Option<String>,
     pub subject: String,
-    pub message: String,
+    /// The text part; null for an HTML-only email.
+    pub message: Option<String>,
     pub html: Option<String>,
+    /// The attachments, without their bytes (`GET …/attachments/{index}` has those).
+    pub attachments: Vec<AttachmentResponse>,
+    #[schema(value_type = std::collections::HashMap<String, String>)]
+    pub headers: Pairs,
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// The Message-ID header of the delivered message, `<emailID@domain>`.
+    pub message_id: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub status: EmailStatus,
@@ -98,23 +75,61 @@ pub struct EmailResponse {
     pub idempotency_key: Option<String>,
 }
 
-impl From<Email> for EmailResponse {
-    fn from(email: Email) -> Self {
+/// An attachment of a stored email.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentResponse {
+    pub filename: String,
+    pub content_type: String,
+    /// Bytes, decoded.
+    pub size: u64,
+    /// Set for inline parts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_id: Option<String>,
+}
+
+impl From<&Email> for EmailResponse {
+    fn from(email: &Email) -> Self {
+        let list = |mailboxes: &[domain::Mailbox]| {
+            (!mailboxes.is_empty()).then(|| domain::format_list(mailboxes))
+        };
         EmailResponse {
             email_id: email.id.as_uuid(),
-            from: email.from,
-            to: email.to,
-            subject: email.subject,
-            message: email.message,
-            html: email.html,
+            from: email.from.to_string(),
+            to: domain::format_list(&email.to),
+            cc: list(&email.cc),
+            bcc: list(&email.bcc),
+            reply_to: list(&email.reply_to),
+            subject: email.subject.clone(),
+            message: email.text.clone(),
+            html: email.html.clone(),
+            attachments: email
+                .attachments
+                .iter()
+                .map(|a| AttachmentResponse {
+                    filename: a.filename.clone(),
+                    content_type: a.content_type.clone(),
+                    size: a.size,
+                    content_id: a.content_id.clone(),
+                })
+                .collect(),
+            headers: Pairs(
+                email
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.clone(), h.value.clone()))
+                    .collect(),
+            ),
+            tags: email.tags.clone(),
+            message_id: email.message_id.clone(),
             created_at: email.created_at,
             updated_at: email.updated_at,
             status: email.status.into(),
             attempts: email.attempts,
             sent_at: email.sent_at,
-            last_error: email.last_error,
+            last_error: email.last_error.clone(),
             next_attempt_at: email.next_attempt_at,
-            idempotency_key: email.idempotency_key,
+            idempotency_key: email.idempotency_key.clone(),
         }
     }
 }
@@ -158,7 +173,7 @@ impl From<SearchPage<Email>> for SearchResponse {
             page: page.page,
             size: page.size,
             has_more: page.has_more,
-            emails: page.items.into_iter().map(EmailResponse::from).collect(),
+            emails: page.items.iter().map(EmailResponse::from).collect(),
         }
     }
 }

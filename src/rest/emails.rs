@@ -8,13 +8,14 @@ use axum::{
 };
 
 use crate::{
-    domain::{Email, EmailId, Field, SearchQuery, Violation, Violations},
+    domain::{EmailDraft, EmailId, Field, SearchQuery, Violation, Violations},
     usecase::{Accepted, Created},
+    wire::CreateEmail,
 };
 
 use super::{
     AppState,
-    dto::{AcceptedResponse, CreateEmailRequest, EmailResponse, SearchParams, SearchResponse},
+    dto::{AcceptedResponse, EmailResponse, SearchParams, SearchResponse},
     extract::ApiJson,
     problem::Problem,
 };
@@ -67,7 +68,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 /// content, 409.
 #[utoipa::path(post, path = "/api/v1/email", tag = "emails",
     security(("api_key" = [])),
-    request_body = CreateEmailRequest,
+    request_body = CreateEmail,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 printable ASCII characters",
             min_length = 1, max_length = 255, pattern = "^[!-~]([ -~]*[!-~])?$"),
@@ -80,7 +81,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
             headers(("Location" = String, description = "Where the email will be"))),
         (status = 400, description = "Invalid input", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency key reused with other content", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over http.body_limit_bytes, or a message over limits.max_message_bytes as delivered", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
@@ -91,9 +92,12 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
-    ApiJson(request): ApiJson<CreateEmailRequest>,
+    ApiJson(request): ApiJson<CreateEmail>,
 ) -> Result<Response, Problem> {
-    let draft = request.into_draft(idempotency_key(&headers)?);
+    let draft = EmailDraft {
+        idempotency_key: idempotency_key(&headers)?,
+        ..request.into_draft()
+    };
     if !prefers_async(&headers) {
         return Ok(created(state.mailroom.create(draft).await?));
     }
@@ -124,7 +128,7 @@ fn created(created: Created) -> Response {
     let mut response = (
         StatusCode::CREATED,
         [(header::LOCATION, location(created.email.id))],
-        Json(EmailResponse::from(created.email)),
+        Json(EmailResponse::from(&created.email)),
     )
         .into_response();
     if created.replayed {
@@ -155,7 +159,93 @@ pub async fn get_by_id(
 ) -> Result<Response, Problem> {
     let id = EmailId::parse(&raw_id, Field::EmailId).map_err(|v| Problem::validation(&v))?;
     let email = state.mailroom.get(id).await?;
-    Ok(Json(EmailResponse::from(Email::clone(&email))).into_response())
+    // Encoded once per cached copy: a read served from the local cache sends these bytes.
+    let body = state.rendered.body(&email, |email| {
+        serde_json::to_vec(&EmailResponse::from(email))
+            .expect("an email encodes as JSON")
+            .into()
+    });
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response())
+}
+
+/// Download one attachment of an email, by its index (from 0) in `attachments`.
+#[utoipa::path(get, path = "/api/v1/email/{emailID}/attachments/{index}", tag = "emails",
+    security(("api_key" = [])),
+    params(
+        ("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid),
+        ("index" = u32, Path, description = "The attachment's place in the email's attachments, from 0"),
+    ),
+    responses(
+        (status = 200, description = "The attachment's bytes, with its content type", content_type = "application/octet-stream",
+            headers(("Content-Disposition" = String, description = "attachment, with the file name"))),
+        (status = 400, description = "The id is not a UUID, or the index not a number", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such email, or no such attachment", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
+    ))]
+#[tracing::instrument(name = "rest.attachment", skip_all)]
+pub async fn attachment(
+    State(state): State<AppState>,
+    Path((raw_id, raw_index)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    let id = EmailId::parse(&raw_id, Field::EmailId).map_err(|v| Problem::validation(&v))?;
+    let index: usize = raw_index.trim().parse().map_err(|_| {
+        Problem::violation(Violation::new(
+            Field::Attachments,
+            "index",
+            "the attachment index must be a number from 0",
+        ))
+    })?;
+    let (meta, content) = state.mailroom.attachment(id, index).await?;
+    let content_type = HeaderValue::from_str(&meta.content_type)
+        .unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_DISPOSITION,
+                content_disposition(&meta.filename),
+            ),
+        ],
+        content,
+    )
+        .into_response())
+}
+
+/// `attachment; filename="…"; filename*=UTF-8''…` (RFC 6266): an ASCII fallback for old
+/// clients, the exact name for the others.
+fn content_disposition(filename: &str) -> HeaderValue {
+    let fallback: String = filename
+        .chars()
+        .map(|c| {
+            if (c.is_ascii_graphic() && c != '"' && c != '\\') || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut encoded = String::new();
+    for byte in filename.bytes() {
+        if byte.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&byte) {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&format!(
+        "attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
 /// Search emails: full text over recipient, subject and message, newest first.

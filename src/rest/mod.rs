@@ -7,7 +7,10 @@ mod emails;
 mod extract;
 mod health;
 pub mod problem;
+mod rendered;
 mod trace;
+
+pub use rendered::RenderedEmails;
 
 use std::{
     sync::Arc,
@@ -51,14 +54,22 @@ pub struct Shared {
     pub mailroom: Mailroom,
     pub metrics: Metrics,
     pub gate: Arc<Gate>,
+    /// JSON bodies of cached reads.
+    pub rendered: RenderedEmails,
 }
 
 impl AppState {
-    pub fn new(mailroom: Mailroom, metrics: Metrics, gate: Arc<Gate>) -> Self {
+    pub fn new(
+        mailroom: Mailroom,
+        metrics: Metrics,
+        gate: Arc<Gate>,
+        rendered: RenderedEmails,
+    ) -> Self {
         AppState(Arc::new(Shared {
             mailroom,
             metrics,
             gate,
+            rendered,
         }))
     }
 }
@@ -96,6 +107,7 @@ fn emails_router() -> OpenApiRouter<AppState> {
         .routes(routes!(emails::create))
         .routes(routes!(emails::search))
         .routes(routes!(emails::get_by_id))
+        .routes(routes!(emails::attachment))
 }
 
 /// Liveness and readiness: open to probes.

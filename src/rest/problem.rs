@@ -169,6 +169,22 @@ impl From<Error> for Problem {
                 "Email not found",
                 format!("no email has the id {id}"),
             ),
+            Error::AttachmentNotFound { id, index } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "urn:mailroom:problem:not-found",
+                "Attachment not found",
+                format!("email {id} has no attachment {index} (they count from 0)"),
+            ),
+            Error::MessageTooLarge(too_large) => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "urn:mailroom:problem:message-too-large",
+                "Message too large",
+                format!(
+                    "the message would take at least {} bytes as delivered (every part encoded); \
+                     limits.max_message_bytes allows {}",
+                    too_large.size, too_large.limit
+                ),
+            ),
             Error::IdempotencyConflict { key, existing } => Problem::new(
                 StatusCode::CONFLICT,
                 "urn:mailroom:problem:idempotency-conflict",

@@ -17,7 +17,10 @@ use tracing::Instrument;
 use crate::{
     domain::{Email, EmailId, EmailStatus},
     error::Result,
-    ports::{AfterAttempt, AttemptOutcome, AttemptRecord, Claim, FinishedAttempt, SendFailure},
+    ports::{
+        AfterAttempt, AttemptOutcome, AttemptRecord, Claim, FailureKind, FinishedAttempt,
+        SendFailure,
+    },
 };
 
 use super::{Mailroom, backoff};
@@ -124,13 +127,23 @@ impl Mailroom {
     /// Sends one claimed email and decides where it goes next.
     async fn attempt(&self, email: &Email) -> FinishedAttempt {
         let started_at = Utc::now();
-        let timer = self
-            .metrics
-            .smtp_duration
-            .with_label_values(&[] as &[&str])
-            .start_timer();
-        let result = self.ports.mailer.send(email).await;
-        timer.observe_duration();
+        let result = match self.attachment_contents(email).await {
+            Ok(attachments) => {
+                let timer = self
+                    .metrics
+                    .smtp_duration
+                    .with_label_values(&[] as &[&str])
+                    .start_timer();
+                let result = self.ports.mailer.send(email, &attachments).await;
+                timer.observe_duration();
+                result
+            }
+            // Not sent, and worth another attempt once the store answers.
+            Err(err) => Err(SendFailure::transient(
+                None,
+                format!("could not read the attachments: {}", err.with_causes()),
+            )),
+        };
 
         let attempt = email.attempts;
         // Attempts in the current retry budget (a redriven email starts a new one).
@@ -144,14 +157,15 @@ impl Mailroom {
                     outcome: AttemptOutcome::Sent,
                     smtp_code: Some(reply.code),
                     smtp_text: reply.text.clone(),
+                    refused: reply.refused.clone(),
                 },
                 after: AfterAttempt::Sent,
                 error: None,
             },
             Err(failure) => {
-                let outcome = match failure {
-                    SendFailure::Transient { .. } => AttemptOutcome::Transient,
-                    SendFailure::Permanent { .. } => AttemptOutcome::Permanent,
+                let outcome = match failure.kind {
+                    FailureKind::Transient => AttemptOutcome::Transient,
+                    FailureKind::Permanent => AttemptOutcome::Permanent,
                 };
                 let retry =
                     outcome == AttemptOutcome::Transient && round < self.policy.max_attempts;
@@ -165,9 +179,9 @@ impl Mailroom {
                 };
                 let error = match (outcome, retry) {
                     (AttemptOutcome::Transient, false) => {
-                        format!("gave up after {round} attempts: {}", failure.text())
+                        format!("gave up after {round} attempts: {}", failure.text)
                     }
-                    _ => failure.text().to_owned(),
+                    _ => failure.text.clone(),
                 };
                 FinishedAttempt {
                     id: email.id,
@@ -175,8 +189,9 @@ impl Mailroom {
                         attempt,
                         started_at,
                         outcome,
-                        smtp_code: failure.code(),
-                        smtp_text: failure.text().to_owned(),
+                        smtp_code: failure.code,
+                        smtp_text: failure.text.clone(),
+                        refused: failure.refused.clone(),
                     },
                     after,
                     error: Some(error),
@@ -195,6 +210,16 @@ impl Mailroom {
             "delivery attempt finished"
         );
         finished
+    }
+}
+
+impl Mailroom {
+    /// The bytes of the email's attachments; none to read for most emails.
+    async fn attachment_contents(&self, email: &Email) -> Result<Vec<bytes::Bytes>> {
+        if email.attachments.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.ports.store.attachment_contents(email.id).await
     }
 }
 

@@ -3,12 +3,15 @@
 use std::sync::Arc;
 
 use crate::{
-    domain::{Email, EmailDraft, EmailId, NewEmail, SearchPage, SearchQuery},
+    domain::{
+        AttachmentMeta, Email, EmailDraft, EmailId, NewEmail, Rejected, SearchPage, SearchQuery,
+    },
     error::{Error, Result},
     metrics::CacheResult,
     ports::{CreateRequest, Inserted, SendReason},
 };
 
+use bytes::Bytes;
 use futures::future::join_all;
 use tracing::Instrument;
 
@@ -38,7 +41,7 @@ impl Mailroom {
     /// logged, because the reconciler publishes it again later.
     #[tracing::instrument(name = "usecase.create", skip_all, fields(email.id))]
     pub async fn create(&self, draft: EmailDraft) -> Result<Created> {
-        let new = NewEmail::try_from(draft)?;
+        let new = self.rules.new_email(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
         self.store_new(new).await
     }
@@ -119,7 +122,7 @@ impl Mailroom {
     /// make the event fit.
     #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id))]
     pub async fn accept(&self, draft: EmailDraft) -> Result<Accepted> {
-        let new = NewEmail::try_from(draft)?;
+        let new = self.rules.new_email(draft)?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
         match self.ports.bus.request_create(&new).await? {
             CreateRequest::Published => Ok(Accepted::Queued(new)),
@@ -171,6 +174,30 @@ impl Mailroom {
             tracing::debug!(email.id = %id, error = format!("{err:#}"), "cache fill failed");
         }
         Ok(email)
+    }
+
+    /// Checks a draft against this deployment's rules, without storing anything (the
+    /// create worker checks events with it before storing a batch).
+    pub fn check(&self, draft: EmailDraft) -> std::result::Result<NewEmail, Rejected> {
+        self.rules.new_email(draft)
+    }
+
+    /// One attachment of an email: what it is, and its bytes.
+    #[tracing::instrument(name = "usecase.attachment", skip_all, fields(email.id = %id, index))]
+    pub async fn attachment(&self, id: EmailId, index: usize) -> Result<(AttachmentMeta, Bytes)> {
+        let email = self.get(id).await?;
+        let meta = email
+            .attachments
+            .get(index)
+            .cloned()
+            .ok_or(Error::AttachmentNotFound { id, index })?;
+        let content = self
+            .ports
+            .store
+            .attachment_content(id, index)
+            .await?
+            .ok_or(Error::AttachmentNotFound { id, index })?;
+        Ok((meta, content))
     }
 
     /// Full-text search over recipient, subject and message, newest first.

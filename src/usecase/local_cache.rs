@@ -57,11 +57,34 @@ pub struct LocalCache {
 /// rendering of it about as large, as long as the email is here), and a fixed overhead
 /// for the rest.
 fn weight(email: &Email) -> usize {
-    let text = email.from.len()
-        + email.to.len()
+    let mailbox = |m: &crate::domain::Mailbox| {
+        m.address.as_str().len() + m.name.as_ref().map_or(0, String::len) + 8
+    };
+    let text = mailbox(&email.from)
+        + email
+            .recipients()
+            .chain(&email.reply_to)
+            .map(mailbox)
+            .sum::<usize>()
         + email.subject.len()
-        + email.message.len()
+        + email.text.as_ref().map_or(0, String::len)
         + email.html.as_ref().map_or(0, String::len)
+        + email
+            .attachments
+            .iter()
+            .map(|a| a.filename.len() + a.content_type.len() + 96)
+            .sum::<usize>()
+        + email
+            .headers
+            .iter()
+            .map(|h| h.name.len() + h.value.len())
+            .sum::<usize>()
+        + email
+            .tags
+            .iter()
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+        + email.message_id.len()
         + email.last_error.as_ref().map_or(0, String::len)
         + email.idempotency_key.as_ref().map_or(0, String::len);
     2 * text + 512
@@ -177,23 +200,10 @@ mod tests {
 
     fn email(id: EmailId, status: EmailStatus, second: u32) -> Arc<Email> {
         let at = Utc.with_ymd_and_hms(2026, 11, 26, 21, 0, second).unwrap();
-        Arc::new(Email {
-            id,
-            from: "a@example.com".into(),
-            to: "b@example.com".into(),
-            subject: "s".into(),
-            message: "m".into(),
-            html: None,
-            status,
-            attempts: 0,
-            retry_base: 0,
-            last_error: None,
-            idempotency_key: None,
-            created_at: at,
-            updated_at: at,
-            sent_at: None,
-            next_attempt_at: None,
-        })
+        let mut email = Email::example(at);
+        email.id = id;
+        email.status = status;
+        Arc::new(email)
     }
 
     fn new_id() -> EmailId {
@@ -265,7 +275,7 @@ mod tests {
         let now = Instant::now();
         let large = |id| {
             let mut email = Arc::into_inner(email(id, EmailStatus::Queued, 0)).unwrap();
-            email.message = "x".repeat(3 * 1024);
+            email.text = Some("x".repeat(3 * 1024));
             Arc::new(email)
         };
         let ids: Vec<EmailId> = (0..SHARDS * 10).map(|_| new_id()).collect();
@@ -283,7 +293,7 @@ mod tests {
         // An email larger than a shard's budget is not kept at all.
         let id = new_id();
         let mut huge = Arc::into_inner(email(id, EmailStatus::Queued, 0)).unwrap();
-        huge.message = "x".repeat(64 * 1024);
+        huge.text = Some("x".repeat(64 * 1024));
         cache.store_at(Arc::new(huge), now);
         assert!(cache.get_at(id, now).is_none());
     }

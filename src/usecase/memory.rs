@@ -11,11 +11,13 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        DeadLetter, Email, EmailId, EmailStatus, NewEmail, SearchPage, SearchQuery, StatusEvent,
+        DeadLetter, Email, EmailId, EmailStatus, NewEmail, Rules, SearchPage, SearchQuery,
+        StatusEvent, format_list,
     },
     error::{Dependency, Error, Result},
     metrics::Metrics,
@@ -56,6 +58,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 struct StoreState {
     emails: HashMap<EmailId, Email>,
+    /// Attachment bytes, by email.
+    contents: HashMap<EmailId, Vec<Bytes>>,
     keys: HashMap<String, EmailId>,
     attempts: Vec<(EmailId, AttemptRecord)>,
     /// How far the store's clock is ahead of the wall clock.
@@ -115,27 +119,6 @@ impl MemoryStore {
     }
 }
 
-/// A stored email as the store makes it from a new one.
-fn queued(new: &NewEmail, now: DateTime<Utc>) -> Email {
-    Email {
-        id: new.id,
-        from: new.from.to_string(),
-        to: new.to.to_string(),
-        subject: new.subject.clone(),
-        message: new.message.clone(),
-        html: new.html.clone(),
-        status: EmailStatus::Queued,
-        attempts: 0,
-        retry_base: 0,
-        last_error: None,
-        idempotency_key: new.idempotency_key.clone(),
-        created_at: now,
-        updated_at: now,
-        sent_at: None,
-        next_attempt_at: Some(now),
-    }
-}
-
 #[async_trait]
 impl EmailStore for MemoryStore {
     async fn insert(&self, emails: &[NewEmail]) -> Result<Vec<Inserted>> {
@@ -153,7 +136,11 @@ impl EmailStore for MemoryStore {
                 answers.push(Inserted::Existing(state.emails[&existing].clone()));
                 continue;
             }
-            let email = queued(new, now);
+            let email = Email::queued(new, now);
+            state.contents.insert(
+                new.id,
+                new.attachments.iter().map(|a| a.content.clone()).collect(),
+            );
             if let Some(key) = &new.idempotency_key {
                 state.keys.insert(key.clone(), new.id);
             }
@@ -177,9 +164,13 @@ impl EmailStore for MemoryStore {
             .values()
             .filter(|email| {
                 query.text.as_deref().is_none_or(|text| {
-                    [&email.to, &email.subject, &email.message]
-                        .iter()
-                        .any(|field| field.contains(text))
+                    [
+                        format_list(&email.to).as_str(),
+                        &email.subject,
+                        email.text.as_deref().unwrap_or_default(),
+                    ]
+                    .iter()
+                    .any(|field| field.contains(text))
                 })
             })
             .cloned()
@@ -314,6 +305,22 @@ impl EmailStore for MemoryStore {
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>> {
         lock(&self.state).check()?;
         Ok(self.attempts_of(id))
+    }
+
+    async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>> {
+        let state = lock(&self.state);
+        state.check()?;
+        Ok(state.contents.get(&id).cloned().unwrap_or_default())
+    }
+
+    async fn attachment_content(&self, id: EmailId, index: usize) -> Result<Option<Bytes>> {
+        let state = lock(&self.state);
+        state.check()?;
+        Ok(state
+            .contents
+            .get(&id)
+            .and_then(|contents| contents.get(index))
+            .cloned())
     }
 
     async fn ping(&self) -> Result<()> {
@@ -482,22 +489,20 @@ impl ScriptedMailer {
 }
 
 pub fn transient(text: &str) -> std::result::Result<SmtpReply, SendFailure> {
-    Err(SendFailure::Transient {
-        code: Some(451),
-        text: text.to_owned(),
-    })
+    Err(SendFailure::transient(Some(451), text))
 }
 
 pub fn permanent(text: &str) -> std::result::Result<SmtpReply, SendFailure> {
-    Err(SendFailure::Permanent {
-        code: Some(550),
-        text: text.to_owned(),
-    })
+    Err(SendFailure::permanent(Some(550), text))
 }
 
 #[async_trait]
 impl Mailer for ScriptedMailer {
-    async fn send(&self, email: &Email) -> std::result::Result<SmtpReply, SendFailure> {
+    async fn send(
+        &self,
+        email: &Email,
+        _attachments: &[Bytes],
+    ) -> std::result::Result<SmtpReply, SendFailure> {
         lock(&self.sent).push(email.id);
         let hold = lock(&self.hold).take();
         if let Some(hold) = hold {
@@ -508,6 +513,7 @@ impl Mailer for ScriptedMailer {
             Ok(SmtpReply {
                 code: 250,
                 text: "2.0.0 OK".into(),
+                refused: Vec::new(),
             })
         })
     }
@@ -550,7 +556,7 @@ impl Harness {
         // The local tier off: every read goes through the ports.
         let local = LocalCache::new(Duration::ZERO, 0, 0);
         Harness {
-            mailroom: Mailroom::new(ports, local, policy(), Metrics::new()),
+            mailroom: Mailroom::new(ports, Rules::default(), local, policy(), Metrics::new()),
             store,
             cache,
             bus,

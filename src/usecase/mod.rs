@@ -22,7 +22,7 @@ pub use health::{DependencyCheck, HealthReport};
 pub use local_cache::LocalCache;
 
 use crate::{
-    domain::{DeadLetter, Email, StatusEvent},
+    domain::{DeadLetter, Email, Rules, StatusEvent},
     error::Result,
     metrics::Metrics,
     ports::{EmailCache, EmailStore, EventBus, Mailer},
@@ -41,6 +41,8 @@ pub struct Ports {
 #[derive(Clone)]
 pub struct Mailroom {
     ports: Ports,
+    /// What a new email must satisfy (`limits.*`), and how Message-IDs are named.
+    rules: Arc<Rules>,
     /// The in-process tier in front of `ports.cache` (`cache.local_ttl`).
     local: Arc<LocalCache>,
     policy: Arc<DeliveryPolicy>,
@@ -50,9 +52,16 @@ pub struct Mailroom {
 }
 
 impl Mailroom {
-    pub fn new(ports: Ports, local: LocalCache, policy: DeliveryPolicy, metrics: Metrics) -> Self {
+    pub fn new(
+        ports: Ports,
+        rules: Rules,
+        local: LocalCache,
+        policy: DeliveryPolicy,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             ports,
+            rules: Arc::new(rules),
             local: Arc::new(local),
             policy: Arc::new(policy),
             metrics,
@@ -88,6 +97,7 @@ impl Mailroom {
             attempt: email.attempts,
             error: error.map(str::to_owned),
             at: email.updated_at,
+            tags: email.tags.clone(),
         };
         // Independent of each other: one round trip's wait instead of two.
         let (cached, published) = tokio::join!(

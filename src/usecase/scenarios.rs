@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::{
-    domain::{EmailDraft, EmailId, EmailStatus, NewEmail},
+    domain::{AddressList, EmailDraft, EmailId, EmailStatus, NewEmail, Rules},
     error::Error,
     ports::{AttemptOutcome, SendReason},
 };
@@ -16,15 +16,16 @@ use super::{
 };
 
 fn new_email(key: Option<&str>, subject: &str) -> NewEmail {
-    NewEmail::try_from(EmailDraft {
-        from: Some("sender@example.com".into()),
-        to: Some("alice@example.com".into()),
-        subject: Some(subject.into()),
-        message: Some("Hello".into()),
-        idempotency_key: key.map(str::to_owned),
-        ..Default::default()
-    })
-    .unwrap()
+    Rules::default()
+        .new_email(EmailDraft {
+            from: Some("sender@example.com".into()),
+            to: Some(AddressList::Text("alice@example.com".into())),
+            subject: Some(subject.into()),
+            message: Some("Hello".into()),
+            idempotency_key: key.map(str::to_owned),
+            ..Default::default()
+        })
+        .unwrap()
 }
 
 async fn stored(harness: &Harness) -> EmailId {

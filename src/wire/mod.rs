@@ -2,10 +2,12 @@
 //! in the original service (camelCase), and the `mail:create` event. The domain names its
 //! fields with [`Field`]; this is where they get their JSON spelling.
 
+mod create_email;
 mod create_event;
 #[cfg(test)]
 mod properties;
 
+pub use create_email::{Addresses, AttachmentInput, CreateEmail, Pairs};
 pub use create_event::CreateEvent;
 
 use crate::domain::{Field, FieldPath, Violations};
@@ -16,9 +18,19 @@ pub fn json_name(field: Field) -> &'static str {
         Field::EmailId => "emailID",
         Field::From => "from",
         Field::To => "to",
+        Field::Cc => "cc",
+        Field::Bcc => "bcc",
+        Field::ReplyTo => "replyTo",
         Field::Subject => "subject",
         Field::Message => "message",
         Field::Html => "html",
+        Field::Attachments => "attachments",
+        Field::Filename => "filename",
+        Field::Content => "content",
+        Field::ContentType => "contentType",
+        Field::ContentId => "contentId",
+        Field::Headers => "headers",
+        Field::Tags => "tags",
         Field::IdempotencyKey => "idempotencyKey",
         Field::Search => "search",
         Field::Page => "page",

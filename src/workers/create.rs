@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    domain::{EmailId, NewEmail},
+    domain::{EmailId, NewEmail, Rejected},
     error::Error,
     usecase::{Mailroom, backoff},
     wire::{self, CreateEvent},
@@ -73,7 +73,16 @@ impl CreateHandler {
                 message.published,
             )
         });
-        NewEmail::try_from(draft).map_err(invalid)
+        self.mailroom
+            .check(draft)
+            .map_err(|rejected| match rejected {
+                Rejected::Invalid(violations) => invalid(violations),
+                Rejected::TooLarge(too_large) => format!(
+                    "invalid create event: the message would take at least {} bytes as delivered; \
+                 limits.max_message_bytes allows {}",
+                    too_large.size, too_large.limit
+                ),
+            })
     }
 
     /// A message whose email could not be stored. A dependency down: again later, or,

@@ -116,7 +116,7 @@ impl Handler for SendHandler {
 mod tests {
     use super::*;
     use crate::{
-        domain::{EmailDraft, NewEmail},
+        domain::{AddressList, EmailDraft, Rules},
         usecase::memory::{Failure, Harness, permanent},
     };
 
@@ -129,14 +129,15 @@ mod tests {
     }
 
     async fn stored(harness: &Harness) -> EmailId {
-        let new = NewEmail::try_from(EmailDraft {
-            from: Some("sender@example.com".into()),
-            to: Some("alice@example.com".into()),
-            subject: Some("Hello".into()),
-            message: Some("Hi".into()),
-            ..Default::default()
-        })
-        .unwrap();
+        let new = Rules::default()
+            .new_email(EmailDraft {
+                from: Some("sender@example.com".into()),
+                to: Some(AddressList::Text("alice@example.com".into())),
+                subject: Some("Hello".into()),
+                message: Some("Hi".into()),
+                ..Default::default()
+            })
+            .unwrap();
         harness
             .mailroom
             .create_all(vec![(new, tracing::Span::none())])

@@ -147,6 +147,7 @@ async fn publishes_beyond_the_in_flight_bound_wait_instead_of_failing() {
                 attempt,
                 error: None,
                 at: chrono::Utc::now(),
+                tags: Default::default(),
             })
             .await
         }

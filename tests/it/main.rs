@@ -15,6 +15,7 @@ mod grpc;
 mod health;
 mod jetstream;
 mod listeners;
+mod messages;
 mod monitoring;
 mod nginx;
 mod plans;

@@ -309,7 +309,7 @@ async fn redis_entry(
     let connection = client.get_multiplexed_async_connection().await.unwrap();
     (
         connection,
-        format!("{}email:{id}", app.settings.redis.key_prefix),
+        format!("{}email:v2:{id}", app.settings.redis.key_prefix),
     )
 }
 

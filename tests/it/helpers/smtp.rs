@@ -35,6 +35,19 @@ pub enum Behaviour {
     Silent,
     /// Takes every message, but answers the end of DATA only after this long.
     Slow(std::time::Duration),
+    /// Answers `RCPT TO` of an address containing the text with the reply; takes the
+    /// others.
+    RejectSome(String, String),
+}
+
+/// One message as the server took it: its envelope and its bytes (CRLF kept, dots
+/// unstuffed), for a MIME parser.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub mail_from: String,
+    /// The recipients the server accepted.
+    pub rcpt_to: Vec<String>,
+    pub data: Vec<u8>,
 }
 
 /// Transport security the server offers.
@@ -70,6 +83,7 @@ impl Security {
 #[derive(Default)]
 struct Seen {
     received: Mutex<Vec<String>>,
+    deliveries: Mutex<Vec<Delivery>>,
     recipients: AtomicUsize,
     sessions: AtomicUsize,
     in_flight: AtomicUsize,
@@ -118,6 +132,11 @@ impl FakeSmtp {
     /// Messages taken (the DATA of each).
     pub fn received(&self) -> Vec<String> {
         self.seen.received.lock().unwrap().clone()
+    }
+
+    /// Messages taken, with their envelopes and raw bytes.
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.seen.deliveries.lock().unwrap().clone()
     }
 
     /// `RCPT TO` commands seen, accepted or not.
@@ -202,12 +221,20 @@ where
         stream.write_all(b"220 fake.smtp ESMTP ready\r\n").await?;
     }
     let mut line = String::new();
+    let (mut mail_from, mut rcpt_to) = (String::new(), Vec::new());
     loop {
         line.clear();
         if stream.read_line(&mut line).await? == 0 {
             return Ok(Next::Done);
         }
         let command = line.trim_end().to_ascii_uppercase();
+        // The path of MAIL FROM:<a> or RCPT TO:<a>.
+        let path = || {
+            let raw = line.trim_end();
+            let start = raw.find('<').map_or(0, |i| i + 1);
+            let end = raw.rfind('>').unwrap_or(raw.len());
+            raw.get(start..end).unwrap_or_default().to_owned()
+        };
         let reply: String = if command.starts_with("EHLO") {
             match starttls {
                 Some(()) => "250-fake.smtp\r\n250-STARTTLS\r\n250 8BITMIME".into(),
@@ -219,18 +246,29 @@ where
                 .await?;
             stream.flush().await?;
             return Ok(Next::StartTls);
-        } else if ["HELO", "MAIL FROM", "RSET", "NOOP"]
-            .iter()
-            .any(|c| command.starts_with(c))
-        {
+        } else if command.starts_with("MAIL FROM") {
+            mail_from = path();
+            rcpt_to.clear();
+            "250 OK".into()
+        } else if command.starts_with("RSET") {
+            rcpt_to.clear();
+            "250 OK".into()
+        } else if ["HELO", "NOOP"].iter().any(|c| command.starts_with(c)) {
             "250 OK".into()
         } else if command.starts_with("RCPT TO") {
             let before = seen.recipients.fetch_add(1, Ordering::SeqCst);
-            match behaviour {
+            let reply = match behaviour {
                 Behaviour::RejectRecipient(reply) => reply.clone(),
                 Behaviour::RejectFirst(n, reply) if before < *n => reply.clone(),
+                Behaviour::RejectSome(needle, reply) if path().contains(needle.as_str()) => {
+                    reply.clone()
+                }
                 _ => "250 OK".into(),
+            };
+            if reply.starts_with('2') {
+                rcpt_to.push(path());
             }
+            reply
         } else if command == "DATA" {
             stream
                 .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
@@ -238,6 +276,7 @@ where
             let now = seen.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
             seen.peak_in_flight.fetch_max(now, Ordering::SeqCst);
             let mut data = String::new();
+            let mut raw = Vec::new();
             loop {
                 line.clear();
                 if stream.read_line(&mut line).await? == 0 {
@@ -248,11 +287,17 @@ where
                 }
                 data.push_str(line.trim_end_matches(['\r', '\n']));
                 data.push('\n');
+                raw.extend_from_slice(line.strip_prefix('.').unwrap_or(&line).as_bytes());
             }
             if let Behaviour::Slow(delay) = behaviour {
                 tokio::time::sleep(*delay).await;
             }
             seen.received.lock().unwrap().push(data);
+            seen.deliveries.lock().unwrap().push(Delivery {
+                mail_from: mail_from.clone(),
+                rcpt_to: std::mem::take(&mut rcpt_to),
+                data: raw,
+            });
             seen.in_flight.fetch_sub(1, Ordering::SeqCst);
             "250 2.0.0 queued as fake".into()
         } else if command.starts_with("QUIT") {

@@ -86,6 +86,24 @@ impl AsyncTransport for AsyncSmtpTransport<Tokio1Executor> {
     }
 }
 
+#[cfg(feature = "tokio1")]
+impl AsyncSmtpTransport<Tokio1Executor> {
+    /// Sends to every recipient the server accepts, over a pooled connection: see
+    /// [`AsyncSmtpConnection::send_to_accepted`](super::client::AsyncSmtpConnection::send_to_accepted).
+    /// Added for mailroom (see MAILROOM.md).
+    pub async fn send_raw_to_accepted(
+        &self,
+        envelope: &Envelope,
+        email: &[u8],
+    ) -> Result<super::client::PartialSend, Error> {
+        let mut conn = self.inner.connection().await?;
+        let result = conn.send_to_accepted(envelope, email).await?;
+        #[cfg(not(feature = "pool"))]
+        conn.abort().await;
+        Ok(result)
+    }
+}
+
 #[cfg(feature = "async-std1")]
 #[async_trait]
 impl AsyncTransport for AsyncSmtpTransport<AsyncStd1Executor> {

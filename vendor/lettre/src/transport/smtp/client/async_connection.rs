@@ -12,10 +12,10 @@ use super::{
     async_net::AsyncNetworkStream,
 };
 use crate::{
-    Envelope,
+    Address, Envelope,
     transport::smtp::{
         authentication::{Credentials, Mechanism},
-        commands::{Auth, Data, Ehlo, Mail, Noop, Quit, Rcpt, Starttls},
+        commands::{Auth, Data, Ehlo, Mail, Noop, Quit, Rcpt, Rset, Starttls},
         error,
         error::Error,
         extension::{ClientId, Extension, MailBodyParameter, MailParameter, ServerInfo},
@@ -34,6 +34,16 @@ macro_rules! try_smtp (
         }
     })
 );
+
+/// What [`AsyncSmtpConnection::send_to_accepted`] came to.
+#[derive(Debug)]
+pub struct PartialSend {
+    /// The server's reply to the message; `None` when every recipient was refused and
+    /// nothing was sent.
+    pub response: Option<Response>,
+    /// Each recipient the server refused, with its reply.
+    pub refused: Vec<(Address, Error)>,
+}
 
 /// Structure that implements the SMTP client
 pub struct AsyncSmtpConnection {
@@ -201,6 +211,67 @@ impl AsyncSmtpConnection {
         // Message content
         let result = try_smtp!(self.message(email).await, self);
         Ok(result)
+    }
+
+    /// Like [`Self::send`], but a recipient the server refuses (a 4xx or 5xx reply to
+    /// its RCPT) does not end the transaction: the message goes to the recipients the
+    /// server accepted, and the refused ones are answered with the server's reply. When
+    /// every recipient is refused nothing is sent, the transaction is reset (RSET) and
+    /// the connection stays usable. Added for mailroom (see MAILROOM.md).
+    pub async fn send_to_accepted(
+        &mut self,
+        envelope: &Envelope,
+        email: &[u8],
+    ) -> Result<PartialSend, Error> {
+        let mut mail_options = vec![];
+        if envelope.has_non_ascii_addresses() {
+            if !self.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Err(error::client(
+                    "Envelope contains non-ascii chars but server does not support SMTPUTF8",
+                ));
+            }
+            mail_options.push(MailParameter::SmtpUtfEight);
+        }
+        if !email.is_ascii() {
+            if !self.server_info().supports_feature(Extension::EightBitMime) {
+                return Err(error::client(
+                    "Message contains non-ascii chars but server does not support 8BITMIME",
+                ));
+            }
+            mail_options.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        try_smtp!(
+            self.command(Mail::new(envelope.from().cloned(), mail_options))
+                .await,
+            self
+        );
+        let mut refused = Vec::new();
+        for to_address in envelope.to() {
+            match self.command(Rcpt::new(to_address.clone(), vec![])).await {
+                Ok(_) => {}
+                // A reply: the server speaks for this recipient only.
+                Err(err) if err.is_transient() || err.is_permanent() => {
+                    refused.push((to_address.clone(), err));
+                }
+                Err(err) => {
+                    self.abort().await;
+                    return Err(err);
+                }
+            }
+        }
+        if refused.len() == envelope.to().len() {
+            try_smtp!(self.command(Rset).await, self);
+            return Ok(PartialSend {
+                response: None,
+                refused,
+            });
+        }
+        try_smtp!(self.command(Data).await, self);
+        let response = try_smtp!(self.message(email).await, self);
+        Ok(PartialSend {
+            response: Some(response),
+            refused,
+        })
     }
 
     pub fn has_broken(&self) -> bool {

@@ -26,7 +26,7 @@
 use std::fmt::Debug;
 
 #[cfg(any(feature = "tokio1", feature = "async-std1"))]
-pub use self::async_connection::AsyncSmtpConnection;
+pub use self::async_connection::{AsyncSmtpConnection, PartialSend};
 #[cfg(any(feature = "tokio1", feature = "async-std1"))]
 #[allow(deprecated)]
 pub use self::async_net::AsyncNetworkStream;

@@ -1,13 +1,17 @@
 //! SMTP delivery with lettre: pooled connections, `none`/`starttls`/`tls` security, and
-//! failures sorted into transient (retry) and permanent (give up).
+//! failures sorted into transient (retry) and permanent (give up). A recipient the
+//! server refuses does not stop the others: the message goes to those accepted, and the
+//! refusals are reported with the server's replies.
+
+mod message;
 
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
+use bytes::Bytes;
 use lettre::{
-    AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
-    message::{MultiPart, header::ContentType},
+    AsyncSmtpTransport, Tokio1Executor,
     transport::smtp::{
         PoolConfig,
         authentication::Credentials,
@@ -21,7 +25,7 @@ use tokio::sync::Semaphore;
 use crate::{
     config::{SmtpSecurity, SmtpSettings},
     domain::Email,
-    ports::{Mailer, SendFailure, SmtpReply},
+    ports::{FailureKind, Mailer, RefusedRecipient, SendFailure, SmtpReply},
 };
 
 pub struct SmtpMailer {
@@ -83,48 +87,55 @@ impl SmtpMailer {
     }
 }
 
-/// Builds the MIME message. The Message-ID is derived from the email id, so a message
-/// delivered twice (a crash between the SMTP reply and the database update) is
-/// recognisable as the same message downstream.
-pub fn build_message(email: &Email) -> Result<Message, SendFailure> {
-    let permanent = |text: String| SendFailure::Permanent { code: None, text };
-    let builder = Message::builder()
-        .from(
-            email
-                .from
-                .parse()
-                .map_err(|e| permanent(format!("invalid from address: {e}")))?,
-        )
-        .to(email
-            .to
-            .parse()
-            .map_err(|e| permanent(format!("invalid to address: {e}")))?)
-        .subject(&email.subject)
-        .message_id(Some(format!("<{}@mailroom>", email.id)))
-        .date_now();
-    let message = match &email.html {
-        Some(html) => builder.multipart(MultiPart::alternative_plain_html(
-            email.message.clone(),
-            html.clone(),
-        )),
-        None => builder
-            .header(ContentType::TEXT_PLAIN)
-            .body(email.message.clone()),
-    };
-    message.map_err(|e| permanent(format!("cannot build the message: {e}")))
+/// The code of a lettre error that is a server reply.
+fn reply_code(err: &lettre::transport::smtp::Error) -> Option<u16> {
+    err.status()
+        .map(|code| code.to_string().parse::<u16>().unwrap_or(0))
 }
 
 /// Sorts a lettre error: 5xx replies are permanent; 4xx replies, connection, TLS and
 /// network errors and timeouts are worth retrying.
 fn classify(err: &lettre::transport::smtp::Error) -> SendFailure {
-    let code = err
-        .status()
-        .map(|code| code.to_string().parse::<u16>().unwrap_or(0));
     let text = err.to_string();
     if err.is_permanent() {
-        SendFailure::Permanent { code, text }
+        SendFailure::permanent(reply_code(err), text)
     } else {
-        SendFailure::Transient { code, text }
+        SendFailure::transient(reply_code(err), text)
+    }
+}
+
+/// A refused recipient, as the attempt records it.
+fn refusal(address: &lettre::Address, err: &lettre::transport::smtp::Error) -> RefusedRecipient {
+    RefusedRecipient {
+        address: address.to_string(),
+        code: reply_code(err),
+        text: err.to_string(),
+    }
+}
+
+/// Every recipient refused: a permanent failure when each refusal was, else one worth
+/// retrying (a 4xx for any of them).
+fn all_refused(refused: Vec<RefusedRecipient>) -> SendFailure {
+    let permanent = refused
+        .iter()
+        .all(|r| r.code.is_some_and(|code| (500..600).contains(&code)));
+    let text = format!(
+        "every recipient was refused: {}",
+        refused
+            .iter()
+            .map(|r| format!("{} ({})", r.address, r.text))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    SendFailure {
+        kind: if permanent {
+            FailureKind::Permanent
+        } else {
+            FailureKind::Transient
+        },
+        code: refused.first().and_then(|r| r.code),
+        text,
+        refused,
     }
 }
 
@@ -142,8 +153,8 @@ impl Mailer for SmtpMailer {
         ),
         err
     )]
-    async fn send(&self, email: &Email) -> Result<SmtpReply, SendFailure> {
-        let message = build_message(email)?;
+    async fn send(&self, email: &Email, attachments: &[Bytes]) -> Result<SmtpReply, SendFailure> {
+        let outgoing = message::build(email, attachments)?;
         // lettre bounds each command; this bounds the whole exchange, so a server that
         // accepts the connection and never answers cannot hold a worker. The wait for a
         // connection counts too: the claim's lease covers one `smtp.timeout`.
@@ -153,20 +164,40 @@ impl Mailer for SmtpMailer {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            self.transport.send(message).await
+            self.transport
+                .send_raw_to_accepted(&outgoing.envelope, &outgoing.bytes)
+                .await
         };
-        let reply = tokio::time::timeout(self.timeout, exchange)
+        let sent = tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| SendFailure::Transient {
-                code: None,
-                text: format!("SMTP server did not answer within {:?}", self.timeout),
+            .map_err(|_| {
+                SendFailure::transient(
+                    None,
+                    format!("SMTP server did not answer within {:?}", self.timeout),
+                )
             })?
             .map_err(|err| classify(&err))?;
+        let refused: Vec<RefusedRecipient> = sent
+            .refused
+            .iter()
+            .map(|(address, err)| refusal(address, err))
+            .collect();
+        let Some(reply) = sent.response else {
+            return Err(all_refused(refused));
+        };
         let code = reply.code().to_string().parse::<u16>().unwrap_or(250);
         tracing::Span::current().record("smtp.code", code);
+        if !refused.is_empty() {
+            tracing::info!(
+                email.id = %email.id,
+                refused = refused.len(),
+                "sent to the accepted recipients; some were refused"
+            );
+        }
         Ok(SmtpReply {
             code,
             text: reply.message().collect::<Vec<_>>().join(" "),
+            refused,
         })
     }
 

@@ -1,16 +1,22 @@
 //! The email store on PostgreSQL (sqlx). Queries are plain `sqlx::query_as` so building
 //! needs no live database.
 
+mod rows;
+
+use rows::{Columns, EmailRow, columns};
+
 use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
 use async_trait::async_trait;
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{
     PgPool, Postgres,
     migrate::{MigrateDatabase, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
+    types::Json,
 };
 use uuid::Uuid;
 
@@ -20,19 +26,12 @@ use crate::{
     error::{Dependency, Error, Result},
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, FinishedAttempt, Inserted,
+        RefusedRecipient,
     },
 };
 
 /// The migrations in `migrations/`, built into the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
-
-/// The columns of an [`EmailRow`], as a literal so queries stay `&'static str`.
-macro_rules! columns {
-    () => {
-        "email_id, address_from, address_to, subject, message, html, status, attempts, \
-         retry_base, last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
-    };
-}
 
 /// Opens a pool without waiting for PostgreSQL: requests made while it is down fail
 /// fast with `Unavailable` instead of blocking the start.
@@ -111,52 +110,6 @@ impl PgEmailStore {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct EmailRow {
-    email_id: Uuid,
-    address_from: String,
-    address_to: String,
-    subject: String,
-    message: String,
-    html: Option<String>,
-    status: String,
-    attempts: i32,
-    retry_base: i32,
-    last_error: Option<String>,
-    idempotency_key: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    sent_at: Option<DateTime<Utc>>,
-    next_attempt_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<EmailRow> for Email {
-    type Error = Error;
-
-    fn try_from(row: EmailRow) -> Result<Self> {
-        Ok(Email {
-            id: row.email_id.into(),
-            from: row.address_from,
-            to: row.address_to,
-            subject: row.subject,
-            message: row.message,
-            html: row.html,
-            status: row
-                .status
-                .parse()
-                .map_err(|e: String| Error::Internal(anyhow::anyhow!(e)))?,
-            attempts: row.attempts,
-            retry_base: row.retry_base,
-            last_error: row.last_error,
-            idempotency_key: row.idempotency_key,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            sent_at: row.sent_at,
-            next_attempt_at: row.next_attempt_at,
-        })
-    }
-}
-
 /// PostgreSQL being unreachable, or refusing for a moment, is `Unavailable` (the caller
 /// may retry); anything else is a bug or a surprise, and trying again will not help.
 fn db_error(err: sqlx::Error) -> Error {
@@ -214,43 +167,44 @@ impl EmailStore for PgEmailStore {
         }
         // One statement and one commit for the whole batch. Rows whose id or idempotency
         // key is taken (by an earlier row, or by one earlier in this batch) are skipped.
+        // Attachment bytes go in the same transaction, for the rows created.
         let sql = concat!(
-            "INSERT INTO emails (email_id, address_from, address_to, subject, message, html, idempotency_key) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) \
+            "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
+                 reply_to, subject, message, html, headers, tags, attachments, message_id, \
+                 idempotency_key) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                 $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
+                 $12::jsonb[], $13::text[], $14::text[]) \
              ON CONFLICT DO NOTHING RETURNING ",
             columns!()
         );
-        let created: Vec<EmailRow> = sqlx::query_as(sql)
-            .bind(emails.iter().map(|e| e.id.as_uuid()).collect::<Vec<_>>())
-            .bind(
-                emails
-                    .iter()
-                    .map(|e| e.from.to_string())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(emails.iter().map(|e| e.to.to_string()).collect::<Vec<_>>())
-            .bind(
-                emails
-                    .iter()
-                    .map(|e| e.subject.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                emails
-                    .iter()
-                    .map(|e| e.message.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(emails.iter().map(|e| e.html.as_deref()).collect::<Vec<_>>())
-            .bind(
-                emails
-                    .iter()
-                    .map(|e| e.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let columns = Columns::of(emails);
+        let query = sqlx::query_as(sql)
+            .bind(&columns.ids)
+            .bind(&columns.from)
+            .bind(&columns.to)
+            .bind(&columns.cc)
+            .bind(&columns.bcc)
+            .bind(&columns.reply_to)
+            .bind(&columns.subject)
+            .bind(&columns.message)
+            .bind(&columns.html)
+            .bind(&columns.headers)
+            .bind(&columns.tags)
+            .bind(&columns.attachments)
+            .bind(&columns.message_id)
+            .bind(&columns.idempotency_key);
+        let with_attachments = emails.iter().any(|e| !e.attachments.is_empty());
+        let created: Vec<EmailRow> = if with_attachments {
+            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let created: Vec<EmailRow> = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+            let created_ids: Vec<Uuid> = created.iter().map(EmailRow::id).collect();
+            store_contents(&mut tx, emails, &created_ids).await?;
+            tx.commit().await.map_err(db_error)?;
+            created
+        } else {
+            query.fetch_all(&self.pool).await.map_err(db_error)?
+        };
         let mut created: HashMap<Uuid, Email> = created
             .into_iter()
             .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
@@ -523,8 +477,8 @@ impl EmailStore for PgEmailStore {
             .unzip();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query(
-            "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[]) \
+            "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text, refused) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[], $7::jsonb[]) \
              ON CONFLICT (email_id, attempt) DO NOTHING",
         )
         .bind(&ids)
@@ -533,6 +487,12 @@ impl EmailStore for PgEmailStore {
         .bind(finished.iter().map(|f| f.record.outcome.as_str()).collect::<Vec<_>>())
         .bind(finished.iter().map(|f| f.record.smtp_code.map(|c| c as i16)).collect::<Vec<_>>())
         .bind(finished.iter().map(|f| f.record.smtp_text.as_str()).collect::<Vec<_>>())
+        .bind(
+            finished
+                .iter()
+                .map(|f| (!f.record.refused.is_empty()).then_some(Json(&f.record.refused)))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -638,8 +598,16 @@ impl EmailStore for PgEmailStore {
     }
 
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>> {
-        let rows: Vec<(i32, DateTime<Utc>, String, Option<i16>, Option<String>)> = sqlx::query_as(
-            "SELECT attempt, started_at, outcome, smtp_code, smtp_text FROM email_attempts \
+        type Row = (
+            i32,
+            DateTime<Utc>,
+            String,
+            Option<i16>,
+            Option<String>,
+            Option<Json<Vec<RefusedRecipient>>>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT attempt, started_at, outcome, smtp_code, smtp_text, refused FROM email_attempts \
              WHERE email_id = $1 ORDER BY attempt",
         )
         .bind(id.as_uuid())
@@ -647,7 +615,7 @@ impl EmailStore for PgEmailStore {
         .await
         .map_err(db_error)?;
         rows.into_iter()
-            .map(|(attempt, started_at, outcome, code, text)| {
+            .map(|(attempt, started_at, outcome, code, text, refused)| {
                 let outcome = match outcome.as_str() {
                     "sent" => AttemptOutcome::Sent,
                     "transient" => AttemptOutcome::Transient,
@@ -664,9 +632,42 @@ impl EmailStore for PgEmailStore {
                     outcome,
                     smtp_code: code.map(|c| c as u16),
                     smtp_text: text.unwrap_or_default(),
+                    refused: refused.map(|j| j.0).unwrap_or_default(),
                 })
             })
             .collect()
+    }
+
+    #[tracing::instrument(
+        name = "postgres.attachment_contents",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", email.id = %id),
+        err
+    )]
+    async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>> {
+        let contents: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT content FROM email_attachment_contents WHERE email_id = $1 ORDER BY position",
+        )
+        .bind(id.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(contents.into_iter().map(Bytes::from).collect())
+    }
+
+    async fn attachment_content(&self, id: EmailId, index: usize) -> Result<Option<Bytes>> {
+        let Ok(position) = i32::try_from(index) else {
+            return Ok(None);
+        };
+        let content: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT content FROM email_attachment_contents WHERE email_id = $1 AND position = $2",
+        )
+        .bind(id.as_uuid())
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(content.map(Bytes::from))
     }
 
     async fn ping(&self) -> Result<()> {
@@ -676,6 +677,36 @@ impl EmailStore for PgEmailStore {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+/// Stores the attachment bytes of the emails of `emails` that `created` lists.
+async fn store_contents(
+    tx: &mut sqlx::Transaction<'_, Postgres>,
+    emails: &[NewEmail],
+    created: &[Uuid],
+) -> Result<()> {
+    let (mut ids, mut positions, mut contents) = (Vec::new(), Vec::new(), Vec::new());
+    for email in emails.iter().filter(|e| created.contains(&e.id.as_uuid())) {
+        for (position, attachment) in email.attachments.iter().enumerate() {
+            ids.push(email.id.as_uuid());
+            positions.push(position as i32);
+            contents.push(attachment.content.as_ref());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO email_attachment_contents (email_id, position, content) \
+         SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::bytea[])",
+    )
+    .bind(&ids)
+    .bind(&positions)
+    .bind(&contents)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// Versions of the migrations applied to the database, oldest first (none when the

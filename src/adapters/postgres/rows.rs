@@ -1,0 +1,156 @@
+//! How an email is laid out in its row: mailboxes in header form, the optional parts as
+//! NULL-able columns (JSON for the structured ones), the text part as '' when there is
+//! none. Rows written by older versions read back too (a bare address is a header form
+//! of one mailbox; a missing Message-ID is the one those versions sent).
+
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+use uuid::Uuid;
+
+use crate::{
+    domain::{AttachmentMeta, Email, Header, Mailbox, NewEmail, Tags, format_list, parse_list},
+    error::{Error, Result},
+};
+
+/// The columns of an [`EmailRow`], as a literal so queries stay `&'static str`.
+macro_rules! columns {
+    () => {
+        "email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
+         message, html, headers, tags, attachments, message_id, status, attempts, retry_base, \
+         last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
+    };
+}
+pub(super) use columns;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct EmailRow {
+    email_id: Uuid,
+    address_from: String,
+    address_to: String,
+    address_cc: Option<String>,
+    address_bcc: Option<String>,
+    reply_to: Option<String>,
+    subject: String,
+    message: String,
+    html: Option<String>,
+    headers: Option<Json<Vec<Header>>>,
+    tags: Option<Json<Tags>>,
+    attachments: Option<Json<Vec<AttachmentMeta>>>,
+    message_id: Option<String>,
+    status: String,
+    attempts: i32,
+    retry_base: i32,
+    last_error: Option<String>,
+    idempotency_key: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    sent_at: Option<DateTime<Utc>>,
+    next_attempt_at: Option<DateTime<Utc>>,
+}
+
+impl EmailRow {
+    pub fn id(&self) -> Uuid {
+        self.email_id
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Internal(anyhow::anyhow!("a stored email cannot be read: {what}"))
+}
+
+/// Mailboxes stored in header form (written by [`Columns`], so they parse).
+fn mailboxes(text: Option<String>) -> Result<Vec<Mailbox>> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    parse_list(&text)
+        .map_err(|err| corrupt(format!("{text:?}: {err}")))?
+        .into_iter()
+        .map(|item| item.map_err(|err| corrupt(format!("{text:?}: {err}"))))
+        .collect()
+}
+
+impl TryFrom<EmailRow> for Email {
+    type Error = Error;
+
+    fn try_from(row: EmailRow) -> Result<Self> {
+        let from = Mailbox::parse(&row.address_from)
+            .map_err(|err| corrupt(format!("{:?}: {err}", row.address_from)))?;
+        Ok(Email {
+            id: row.email_id.into(),
+            from,
+            to: mailboxes(Some(row.address_to))?,
+            cc: mailboxes(row.address_cc)?,
+            bcc: mailboxes(row.address_bcc)?,
+            reply_to: mailboxes(row.reply_to)?,
+            subject: row.subject,
+            text: Some(row.message).filter(|m| !m.is_empty()),
+            html: row.html,
+            attachments: row.attachments.map(|j| j.0).unwrap_or_default(),
+            headers: row.headers.map(|j| j.0).unwrap_or_default(),
+            tags: row.tags.map(|j| j.0).unwrap_or_default(),
+            message_id: row
+                .message_id
+                .unwrap_or_else(|| format!("<{}@mailroom>", row.email_id)),
+            status: row.status.parse().map_err(corrupt)?,
+            attempts: row.attempts,
+            retry_base: row.retry_base,
+            last_error: row.last_error,
+            idempotency_key: row.idempotency_key,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            sent_at: row.sent_at,
+            next_attempt_at: row.next_attempt_at,
+        })
+    }
+}
+
+/// New emails as the column arrays of one `INSERT … SELECT * FROM UNNEST(…)`.
+#[derive(Default)]
+pub(super) struct Columns {
+    pub ids: Vec<Uuid>,
+    pub from: Vec<String>,
+    pub to: Vec<String>,
+    pub cc: Vec<Option<String>>,
+    pub bcc: Vec<Option<String>>,
+    pub reply_to: Vec<Option<String>>,
+    pub subject: Vec<String>,
+    pub message: Vec<String>,
+    pub html: Vec<Option<String>>,
+    pub headers: Vec<Option<Json<Vec<Header>>>>,
+    pub tags: Vec<Option<Json<Tags>>>,
+    pub attachments: Vec<Option<Json<Vec<AttachmentMeta>>>>,
+    pub message_id: Vec<String>,
+    pub idempotency_key: Vec<Option<String>>,
+}
+
+impl Columns {
+    pub fn of(emails: &[NewEmail]) -> Self {
+        let mut columns = Columns::default();
+        let list = |mailboxes: &[Mailbox]| (!mailboxes.is_empty()).then(|| format_list(mailboxes));
+        for email in emails {
+            columns.ids.push(email.id.as_uuid());
+            columns.from.push(email.from.to_string());
+            columns.to.push(format_list(&email.to));
+            columns.cc.push(list(&email.cc));
+            columns.bcc.push(list(&email.bcc));
+            columns.reply_to.push(list(&email.reply_to));
+            columns.subject.push(email.subject.clone());
+            columns.message.push(email.text.clone().unwrap_or_default());
+            columns.html.push(email.html.clone());
+            columns
+                .headers
+                .push((!email.headers.is_empty()).then(|| Json(email.headers.clone())));
+            columns
+                .tags
+                .push((!email.tags.is_empty()).then(|| Json(email.tags.clone())));
+            columns.attachments.push(
+                (!email.attachments.is_empty())
+                    .then(|| Json(email.attachments.iter().map(|a| a.meta.clone()).collect())),
+            );
+            columns.message_id.push(email.message_id.clone());
+            columns.idempotency_key.push(email.idempotency_key.clone());
+        }
+        columns
+    }
+}
