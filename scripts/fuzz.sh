@@ -155,6 +155,21 @@ done
 [ -n "$addr" ] || fail "mailroom did not listen within 60 s (log: $REPORT_DIR/mailroom.log)"
 say "mailroom is up on http://$addr (database $database); running schemathesis $SCHEMATHESIS_VERSION"
 
+# An email with attachments, for the attachment endpoint (scripts/schemathesis.toml).
+FUZZ_ATTACHMENT_EMAIL="$("$VENV/bin/python" - "http://$addr" "$API_KEY" <<'EOF'
+import json, sys, urllib.request
+base, key = sys.argv[1], sys.argv[2]
+body = {"from": "fuzz@example.com", "to": "fuzz@example.com", "subject": "attachments",
+        "message": "for the attachment endpoint",
+        "attachments": [{"filename": "a.txt", "content": "aGVsbG8="},
+                        {"filename": "b.pdf", "content": "JVBERi0xLjQK"}]}
+request = urllib.request.Request(base + "/api/v1/email", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json", "Authorization": "Bearer " + key})
+print(json.load(urllib.request.urlopen(request))["emailID"])
+EOF
+)" || fail "could not create the email with attachments"
+export FUZZ_ATTACHMENT_EMAIL
+
 # --- schemathesis ------------------------------------------------------------------
 examples=()
 [ -n "${FUZZ_MAX_EXAMPLES:-}" ] && examples=(--max-examples "$FUZZ_MAX_EXAMPLES")

@@ -183,7 +183,7 @@ pub async fn get_by_id(
         ("index" = u32, Path, description = "The attachment's place in the email's attachments, from 0"),
     ),
     responses(
-        (status = 200, description = "The attachment's bytes, with its content type", content_type = "application/octet-stream",
+        (status = 200, description = "The attachment's bytes, with its own content type", content_type = "*/*",
             headers(("Content-Disposition" = String, description = "attachment, with the file name"))),
         (status = 400, description = "The id is not a UUID, or the index not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such email, or no such attachment", body = Problem, content_type = "application/problem+json"),
