@@ -37,6 +37,7 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
+    pub scheduler: SchedulerSettings,
     pub search: SearchSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
@@ -310,6 +311,9 @@ pub struct SmtpSettings {
 pub struct LimitsSettings {
     pub max_recipients: usize,
     pub max_message_bytes: usize,
+    pub max_batch: usize,
+    #[serde(with = "humantime_serde")]
+    pub max_schedule_ahead: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -341,6 +345,17 @@ pub struct ReconcilerSettings {
     /// called `queued_age`, which is still read.
     #[serde(with = "humantime_serde", alias = "queued_age")]
     pub overdue_age: Duration,
+    pub batch_size: i64,
+}
+
+/// How scheduled emails are released when their time comes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSettings {
+    /// Longest sleep between two looks for due emails.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most emails released by one look.
     pub batch_size: i64,
 }
 
@@ -510,8 +525,16 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
             bail!("telemetry.sample_ratio must be between 0.0 and 1.0");
         }
-        if self.limits.max_recipients == 0 || self.limits.max_message_bytes == 0 {
-            bail!("limits.max_recipients and limits.max_message_bytes must be at least 1");
+        if self.limits.max_recipients == 0
+            || self.limits.max_message_bytes == 0
+            || self.limits.max_batch == 0
+        {
+            bail!(
+                "limits.max_recipients, limits.max_message_bytes and limits.max_batch must be at least 1"
+            );
+        }
+        if self.scheduler.interval.is_zero() || self.scheduler.batch_size < 1 {
+            bail!("scheduler.interval must be longer than 0s and scheduler.batch_size at least 1");
         }
         if self.http.max_connections == 0 {
             bail!("http.max_connections must be at least 1");

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use crate::domain::{EmailId, Rejected, TooLarge, Violations};
+use crate::domain::{EmailId, EmailStatus, Rejected, TooLarge, Violations};
 
 /// A dependency mailroom needs to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,6 +42,14 @@ pub enum Error {
     /// The email exists and has no attachment with this index.
     #[error("email {id} has no attachment {index}")]
     AttachmentNotFound { id: EmailId, index: usize },
+    /// The email has moved on past the point where `action` can be done (canceling a
+    /// sent email, rescheduling one no longer scheduled).
+    #[error("email {id} is {status}: too late to {action}")]
+    TooLate {
+        id: EmailId,
+        status: EmailStatus,
+        action: &'static str,
+    },
     /// The message would be larger than `limits.max_message_bytes` once delivered.
     #[error("the message would take at least {} bytes as delivered; limits.max_message_bytes is {}", .0.size, .0.limit)]
     MessageTooLarge(TooLarge),

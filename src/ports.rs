@@ -8,7 +8,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    domain::{DeadLetter, Email, EmailId, NewEmail, SearchPage, SearchQuery, StatusEvent},
+    domain::{
+        DeadLetter, Email, EmailId, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery,
+        StatusEvent,
+    },
     error::Result,
 };
 
@@ -95,14 +98,68 @@ pub struct FinishedAttempt {
     pub error: Option<String>,
 }
 
+/// What asking to cancel or reschedule an email found.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Done: the email as it is now.
+    Done(Email),
+    /// Too late: the email has moved on (sending, sent, failed, canceled, or no longer
+    /// scheduled); as it is now.
+    TooLate(Email),
+    Missing,
+}
+
+/// A batch's idempotency key, and the digest of what the batch asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchKey {
+    pub key: String,
+    pub digest: String,
+}
+
+/// What storing a batch found.
+#[derive(Debug, Clone)]
+pub enum BatchInserted {
+    /// Stored now, in order.
+    Created(Vec<Email>),
+    /// The key was used before for the same batch: its emails, in order.
+    Replayed(Vec<Email>),
+    /// The key was used before for another batch (whose first email this is); nothing
+    /// was stored.
+    Conflict { existing: EmailId },
+}
+
+/// Scheduled emails that fell due, and when the next one does.
+#[derive(Debug, Clone, Default)]
+pub struct Released {
+    /// Now `queued`.
+    pub emails: Vec<Email>,
+    /// The time of the earliest email still scheduled, if any.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
 #[async_trait]
 pub trait EmailStore: Send + Sync + 'static {
     /// Stores new emails as `queued`, in one transaction, answering one [`Inserted`] per
     /// email in order. When an id or idempotency key is already taken (also by an email
     /// earlier in the same batch), answers the stored email instead of failing.
     async fn insert(&self, emails: &[NewEmail]) -> Result<Vec<Inserted>>;
+    /// Stores a batch in one transaction, all or nothing, under its key if it has one.
+    async fn insert_batch(
+        &self,
+        emails: &[NewEmail],
+        key: Option<&BatchKey>,
+    ) -> Result<BatchInserted>;
     async fn get(&self, id: EmailId) -> Result<Option<Email>>;
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>>;
+    /// Emails matching every filter, newest first, from the cursor on.
+    async fn list(&self, query: &ListQuery) -> Result<ListPage<Email>>;
+    /// Moves up to `limit` scheduled emails whose time has come to `queued`; each is
+    /// released to one caller only, however many instances ask.
+    async fn release_due(&self, limit: i64) -> Result<Released>;
+    /// Cancels an email that has not begun to be sent (scheduled, queued, deferred).
+    async fn cancel(&self, id: EmailId) -> Result<Change>;
+    /// Moves a scheduled email to another time.
+    async fn reschedule(&self, id: EmailId, at: DateTime<Utc>) -> Result<Change>;
     /// Takes emails for one delivery attempt each, for at most `lease`: only one worker of
     /// any instance can hold an email at a time. One [`Claim`] per id, in order; an id
     /// repeated in the batch is claimed once, its repeats are not due.

@@ -22,7 +22,7 @@ use crate::{
     retry,
     server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
-    workers::{CreateHandler, Reconciler, SendHandler, WorkerPool},
+    workers::{CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
 };
 
 pub struct Application {
@@ -93,6 +93,8 @@ impl Core {
             limits: domain::Limits {
                 max_recipients: settings.limits.max_recipients,
                 max_message_bytes: settings.limits.max_message_bytes,
+                max_batch: settings.limits.max_batch,
+                max_schedule_ahead: settings.limits.max_schedule_ahead,
             },
             message_id_domain: match settings.smtp.hello_name.as_str() {
                 "" => Rules::default().message_id_domain,
@@ -304,6 +306,16 @@ impl Application {
                 Ok(())
             });
         }
+
+        let scheduler = Scheduler {
+            mailroom: mailroom.clone(),
+            settings: settings.scheduler.clone(),
+        };
+        let stop_scheduling = shutdown.clone();
+        tasks.spawn(async move {
+            scheduler.run(stop_scheduling).await;
+            Ok(())
+        });
 
         // The first task to fail stops the others; otherwise wait for the shutdown.
         let mut outcome = Ok(());

@@ -74,9 +74,9 @@ impl fmt::Display for EmailId {
     }
 }
 
-/// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
-/// `deferred` until its next attempt; a permanent failure or exhausted retries make it
-/// `failed`.
+/// Where an email is in its life: `scheduled` until its time, then `queued → sending →
+/// sent`; a transient failure makes it `deferred` until its next attempt; a permanent
+/// failure or exhausted retries make it `failed`; `canceled` before it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
@@ -85,15 +85,19 @@ pub enum EmailStatus {
     Sent,
     Deferred,
     Failed,
+    Scheduled,
+    Canceled,
 }
 
 impl EmailStatus {
-    pub const ALL: [EmailStatus; 5] = [
+    pub const ALL: [EmailStatus; 7] = [
         EmailStatus::Queued,
         EmailStatus::Sending,
         EmailStatus::Sent,
         EmailStatus::Deferred,
         EmailStatus::Failed,
+        EmailStatus::Scheduled,
+        EmailStatus::Canceled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -103,12 +107,26 @@ impl EmailStatus {
             EmailStatus::Sent => "sent",
             EmailStatus::Deferred => "deferred",
             EmailStatus::Failed => "failed",
+            EmailStatus::Scheduled => "scheduled",
+            EmailStatus::Canceled => "canceled",
         }
     }
 
     /// Whether the email's delivery has ended, one way or the other.
     pub fn is_final(self) -> bool {
-        matches!(self, EmailStatus::Sent | EmailStatus::Failed)
+        matches!(
+            self,
+            EmailStatus::Sent | EmailStatus::Failed | EmailStatus::Canceled
+        )
+    }
+
+    /// Whether the email may still be canceled: it has not begun to be sent (or its
+    /// next attempt has not).
+    pub fn is_cancelable(self) -> bool {
+        matches!(
+            self,
+            EmailStatus::Scheduled | EmailStatus::Queued | EmailStatus::Deferred
+        )
     }
 }
 
@@ -153,6 +171,9 @@ pub struct Email {
     #[serde(default)]
     pub tags: Tags,
     pub message_id: String,
+    /// When it was to be sent, if it was scheduled.
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
     pub status: EmailStatus,
     /// Delivery attempts made, ever.
     pub attempts: i32,
@@ -169,8 +190,13 @@ pub struct Email {
 }
 
 impl Email {
-    /// A new email as stored when it is accepted: queued, due now.
+    /// A new email as stored when it is accepted: queued and due now, or scheduled and
+    /// due at its time.
     pub fn queued(new: &NewEmail, at: DateTime<Utc>) -> Email {
+        let (status, due) = match new.scheduled_at {
+            Some(time) if time > at => (EmailStatus::Scheduled, time),
+            _ => (EmailStatus::Queued, at),
+        };
         Email {
             id: new.id,
             from: new.from.clone(),
@@ -185,7 +211,8 @@ impl Email {
             headers: new.headers.clone(),
             tags: new.tags.clone(),
             message_id: new.message_id.clone(),
-            status: EmailStatus::Queued,
+            scheduled_at: new.scheduled_at,
+            status,
             attempts: 0,
             retry_base: 0,
             last_error: None,
@@ -193,7 +220,7 @@ impl Email {
             created_at: at,
             updated_at: at,
             sent_at: None,
-            next_attempt_at: Some(at),
+            next_attempt_at: Some(due),
         }
     }
 
@@ -211,6 +238,7 @@ impl Email {
             && self.html == new.html
             && self.headers == new.headers
             && self.tags == new.tags
+            && self.scheduled_at == new.scheduled_at
             && self.attachments.len() == new.attachments.len()
             && self
                 .attachments

@@ -4,6 +4,7 @@
 mod address;
 mod email;
 mod events;
+mod listing;
 mod mailbox;
 mod message;
 #[cfg(test)]
@@ -15,6 +16,7 @@ mod violation;
 pub use address::{Address, AddressError, MAX_ADDRESS_CHARS};
 pub use email::{Email, EmailId, EmailStatus};
 pub use events::{DeadLetter, SendEvent, StatusEvent};
+pub use listing::{Cursor, DEFAULT_LIST_LIMIT, ListPage, ListParams, ListQuery, MAX_LIST_LIMIT};
 pub use mailbox::{Mailbox, MailboxError, format_list, parse_list};
 pub use message::{
     Attachment, AttachmentMeta, Header, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS, Tags,

@@ -4,10 +4,12 @@
 //! reported at once, each by its path (`cc[2]`, `attachments[0].content`,
 //! `headers.X-Campaign`).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use base64::Engine;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
 
 use super::{
     Address, Attachment, EmailId, Field, FieldPath, Header, Mailbox, MailboxError, Tags, Violation,
@@ -68,6 +70,8 @@ pub struct EmailDraft {
     /// In the caller's order.
     pub headers: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
+    /// When to send it: RFC 3339 with an offset (`2026-12-24T09:00:00+01:00`).
+    pub scheduled_at: Option<String>,
     pub idempotency_key: Option<String>,
     /// The id the email must get (set by the asynchronous REST path, or by a producer of
     /// create events); a new one is generated when `None`.
@@ -94,6 +98,8 @@ pub struct NewEmail {
     pub tags: Tags,
     /// `<emailID@domain>`, the same on every attempt.
     pub message_id: String,
+    /// When it is to be sent; at once when `None` or past.
+    pub scheduled_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
 }
 
@@ -104,6 +110,10 @@ pub struct Limits {
     pub max_recipients: usize,
     /// Most bytes of the message as delivered: every part encoded, headers included.
     pub max_message_bytes: usize,
+    /// Most emails in one batch.
+    pub max_batch: usize,
+    /// How far ahead an email may be scheduled.
+    pub max_schedule_ahead: Duration,
 }
 
 impl Default for Limits {
@@ -111,6 +121,8 @@ impl Default for Limits {
         Limits {
             max_recipients: 50,
             max_message_bytes: 10 * 1024 * 1024,
+            max_batch: 100,
+            max_schedule_ahead: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -256,6 +268,16 @@ impl Rules {
         let attachments = attachments(&mut check, draft.attachments, draft.html.is_some());
         let headers = headers(&mut check, draft.headers);
         let tags = tags(&mut check, draft.tags);
+        let scheduled_at = match &draft.scheduled_at {
+            None => None,
+            Some(raw) => match self.schedule_time(raw, Utc::now()) {
+                Ok(at) => Some(at),
+                Err(violation) => {
+                    check.0.push(violation);
+                    None
+                }
+            },
+        };
 
         Violations::check(check.0)?;
         let from = from.expect("checked above");
@@ -274,6 +296,7 @@ impl Rules {
             headers,
             tags,
             message_id,
+            scheduled_at,
             idempotency_key: draft.idempotency_key,
         };
         let size = delivered_size_bound(&email);
@@ -284,6 +307,33 @@ impl Rules {
             }));
         }
         Ok(email)
+    }
+
+    /// A send time: RFC 3339 with an offset, at most `max_schedule_ahead` from `now`. A
+    /// time already past means at once.
+    pub fn schedule_time(&self, raw: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>, Violation> {
+        let at = DateTime::parse_from_rfc3339(raw.trim())
+            .map_err(|_| {
+                Violation::new(
+                    Field::ScheduledAt,
+                    "datetime",
+                    "must be an RFC 3339 date and time with an offset, like 2026-12-24T09:00:00+01:00",
+                )
+            })?
+            .with_timezone(&Utc);
+        let ahead = chrono::Duration::from_std(self.limits.max_schedule_ahead)
+            .unwrap_or(chrono::Duration::MAX);
+        if at - now > ahead {
+            return Err(Violation::new(
+                Field::ScheduledAt,
+                "too_far_ahead",
+                format!(
+                    "must be at most {} ahead (limits.max_schedule_ahead)",
+                    humantime::format_duration(self.limits.max_schedule_ahead)
+                ),
+            ));
+        }
+        Ok(at)
     }
 
     /// `<emailID@domain>`: the sender's domain (in its ASCII form), unless that is an IP
@@ -540,6 +590,48 @@ fn body_problem(value: &str) -> Option<(&'static str, &'static str)> {
         return Some(("nul_character", "must not contain NUL characters"));
     }
     None
+}
+
+impl NewEmail {
+    /// A digest of what the email says (not its id, nor its Message-ID, which follows from
+    /// it), in lowercase hex: two emails with the same digest are the same request.
+    pub fn content_digest(&self) -> String {
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_be_bytes());
+            hash.update(bytes);
+        };
+        field(self.from.to_string().as_bytes());
+        for list in [&self.to, &self.cc, &self.bcc, &self.reply_to] {
+            field(super::format_list(list).as_bytes());
+        }
+        field(self.subject.as_bytes());
+        for body in [&self.text, &self.html] {
+            field(body.as_deref().unwrap_or("\0none").as_bytes());
+        }
+        for attachment in &self.attachments {
+            let meta = &attachment.meta;
+            field(meta.filename.as_bytes());
+            field(meta.content_type.as_bytes());
+            field(meta.content_id.as_deref().unwrap_or_default().as_bytes());
+            field(meta.sha256.as_bytes());
+        }
+        for header in &self.headers {
+            field(header.name.as_bytes());
+            field(header.value.as_bytes());
+        }
+        for (name, value) in &self.tags {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        field(
+            self.scheduled_at
+                .map(|at| at.to_rfc3339())
+                .unwrap_or_default()
+                .as_bytes(),
+        );
+        hex::encode(hash.finalize())
+    }
 }
 
 /// Bytes `len` bytes take in base64 with a line break (CRLF) every 76 characters.

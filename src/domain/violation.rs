@@ -29,12 +29,22 @@ pub enum Field {
     ContentId,
     Headers,
     Tags,
+    ScheduledAt,
     IdempotencyKey,
     /// The email's id, when the caller chooses it (or asks for one).
     EmailId,
     Search,
     Page,
     Size,
+    /// The emails of a batch.
+    Emails,
+    /// List filters and paging.
+    Status,
+    Tag,
+    CreatedAfter,
+    CreatedBefore,
+    Limit,
+    Cursor,
     /// The request as a whole (malformed JSON, an unknown field).
     Body,
 }

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        AddressList, AttachmentDraft, ContentInput, Email, EmailDraft, EmailStatus, SearchPage,
-        SearchQuery, Violations, format_list,
+        AddressList, AttachmentDraft, ContentInput, Email, EmailDraft, EmailStatus, ListPage,
+        ListParams, ListQuery, SearchPage, SearchQuery, Violations, format_list,
     },
     usecase::Created,
 };
@@ -56,8 +56,64 @@ pub fn draft(request: pb::CreateReq) -> EmailDraft {
             .collect(),
         headers: pairs(request.headers),
         tags: pairs(request.tags),
+        scheduled_at: request.scheduled_at.as_ref().map(rfc3339),
         idempotency_key: present(request.idempotency_key),
         id: None,
+    }
+}
+
+/// A protobuf timestamp as RFC 3339 text, for the rules that read times (seconds out of
+/// range become a text no rule takes).
+fn rfc3339(at: &prost_types::Timestamp) -> String {
+    DateTime::from_timestamp(at.seconds, at.nanos.clamp(0, 999_999_999) as u32)
+        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        .unwrap_or_else(|| "out of range".to_owned())
+}
+
+/// The listing a `ListReq` asks for; `Status` 0 and empty strings are no filter.
+pub fn list_query(request: &pb::ListReq) -> Result<ListQuery, Violations> {
+    let status = match pb::EmailStatus::try_from(request.status) {
+        Ok(pb::EmailStatus::Unspecified) => None,
+        Ok(status) => Some(domain_status(status).as_str().to_owned()),
+        Err(_) => Some(format!("status {}", request.status)),
+    };
+    let created_after = request.created_after.as_ref().map(rfc3339);
+    let created_before = request.created_before.as_ref().map(rfc3339);
+    let limit = (request.limit != 0).then(|| request.limit.to_string());
+    ListQuery::parse(ListParams {
+        status: status.as_deref(),
+        tag: Some(request.tag.as_str()),
+        to: Some(request.to.as_str()),
+        from: Some(request.from.as_str()),
+        created_after: created_after.as_deref(),
+        created_before: created_before.as_deref(),
+        search: Some(request.search.as_str()),
+        limit: limit.as_deref(),
+        cursor: Some(request.cursor.as_str()),
+    })
+}
+
+pub fn list_res(page: ListPage<Email>) -> pb::ListRes {
+    pb::ListRes {
+        emails: page.items.into_iter().map(email).collect(),
+        next_cursor: page.next.map(|c| c.encode()).unwrap_or_default(),
+    }
+}
+
+/// The time a `RescheduleReq` asks for, as the rules read it.
+pub fn reschedule_time(request: &pb::RescheduleReq) -> Option<String> {
+    request.scheduled_at.as_ref().map(rfc3339)
+}
+
+fn domain_status(status: pb::EmailStatus) -> EmailStatus {
+    match status {
+        pb::EmailStatus::Unspecified | pb::EmailStatus::Queued => EmailStatus::Queued,
+        pb::EmailStatus::Sending => EmailStatus::Sending,
+        pb::EmailStatus::Sent => EmailStatus::Sent,
+        pb::EmailStatus::Deferred => EmailStatus::Deferred,
+        pb::EmailStatus::Failed => EmailStatus::Failed,
+        pb::EmailStatus::Scheduled => EmailStatus::Scheduled,
+        pb::EmailStatus::Canceled => EmailStatus::Canceled,
     }
 }
 
@@ -118,6 +174,7 @@ pub fn email(email: Email) -> pb::Email {
             .collect(),
         tags: email.tags.into_iter().collect(),
         message_id: email.message_id,
+        scheduled_at: email.scheduled_at.map(timestamp),
         subject: email.subject,
         message: email.text.unwrap_or_default(),
         created_at: Some(timestamp(email.created_at)),
@@ -139,6 +196,8 @@ pub fn status(status: EmailStatus) -> pb::EmailStatus {
         EmailStatus::Sent => pb::EmailStatus::Sent,
         EmailStatus::Deferred => pb::EmailStatus::Deferred,
         EmailStatus::Failed => pb::EmailStatus::Failed,
+        EmailStatus::Scheduled => pb::EmailStatus::Scheduled,
+        EmailStatus::Canceled => pb::EmailStatus::Canceled,
     }
 }
 

@@ -4,7 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
-    domain::{Email, EmailId, Field},
+    domain::{Email, EmailId, Field, Violation, Violations},
     error::Error,
     usecase::Mailroom,
 };
@@ -12,7 +12,8 @@ use crate::{
 use super::{
     convert,
     pb::{
-        CreateReq, CreateRes, GetByIdReq, GetByIdRes, SearchReq, SearchRes,
+        CancelReq, CancelRes, CreateBatchReq, CreateBatchRes, CreateReq, CreateRes, GetByIdReq,
+        GetByIdRes, ListReq, ListRes, RescheduleReq, RescheduleRes, SearchReq, SearchRes,
         email_service_server::EmailService,
     },
 };
@@ -52,5 +53,54 @@ impl EmailService for EmailApi {
         let query = convert::search_query(request.get_ref()).map_err(Error::Validation)?;
         let page = self.mailroom.search(query).await?;
         Ok(Response::new(convert::search_res(page)))
+    }
+
+    /// Stores several emails in one transaction, like `POST /api/v1/email/batch`.
+    async fn create_batch(
+        &self,
+        request: Request<CreateBatchReq>,
+    ) -> Result<Response<CreateBatchRes>, Status> {
+        let request = request.into_inner();
+        let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
+        let drafts = request.emails.into_iter().map(convert::draft).collect();
+        let batch = self.mailroom.create_batch(drafts, key).await?;
+        Ok(Response::new(CreateBatchRes {
+            emails: batch.emails.into_iter().map(convert::email).collect(),
+            replayed: batch.replayed,
+        }))
+    }
+
+    async fn list(&self, request: Request<ListReq>) -> Result<Response<ListRes>, Status> {
+        let query = convert::list_query(request.get_ref()).map_err(Error::Validation)?;
+        let page = self.mailroom.list(query).await?;
+        Ok(Response::new(convert::list_res(page)))
+    }
+
+    async fn cancel(&self, request: Request<CancelReq>) -> Result<Response<CancelRes>, Status> {
+        let id = EmailId::parse(&request.get_ref().email_id, Field::EmailId)
+            .map_err(Error::Validation)?;
+        let email = self.mailroom.cancel(id).await?;
+        Ok(Response::new(CancelRes {
+            email: Some(convert::email(email)),
+        }))
+    }
+
+    async fn reschedule(
+        &self,
+        request: Request<RescheduleReq>,
+    ) -> Result<Response<RescheduleRes>, Status> {
+        let id = EmailId::parse(&request.get_ref().email_id, Field::EmailId)
+            .map_err(Error::Validation)?;
+        let at = convert::reschedule_time(request.get_ref()).ok_or_else(|| {
+            Error::Validation(Violations::one(Violation::new(
+                Field::ScheduledAt,
+                "required",
+                "is required",
+            )))
+        })?;
+        let email = self.mailroom.reschedule(id, &at).await?;
+        Ok(Response::new(RescheduleRes {
+            email: Some(convert::email(email)),
+        }))
     }
 }

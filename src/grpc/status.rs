@@ -46,6 +46,20 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::TooLate { id, status, action } => {
+                let details = ErrorDetails::with_precondition_failure(vec![
+                    tonic_types::PreconditionViolation::new(
+                        "STATUS",
+                        format!("emailService.Email/{id}"),
+                        format!("the email is {status}"),
+                    ),
+                ]);
+                Status::with_error_details(
+                    Code::FailedPrecondition,
+                    format!("email {id} is {status}: too late to {action} it"),
+                    details,
+                )
+            }
             Error::MessageTooLarge(too_large) => {
                 let violation = FieldViolation {
                     field: proto_name(Field::Attachments).to_owned(),
@@ -132,6 +146,14 @@ pub fn proto_name(field: Field) -> &'static str {
         Field::ContentId => "ContentId",
         Field::Headers => "Headers",
         Field::Tags => "Tags",
+        Field::ScheduledAt => "ScheduledAt",
+        Field::Emails => "Emails",
+        Field::Status => "Status",
+        Field::Tag => "Tag",
+        Field::CreatedAfter => "CreatedAfter",
+        Field::CreatedBefore => "CreatedBefore",
+        Field::Limit => "Limit",
+        Field::Cursor => "Cursor",
         Field::IdempotencyKey => "IdempotencyKey",
         Field::Search => "Search",
         Field::Page => "page",

@@ -10,9 +10,9 @@ use crate::{
     wire::Pairs,
 };
 
-/// Where an email is in its life: `queued → sending → sent`; a transient failure makes it
-/// `deferred` until its next attempt; a permanent failure or exhausted retries make it
-/// `failed`.
+/// Where an email is in its life: `scheduled` until its time, then `queued → sending →
+/// sent`; a transient failure makes it `deferred` until its next attempt; a permanent
+/// failure or exhausted retries make it `failed`; `canceled` before it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
@@ -21,6 +21,8 @@ pub enum EmailStatus {
     Sent,
     Deferred,
     Failed,
+    Scheduled,
+    Canceled,
 }
 
 impl From<domain::EmailStatus> for EmailStatus {
@@ -31,6 +33,8 @@ impl From<domain::EmailStatus> for EmailStatus {
             domain::EmailStatus::Sent => EmailStatus::Sent,
             domain::EmailStatus::Deferred => EmailStatus::Deferred,
             domain::EmailStatus::Failed => EmailStatus::Failed,
+            domain::EmailStatus::Scheduled => EmailStatus::Scheduled,
+            domain::EmailStatus::Canceled => EmailStatus::Canceled,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct EmailResponse {
     pub tags: std::collections::BTreeMap<String, String>,
     /// The Message-ID header of the delivered message, `<emailID@domain>`.
     pub message_id: String,
+    /// When it was to be sent, if it was scheduled.
+    pub scheduled_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub status: EmailStatus,
@@ -122,6 +128,7 @@ impl From<&Email> for EmailResponse {
             ),
             tags: email.tags.clone(),
             message_id: email.message_id.clone(),
+            scheduled_at: email.scheduled_at,
             created_at: email.created_at,
             updated_at: email.updated_at,
             status: email.status.into(),
@@ -212,4 +219,118 @@ pub struct HealthResponse {
     /// `unavailable` when a required one is down.
     pub status: String,
     pub dependencies: Vec<DependencyHealth>,
+}
+
+/// Several emails, stored together or not at all.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// 1 to `limits.max_batch` (100) emails, each as `POST /api/v1/email` takes one.
+    pub emails: Vec<crate::wire::CreateEmail>,
+}
+
+/// The emails of a batch, in the order of the request.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchResponse {
+    pub emails: Vec<EmailResponse>,
+}
+
+/// A new time for a scheduled email.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RescheduleRequest {
+    /// RFC 3339 with an offset, at most `limits.max_schedule_ahead` ahead; a time
+    /// already past sends the email at once.
+    #[schema(value_type = String, format = DateTime, example = "2026-12-24T09:00:00+01:00")]
+    pub scheduled_at: Option<String>,
+}
+
+/// Listing filters; all optional, all combined.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct ListParams {
+    /// Only emails in this status.
+    #[param(value_type = Option<EmailStatus>)]
+    pub status: Option<String>,
+    /// Only emails with this tag, as `name:value`.
+    #[param(example = "category:invoice")]
+    pub tag: Option<String>,
+    /// Only emails with this address among their To recipients (case aside).
+    pub to: Option<String>,
+    /// Only emails from this address (case aside).
+    pub from: Option<String>,
+    /// Only emails created at or after this time (RFC 3339 with an offset).
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub created_after: Option<String>,
+    /// Only emails created before this time (RFC 3339 with an offset).
+    #[param(value_type = Option<String>, format = DateTime)]
+    pub created_before: Option<String>,
+    /// Words to find in the recipient, subject or message (web-search syntax).
+    #[param(max_length = 256)]
+    pub search: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// Where to continue: the `nextCursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ListResponse {
+    pub emails: Vec<EmailResponse>,
+    /// Pass it as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The delivery attempts of an email, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AttemptsResponse {
+    pub attempts: Vec<AttemptResponse>,
+}
+
+/// One delivery attempt and what the SMTP server said.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptResponse {
+    /// 1 for the first attempt.
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    /// `sent`, `transient` (retried) or `permanent`.
+    pub outcome: String,
+    pub smtp_code: Option<u16>,
+    pub smtp_text: String,
+    /// Recipients the server refused in this attempt.
+    pub refused: Vec<RefusedResponse>,
+}
+
+/// A recipient the SMTP server refused.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RefusedResponse {
+    pub address: String,
+    pub code: Option<u16>,
+    pub text: String,
+}
+
+impl From<crate::ports::AttemptRecord> for AttemptResponse {
+    fn from(record: crate::ports::AttemptRecord) -> Self {
+        AttemptResponse {
+            attempt: record.attempt,
+            started_at: record.started_at,
+            outcome: record.outcome.as_str().to_owned(),
+            smtp_code: record.smtp_code,
+            smtp_text: record.smtp_text,
+            refused: record
+                .refused
+                .into_iter()
+                .map(|r| RefusedResponse {
+                    address: r.address,
+                    code: r.code,
+                    text: r.text,
+                })
+                .collect(),
+        }
+    }
 }

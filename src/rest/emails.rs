@@ -21,14 +21,14 @@ use super::{
 };
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
-const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub(super) const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 fn location(id: EmailId) -> HeaderValue {
     HeaderValue::from_str(&format!("/api/v1/email/{id}")).expect("a UUID path is a valid header")
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
     match headers.get(&IDEMPOTENCY_KEY) {
         None => Ok(None),
         Some(value) => value.to_str().map(|key| Some(key.to_owned())).map_err(|_| {

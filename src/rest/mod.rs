@@ -8,6 +8,7 @@ mod extract;
 mod health;
 pub mod problem;
 mod rendered;
+mod sending;
 mod trace;
 
 pub use rendered::RenderedEmails;
@@ -104,9 +105,12 @@ struct ApiDoc;
 /// The email routes: behind an API key.
 fn emails_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(emails::create))
+        .routes(routes!(emails::create, sending::list))
+        .routes(routes!(sending::create_batch))
         .routes(routes!(emails::search))
-        .routes(routes!(emails::get_by_id))
+        .routes(routes!(emails::get_by_id, sending::reschedule))
+        .routes(routes!(sending::cancel))
+        .routes(routes!(sending::attempts))
         .routes(routes!(emails::attachment))
 }
 
@@ -214,7 +218,7 @@ fn cors(origins: &[String]) -> CorsLayer {
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
-        .allow_methods([Method::GET, Method::POST])
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
         .allow_headers([
             header::CONTENT_TYPE,
             header::AUTHORIZATION,

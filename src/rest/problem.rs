@@ -175,6 +175,12 @@ impl From<Error> for Problem {
                 "Attachment not found",
                 format!("email {id} has no attachment {index} (they count from 0)"),
             ),
+            Error::TooLate { id, status, action } => Problem::new(
+                StatusCode::CONFLICT,
+                "urn:mailroom:problem:too-late",
+                "Too late",
+                format!("email {id} is {status}: too late to {action} it"),
+            ),
             Error::MessageTooLarge(too_large) => Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "urn:mailroom:problem:message-too-large",

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use crate::{
     domain::{
-        AttachmentMeta, Email, EmailDraft, EmailId, NewEmail, Rejected, SearchPage, SearchQuery,
+        AttachmentMeta, Email, EmailDraft, EmailId, EmailStatus, NewEmail, Rejected, SearchPage,
+        SearchQuery,
     },
     error::{Error, Result},
     metrics::CacheResult,
@@ -95,10 +96,14 @@ impl Mailroom {
             .collect())
     }
 
-    /// Tells the world about a newly stored email: its `queued` status, then its send
-    /// event (in this order on one connection, so followers see `queued` first).
-    async fn announce(&self, email: &Email) {
+    /// Tells the world about a newly stored (or released) email: its status, then, when
+    /// it is queued, its send event (in this order on one connection, so followers see
+    /// `queued` first). A scheduled email gets its send event when it falls due.
+    pub(super) async fn announce(&self, email: &Email) {
         self.status_changed(email, None).await;
+        if email.status != EmailStatus::Queued {
+            return;
+        }
         if let Err(err) = self
             .ports
             .bus

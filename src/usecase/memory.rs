@@ -16,14 +16,15 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        DeadLetter, Email, EmailId, EmailStatus, NewEmail, Rules, SearchPage, SearchQuery,
-        StatusEvent, format_list,
+        Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, Rules,
+        SearchPage, SearchQuery, StatusEvent, format_list,
     },
     error::{Dependency, Error, Result},
     metrics::Metrics,
     ports::{
-        AfterAttempt, AttemptRecord, Claim, CreateRequest, EmailCache, EmailStore, EventBus,
-        FinishedAttempt, Inserted, Mailer, SendFailure, SendReason, SmtpReply,
+        AfterAttempt, AttemptRecord, BatchInserted, BatchKey, Change, Claim, CreateRequest,
+        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, Released, SendFailure,
+        SendReason, SmtpReply,
     },
 };
 
@@ -60,6 +61,8 @@ struct StoreState {
     emails: HashMap<EmailId, Email>,
     /// Attachment bytes, by email.
     contents: HashMap<EmailId, Vec<Bytes>>,
+    /// Batches by idempotency key: their digest and emails.
+    batches: HashMap<String, (String, Vec<EmailId>)>,
     keys: HashMap<String, EmailId>,
     attempts: Vec<(EmailId, AttemptRecord)>,
     /// How far the store's clock is ahead of the wall clock.
@@ -150,10 +153,158 @@ impl EmailStore for MemoryStore {
         Ok(answers)
     }
 
+    async fn insert_batch(
+        &self,
+        emails: &[NewEmail],
+        key: Option<&BatchKey>,
+    ) -> Result<BatchInserted> {
+        {
+            let state = lock(&self.state);
+            state.check()?;
+            if let Some(key) = key
+                && let Some((digest, ids)) = state.batches.get(&key.key)
+            {
+                if *digest != key.digest {
+                    return Ok(BatchInserted::Conflict { existing: ids[0] });
+                }
+                return Ok(BatchInserted::Replayed(
+                    ids.iter().map(|id| state.emails[id].clone()).collect(),
+                ));
+            }
+        }
+        let inserted = self.insert(emails).await?;
+        let created: Vec<Email> = inserted
+            .into_iter()
+            .map(|inserted| match inserted {
+                Inserted::Created(email) => email,
+                Inserted::Existing(email) => email,
+            })
+            .collect();
+        if let Some(key) = key {
+            lock(&self.state).batches.insert(
+                key.key.clone(),
+                (key.digest.clone(), created.iter().map(|e| e.id).collect()),
+            );
+        }
+        Ok(BatchInserted::Created(created))
+    }
+
     async fn get(&self, id: EmailId) -> Result<Option<Email>> {
         let state = lock(&self.state);
         state.check()?;
         Ok(state.emails.get(&id).cloned())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage<Email>> {
+        let state = lock(&self.state);
+        state.check()?;
+        let mut found: Vec<&Email> = state
+            .emails
+            .values()
+            .filter(|e| query.status.is_none_or(|status| e.status == status))
+            .filter(|e| {
+                query
+                    .tag
+                    .as_ref()
+                    .is_none_or(|(name, value)| e.tags.get(name) == Some(value))
+            })
+            .filter(|e| {
+                query.to.as_ref().is_none_or(|to| {
+                    e.to.iter()
+                        .any(|m| m.address.as_str().to_lowercase() == *to)
+                })
+            })
+            .filter(|e| {
+                query
+                    .from
+                    .as_ref()
+                    .is_none_or(|from| e.from.address.as_str().to_lowercase() == *from)
+            })
+            .filter(|e| query.created_after.is_none_or(|t| e.created_at >= t))
+            .filter(|e| query.created_before.is_none_or(|t| e.created_at < t))
+            .filter(|e| {
+                query
+                    .cursor
+                    .is_none_or(|c| (e.created_at, e.id) < (c.created_at, c.id))
+            })
+            .collect();
+        found.sort_by_key(|e| std::cmp::Reverse((e.created_at, e.id)));
+        let more = found.len() > query.limit as usize;
+        let items: Vec<Email> = found
+            .into_iter()
+            .take(query.limit as usize)
+            .cloned()
+            .collect();
+        let next = more.then(|| {
+            let last = items.last().expect("a full page");
+            Cursor {
+                created_at: last.created_at,
+                id: last.id,
+            }
+        });
+        Ok(ListPage { items, next })
+    }
+
+    async fn release_due(&self, limit: i64) -> Result<Released> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let mut due: Vec<(DateTime<Utc>, EmailId)> = state
+            .emails
+            .values()
+            .filter(|e| e.status == EmailStatus::Scheduled)
+            .filter_map(|e| e.next_attempt_at.map(|at| (at, e.id)))
+            .filter(|(at, _)| *at <= now)
+            .collect();
+        due.sort();
+        due.truncate(limit.max(0) as usize);
+        let mut emails = Vec::new();
+        for (_, id) in due {
+            let email = state.emails.get_mut(&id).expect("listed above");
+            email.status = EmailStatus::Queued;
+            email.next_attempt_at = Some(now);
+            email.updated_at = now;
+            emails.push(email.clone());
+        }
+        let next_due = state
+            .emails
+            .values()
+            .filter(|e| e.status == EmailStatus::Scheduled)
+            .filter_map(|e| e.next_attempt_at)
+            .min();
+        Ok(Released { emails, next_due })
+    }
+
+    async fn cancel(&self, id: EmailId) -> Result<Change> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let Some(email) = state.emails.get_mut(&id) else {
+            return Ok(Change::Missing);
+        };
+        if !email.status.is_cancelable() {
+            return Ok(Change::TooLate(email.clone()));
+        }
+        email.status = EmailStatus::Canceled;
+        email.next_attempt_at = None;
+        email.updated_at = now;
+        Ok(Change::Done(email.clone()))
+    }
+
+    async fn reschedule(&self, id: EmailId, at: DateTime<Utc>) -> Result<Change> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let Some(email) = state.emails.get_mut(&id) else {
+            return Ok(Change::Missing);
+        };
+        if email.status != EmailStatus::Scheduled {
+            return Ok(Change::TooLate(email.clone()));
+        }
+        email.scheduled_at = Some(at);
+        email.next_attempt_at = Some(at.max(now));
+        email.updated_at = now;
+        Ok(Change::Done(email.clone()))
     }
 
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>> {
@@ -204,6 +355,8 @@ impl EmailStore for MemoryStore {
             let claim = match email.status {
                 status if status.is_final() => Claim::Finished(email.clone()),
                 EmailStatus::Queued => Claim::Claimed(email.clone()),
+                // Released by the scheduler only, never claimed before.
+                EmailStatus::Scheduled => Claim::NotDue((due - now).to_std().unwrap_or_default()),
                 _ if due <= now => Claim::Claimed(email.clone()),
                 _ => Claim::NotDue((due - now).to_std().unwrap_or_default()),
             };

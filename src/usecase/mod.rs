@@ -12,6 +12,7 @@ pub(crate) mod memory;
 mod reconcile;
 #[cfg(test)]
 mod scenarios;
+mod sending;
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +21,7 @@ pub use emails::{Accepted, Created};
 pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
 pub use local_cache::LocalCache;
+pub use sending::BatchCreated;
 
 use crate::{
     domain::{DeadLetter, Email, Rules, StatusEvent},

@@ -388,3 +388,214 @@ async fn a_cache_outage_only_costs_the_detour_through_the_store() {
             .is_transient()
     );
 }
+
+// --- the sending API -------------------------------------------------------------------
+
+fn draft(to: &str) -> EmailDraft {
+    EmailDraft {
+        from: Some("sender@example.com".into()),
+        to: Some(AddressList::Text(to.into())),
+        subject: Some("Hello".into()),
+        message: Some("Hi".into()),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_one_invalid_email_stores_nothing_and_names_it_by_its_place() {
+    let harness = Harness::new();
+    let drafts = vec![
+        draft("a@example.com"),
+        draft("not-an-address"),
+        draft("c@example.com"),
+    ];
+    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, None).await
+    else {
+        panic!("the batch is refused");
+    };
+    let paths: Vec<String> = violations
+        .iter()
+        .map(|v| v.path.render(crate::wire::json_name))
+        .collect();
+    assert_eq!(paths, ["emails[1].to"]);
+    assert_eq!(harness.store.len(), 0);
+    assert!(harness.bus.published().sends.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_key_repeated_with_the_same_emails_replays_and_with_others_conflicts() {
+    let harness = Harness::new();
+    let batch = || vec![draft("a@example.com"), draft("b@example.com")];
+    let first = harness
+        .mailroom
+        .create_batch(batch(), Some("order-7".into()))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    let again = harness
+        .mailroom
+        .create_batch(batch(), Some("order-7".into()))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    let ids = |emails: &[crate::domain::Email]| emails.iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(&again.emails), ids(&first.emails));
+    assert_eq!(harness.store.len(), 2);
+    let other = harness
+        .mailroom
+        .create_batch(vec![draft("c@example.com")], Some("order-7".into()))
+        .await;
+    assert!(
+        matches!(other, Err(Error::IdempotencyConflict { .. })),
+        "{other:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_over_the_limit_is_refused_whole() {
+    let harness = Harness::new();
+    let drafts = (0..101)
+        .map(|i| draft(&format!("r{i}@example.com")))
+        .collect();
+    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, None).await
+    else {
+        panic!("101 emails of 100");
+    };
+    assert_eq!(violations.iter().next().unwrap().code, "too_many");
+}
+
+fn in_seconds(seconds: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(seconds)).to_rfc3339()
+}
+
+#[tokio::test]
+async fn a_scheduled_email_waits_for_its_time_then_goes_the_usual_way() {
+    let harness = Harness::new();
+    let created = harness
+        .mailroom
+        .create(EmailDraft {
+            scheduled_at: Some(in_seconds(60)),
+            ..draft("a@example.com")
+        })
+        .await
+        .unwrap();
+    let id = created.email.id;
+    assert_eq!(created.email.status, EmailStatus::Scheduled);
+    assert!(
+        harness.bus.published().sends.is_empty(),
+        "no send event before its time"
+    );
+    assert!(
+        matches!(deliver(&harness, id).await, Delivery::NotDue { .. }),
+        "not claimable"
+    );
+    assert_eq!(harness.mailroom.release_due(10).await.unwrap().0, 0);
+
+    harness.store.advance(Duration::from_secs(61));
+    assert_eq!(harness.mailroom.release_due(10).await.unwrap().0, 1);
+    assert_eq!(
+        harness.bus.published().sends,
+        vec![(id, SendReason::Created)]
+    );
+    assert!(matches!(deliver(&harness, id).await, Delivery::Sent(_)));
+    assert_eq!(
+        statuses(&harness, id),
+        [
+            EmailStatus::Scheduled,
+            EmailStatus::Queued,
+            EmailStatus::Sending,
+            EmailStatus::Sent
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_time_in_the_past_sends_at_once_and_one_too_far_ahead_is_refused() {
+    let harness = Harness::new();
+    let created = harness
+        .mailroom
+        .create(EmailDraft {
+            scheduled_at: Some(in_seconds(-5)),
+            ..draft("a@example.com")
+        })
+        .await
+        .unwrap();
+    assert_eq!(created.email.status, EmailStatus::Queued);
+    let err = harness
+        .mailroom
+        .create(EmailDraft {
+            scheduled_at: Some(in_seconds(31 * 24 * 3600)),
+            ..draft("a@example.com")
+        })
+        .await
+        .unwrap_err();
+    let Error::Validation(violations) = err else {
+        panic!("{err:?}");
+    };
+    assert_eq!(violations.iter().next().unwrap().code, "too_far_ahead");
+}
+
+#[tokio::test]
+async fn cancel_and_reschedule_work_until_it_is_too_late() {
+    let harness = Harness::new();
+    let scheduled = |seconds| {
+        let mailroom = harness.mailroom.clone();
+        async move {
+            mailroom
+                .create(EmailDraft {
+                    scheduled_at: Some(in_seconds(seconds)),
+                    ..draft("a@example.com")
+                })
+                .await
+                .unwrap()
+                .email
+                .id
+        }
+    };
+    let first = scheduled(60).await;
+    let moved = harness
+        .mailroom
+        .reschedule(first, &in_seconds(600))
+        .await
+        .unwrap();
+    assert_eq!(moved.status, EmailStatus::Scheduled);
+    harness.store.advance(Duration::from_secs(120));
+    assert_eq!(
+        harness.mailroom.release_due(10).await.unwrap().0,
+        0,
+        "moved later"
+    );
+    let canceled = harness.mailroom.cancel(first).await.unwrap();
+    assert_eq!(canceled.status, EmailStatus::Canceled);
+    assert!(matches!(
+        harness.mailroom.cancel(first).await,
+        Err(Error::TooLate {
+            status: EmailStatus::Canceled,
+            ..
+        })
+    ));
+    assert!(matches!(
+        harness.mailroom.reschedule(first, &in_seconds(60)).await,
+        Err(Error::TooLate { .. })
+    ));
+    harness.store.advance(Duration::from_secs(3600));
+    assert_eq!(
+        harness.mailroom.release_due(10).await.unwrap().0,
+        0,
+        "never released"
+    );
+
+    let sent = stored(&harness).await;
+    assert!(matches!(deliver(&harness, sent).await, Delivery::Sent(_)));
+    assert!(matches!(
+        harness.mailroom.cancel(sent).await,
+        Err(Error::TooLate {
+            status: EmailStatus::Sent,
+            ..
+        })
+    ));
+    assert!(matches!(
+        harness.mailroom.cancel(EmailId::generate()).await,
+        Err(Error::NotFound(_))
+    ));
+}

@@ -83,6 +83,12 @@ pub struct CreateEmail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<std::collections::HashMap<String, String>>)]
     pub tags: Option<Pairs>,
+    /// When to send it: an RFC 3339 date and time with an offset, at most
+    /// `limits.max_schedule_ahead` (30 days) ahead. The email is `scheduled` until then; a
+    /// time already past sends it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = true, format = DateTime, example = "2026-12-24T09:00:00+01:00")]
+    pub scheduled_at: Option<String>,
 }
 
 /// An attachment; `contentId` makes it an inline part of the HTML (`cid:` + the id).
@@ -220,6 +226,7 @@ impl CreateEmail {
                 .collect(),
             headers: self.headers.unwrap_or_default().0,
             tags: self.tags.unwrap_or_default().0,
+            scheduled_at: self.scheduled_at,
             idempotency_key: None,
             id: None,
         }
@@ -269,6 +276,9 @@ impl CreateEmail {
                         .collect(),
                 )
             }),
+            scheduled_at: email
+                .scheduled_at
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
         }
     }
 }

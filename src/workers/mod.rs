@@ -11,6 +11,7 @@
 
 mod create;
 mod reconciler;
+mod scheduler;
 mod send;
 
 use std::{sync::Arc, time::Duration};
@@ -26,6 +27,7 @@ use tracing::{Instrument, field::Empty};
 
 pub use create::CreateHandler;
 pub use reconciler::Reconciler;
+pub use scheduler::Scheduler;
 pub use send::SendHandler;
 
 use crate::{

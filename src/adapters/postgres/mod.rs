@@ -2,6 +2,7 @@
 //! needs no live database.
 
 mod rows;
+mod sending;
 
 use rows::{Columns, EmailRow, columns};
 
@@ -22,11 +23,11 @@ use uuid::Uuid;
 
 use crate::{
     config::DatabaseSettings,
-    domain::{Email, EmailId, EmailStatus, NewEmail, SearchPage, SearchQuery},
+    domain::{Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery},
     error::{Dependency, Error, Result},
     ports::{
-        AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, FinishedAttempt, Inserted,
-        RefusedRecipient,
+        AfterAttempt, AttemptOutcome, AttemptRecord, BatchInserted, BatchKey, Change, Claim,
+        EmailStore, FinishedAttempt, Inserted, RefusedRecipient, Released,
     },
 };
 
@@ -168,42 +169,15 @@ impl EmailStore for PgEmailStore {
         // One statement and one commit for the whole batch. Rows whose id or idempotency
         // key is taken (by an earlier row, or by one earlier in this batch) are skipped.
         // Attachment bytes go in the same transaction, for the rows created.
-        let sql = concat!(
-            "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
-                 reply_to, subject, message, html, headers, tags, attachments, message_id, \
-                 idempotency_key) \
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
-                 $12::jsonb[], $13::text[], $14::text[]) \
-             ON CONFLICT DO NOTHING RETURNING ",
-            columns!()
-        );
-        let columns = Columns::of(emails);
-        let query = sqlx::query_as(sql)
-            .bind(&columns.ids)
-            .bind(&columns.from)
-            .bind(&columns.to)
-            .bind(&columns.cc)
-            .bind(&columns.bcc)
-            .bind(&columns.reply_to)
-            .bind(&columns.subject)
-            .bind(&columns.message)
-            .bind(&columns.html)
-            .bind(&columns.headers)
-            .bind(&columns.tags)
-            .bind(&columns.attachments)
-            .bind(&columns.message_id)
-            .bind(&columns.idempotency_key);
         let with_attachments = emails.iter().any(|e| !e.attachments.is_empty());
         let created: Vec<EmailRow> = if with_attachments {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
-            let created: Vec<EmailRow> = query.fetch_all(&mut *tx).await.map_err(db_error)?;
-            let created_ids: Vec<Uuid> = created.iter().map(EmailRow::id).collect();
-            store_contents(&mut tx, emails, &created_ids).await?;
+            let created = insert_rows(&mut tx, emails).await?;
             tx.commit().await.map_err(db_error)?;
             created
         } else {
-            query.fetch_all(&self.pool).await.map_err(db_error)?
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            insert_rows(&mut conn, emails).await?
         };
         let mut created: HashMap<Uuid, Email> = created
             .into_iter()
@@ -268,6 +242,50 @@ impl EmailStore for PgEmailStore {
                     })
             })
             .collect()
+    }
+
+    #[tracing::instrument(
+        name = "postgres.insert_batch",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", emails = emails.len()),
+        err
+    )]
+    async fn insert_batch(
+        &self,
+        emails: &[NewEmail],
+        key: Option<&BatchKey>,
+    ) -> Result<BatchInserted> {
+        self.insert_batch_rows(emails, key).await
+    }
+
+    #[tracing::instrument(
+        name = "postgres.list",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql"),
+        err
+    )]
+    async fn list(&self, query: &ListQuery) -> Result<ListPage<Email>> {
+        self.list_rows(query).await
+    }
+
+    #[tracing::instrument(
+        name = "postgres.release_due",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql"),
+        err
+    )]
+    async fn release_due(&self, limit: i64) -> Result<Released> {
+        self.release_due_rows(limit).await
+    }
+
+    #[tracing::instrument(name = "postgres.cancel", skip_all, fields(email.id = %id), err)]
+    async fn cancel(&self, id: EmailId) -> Result<Change> {
+        self.cancel_row(id).await
+    }
+
+    #[tracing::instrument(name = "postgres.reschedule", skip_all, fields(email.id = %id), err)]
+    async fn reschedule(&self, id: EmailId, at: DateTime<Utc>) -> Result<Change> {
+        self.reschedule_row(id, at).await
     }
 
     #[tracing::instrument(
@@ -679,9 +697,58 @@ impl EmailStore for PgEmailStore {
     }
 }
 
+/// Inserts new emails (skipping those whose id or idempotency key is taken) with their
+/// attachment bytes, answering the rows created. An email whose time is still ahead (by
+/// PostgreSQL's clock, the one the scheduler goes by) waits as `scheduled`, due at its
+/// time; the others are due now. Emails with attachments need `conn` to be a
+/// transaction, so that rows and bytes come together.
+async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[NewEmail]) -> Result<Vec<EmailRow>> {
+    let sql = concat!(
+        "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
+             reply_to, subject, message, html, headers, tags, attachments, message_id, \
+             idempotency_key, scheduled_at, status, next_attempt_at) \
+         SELECT u.id, u.from_, u.to_, u.cc, u.bcc, u.reply_to, u.subject, u.message, u.html, \
+             u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.scheduled_at, \
+             CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'queued' END, \
+             greatest(u.scheduled_at, now()) \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
+             $12::jsonb[], $13::text[], $14::text[], $15::timestamptz[]) \
+             AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
+                  attachments, message_id, idempotency_key, scheduled_at) \
+         ON CONFLICT DO NOTHING RETURNING ",
+        columns!()
+    );
+    let columns = Columns::of(emails);
+    let created: Vec<EmailRow> = sqlx::query_as(sql)
+        .bind(&columns.ids)
+        .bind(&columns.from)
+        .bind(&columns.to)
+        .bind(&columns.cc)
+        .bind(&columns.bcc)
+        .bind(&columns.reply_to)
+        .bind(&columns.subject)
+        .bind(&columns.message)
+        .bind(&columns.html)
+        .bind(&columns.headers)
+        .bind(&columns.tags)
+        .bind(&columns.attachments)
+        .bind(&columns.message_id)
+        .bind(&columns.idempotency_key)
+        .bind(&columns.scheduled_at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    if emails.iter().any(|e| !e.attachments.is_empty()) {
+        let created_ids: Vec<Uuid> = created.iter().map(EmailRow::id).collect();
+        store_contents(conn, emails, &created_ids).await?;
+    }
+    Ok(created)
+}
+
 /// Stores the attachment bytes of the emails of `emails` that `created` lists.
 async fn store_contents(
-    tx: &mut sqlx::Transaction<'_, Postgres>,
+    conn: &mut sqlx::PgConnection,
     emails: &[NewEmail],
     created: &[Uuid],
 ) -> Result<()> {
@@ -703,7 +770,7 @@ async fn store_contents(
     .bind(&ids)
     .bind(&positions)
     .bind(&contents)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db_error)?;
     Ok(())

@@ -16,8 +16,8 @@ use crate::{
 macro_rules! columns {
     () => {
         "email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
-         message, html, headers, tags, attachments, message_id, status, attempts, retry_base, \
-         last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
+         message, html, headers, tags, attachments, message_id, scheduled_at, status, attempts, \
+         retry_base, last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
     };
 }
 pub(super) use columns;
@@ -37,6 +37,7 @@ pub(super) struct EmailRow {
     tags: Option<Json<Tags>>,
     attachments: Option<Json<Vec<AttachmentMeta>>>,
     message_id: Option<String>,
+    scheduled_at: Option<DateTime<Utc>>,
     status: String,
     attempts: i32,
     retry_base: i32,
@@ -92,6 +93,7 @@ impl TryFrom<EmailRow> for Email {
             message_id: row
                 .message_id
                 .unwrap_or_else(|| format!("<{}@mailroom>", row.email_id)),
+            scheduled_at: row.scheduled_at,
             status: row.status.parse().map_err(corrupt)?,
             attempts: row.attempts,
             retry_base: row.retry_base,
@@ -121,6 +123,7 @@ pub(super) struct Columns {
     pub tags: Vec<Option<Json<Tags>>>,
     pub attachments: Vec<Option<Json<Vec<AttachmentMeta>>>>,
     pub message_id: Vec<String>,
+    pub scheduled_at: Vec<Option<DateTime<Utc>>>,
     pub idempotency_key: Vec<Option<String>>,
 }
 
@@ -149,6 +152,7 @@ impl Columns {
                     .then(|| Json(email.attachments.iter().map(|a| a.meta.clone()).collect())),
             );
             columns.message_id.push(email.message_id.clone());
+            columns.scheduled_at.push(email.scheduled_at);
             columns.idempotency_key.push(email.idempotency_key.clone());
         }
         columns
