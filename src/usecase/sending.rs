@@ -57,9 +57,7 @@ impl Mailroom {
         }
         if let Some(key) = &idempotency_key {
             let chars = key.chars().count();
-            if chars == 0
-                || chars > MAX_IDEMPOTENCY_KEY_CHARS
-                || key.chars().any(char::is_control)
+            if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS || key.chars().any(char::is_control)
             {
                 violations.push(Violation::new(
                     Field::IdempotencyKey,

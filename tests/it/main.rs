@@ -22,6 +22,7 @@ mod plans;
 mod read;
 mod resilience;
 mod security;
+mod sending;
 mod smtp_tls;
 mod traces;
 mod workers;

@@ -60,7 +60,18 @@ async fn reflection_v1_lists_the_services_and_describes_the_api_and_its_error_de
         .find(|file| file.package() == "emailService")
         .expect("the emailService file");
     let methods: Vec<_> = file.service[0].method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, vec!["Create", "GetByID", "Search"]);
+    assert_eq!(
+        methods,
+        vec![
+            "Create",
+            "GetByID",
+            "Search",
+            "CreateBatch",
+            "List",
+            "Cancel",
+            "Reschedule"
+        ]
+    );
 
     // The error details INVALID_ARGUMENT carries can be decoded by reflection clients.
     let Some(MessageResponse::FileDescriptorResponse(files)) =
