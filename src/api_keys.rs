@@ -1,6 +1,9 @@
-//! API keys: what `auth.api_keys` holds (`NAME:SHA256HEX` entries), how a presented key
-//! is recognised (every stored hash compared in constant time), and how keys are made.
-//! The settings parse the entries once, at start; the gate in `auth` uses them.
+//! API keys: what `auth.api_keys` holds (`NAME:SHA256HEX[:SCOPES]` entries), how a
+//! presented key is recognised (every stored hash compared in constant time), what it
+//! may do (its scopes), and how keys are made. The settings parse the entries once, at
+//! start; the gate in `auth` uses them.
+
+use std::{fmt, sync::Arc};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -24,9 +27,101 @@ pub fn generate_key() -> String {
     )
 }
 
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// Create emails (and batches), cancel and reschedule them.
+    Send,
+    /// Read emails: get, search, list, attempts, attachments.
+    Read,
+    /// Manage the service: webhooks, suppressions, templates.
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Send, Scope::Read, Scope::Admin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Send => "send",
+            Scope::Read => "read",
+            Scope::Admin => "admin",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Scope::Send => 1,
+            Scope::Read => 2,
+            Scope::Admin => 4,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of scopes, written `send+read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    /// Every scope: what an entry without scopes gets, as keys had before scopes.
+    pub const ALL: Scopes = Scopes(7);
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & scope.bit() != 0
+    }
+
+    /// Reads `send+read+admin` (any subset, in any order).
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut bits = 0;
+        for part in text.split('+') {
+            let scope = Scope::ALL
+                .into_iter()
+                .find(|scope| scope.as_str() == part.trim())
+                .with_context(|| {
+                    format!(
+                        "unknown scope {part:?}: scopes are send, read and admin, joined with +"
+                    )
+                })?;
+            bits |= scope.bit();
+        }
+        Ok(Scopes(bits))
+    }
+}
+
+impl fmt::Display for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = Scope::ALL
+            .into_iter()
+            .filter(|scope| self.contains(*scope))
+            .map(Scope::as_str)
+            .collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+/// Who is calling: the name of the key presented, and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub name: Arc<str>,
+    pub scopes: Scopes,
+}
+
+impl Client {
+    /// Whether the client may do what needs `scope`.
+    pub fn may(&self, scope: Scope) -> bool {
+        self.scopes.contains(scope)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct ApiKey {
-    name: String,
+    client: Client,
     hash: [u8; 32],
 }
 
@@ -38,12 +133,13 @@ pub struct ApiKeys {
 }
 
 impl ApiKeys {
-    /// Reads `auth.api_keys` entries, each `NAME:SHA256HEX`.
+    /// Reads `auth.api_keys` entries, each `NAME:SHA256HEX[:SCOPES]` (no scopes: all).
     pub fn parse(entries: &[String]) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
         for entry in entries {
-            let Some((name, hash)) = entry.split_once(':') else {
-                bail!("auth.api_keys entry {entry:?} is not NAME:SHA256HEX");
+            let mut parts = entry.splitn(3, ':');
+            let (Some(name), Some(hash)) = (parts.next(), parts.next()) else {
+                bail!("auth.api_keys entry {entry:?} is not NAME:SHA256HEX[:SCOPES]");
             };
             let bytes = hex::decode(hash.trim())
                 .ok()
@@ -54,8 +150,16 @@ impl ApiKeys {
             if name.trim().is_empty() {
                 bail!("auth.api_keys entry {entry:?} has no name");
             }
+            let scopes = match parts.next() {
+                None => Scopes::ALL,
+                Some(scopes) => Scopes::parse(scopes)
+                    .with_context(|| format!("auth.api_keys entry {name:?}"))?,
+            };
             keys.push(ApiKey {
-                name: name.trim().to_owned(),
+                client: Client {
+                    name: Arc::from(name.trim()),
+                    scopes,
+                },
                 hash: bytes,
             });
         }
@@ -70,14 +174,14 @@ impl ApiKeys {
         self.keys.is_empty()
     }
 
-    /// The name of the key `presented` is, if any. Every stored hash is compared, each in
-    /// constant time, so timing tells nothing about which key came close.
-    pub fn authenticate(&self, presented: &str) -> Option<&str> {
+    /// The client whose key `presented` is, if any. Every stored hash is compared, each
+    /// in constant time, so timing tells nothing about which key came close.
+    pub fn authenticate(&self, presented: &str) -> Option<&Client> {
         let digest = Sha256::digest(presented.as_bytes());
         let mut found = None;
         for key in &self.keys {
             if bool::from(key.hash.ct_eq(digest.as_slice())) {
-                found = Some(key.name.as_str());
+                found = Some(&key.client);
             }
         }
         found
@@ -95,6 +199,24 @@ impl TryFrom<Vec<String>> for ApiKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_may_name_its_scopes_and_without_them_has_all() {
+        let hash = hash_key("k");
+        let keys = ApiKeys::parse(&[
+            format!("all:{hash}"),
+            format!("reader:{}:read", hash_key("r")),
+            format!("sender:{}:send+read", hash_key("s")),
+        ])
+        .unwrap();
+        assert_eq!(keys.authenticate("k").unwrap().scopes, Scopes::ALL);
+        let reader = keys.authenticate("r").unwrap();
+        assert!(reader.may(Scope::Read) && !reader.may(Scope::Send) && !reader.may(Scope::Admin));
+        let sender = keys.authenticate("s").unwrap();
+        assert_eq!(sender.scopes.to_string(), "send+read");
+        let err = ApiKeys::parse(&[format!("x:{hash}:send+write")]).unwrap_err();
+        assert!(format!("{err:#}").contains("write"), "{err:#}");
+    }
 
     #[test]
     fn keys_must_be_named_sha256_hashes() {
@@ -171,11 +293,15 @@ mod tests {
             /// that are a name and 64 hex digits.
             #[test]
             fn only_named_sha256_entries_are_configured(entry in entry()) {
-                let well_formed = entry.split_once(':').is_some_and(|(name, hash)| {
+                let mut parts = entry.splitn(3, ':');
+                let (name, hash, scopes) = (parts.next(), parts.next(), parts.next());
+                let well_formed = name.zip(hash).is_some_and(|(name, hash)| {
                     let hash = hash.trim();
                     !name.trim().is_empty()
                         && hash.len() == 64
                         && hash.chars().all(|c| c.is_ascii_hexdigit())
+                }) && scopes.is_none_or(|scopes| {
+                    scopes.split('+').all(|s| ["send", "read", "admin"].contains(&s.trim()))
                 });
                 prop_assert_eq!(ApiKeys::parse(std::slice::from_ref(&entry)).is_ok(), well_formed);
             }

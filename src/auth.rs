@@ -6,7 +6,11 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{api_keys::ApiKeys, config::AuthSettings, metrics::Metrics};
+use crate::{
+    api_keys::{ApiKeys, Client},
+    config::AuthSettings,
+    metrics::Metrics,
+};
 
 /// A token bucket per key: `burst` requests at once, refilled at `per_second`.
 #[derive(Debug)]
@@ -97,8 +101,8 @@ impl Gate {
     }
 
     /// Admits a call carrying `authorization` (the `Authorization` header or metadata
-    /// value, `Bearer KEY`), answering the key's name. `protocol` labels the metrics.
-    pub fn admit(&self, authorization: Option<&str>, protocol: &str) -> Result<String, Denied> {
+    /// value, `Bearer KEY`), answering whose key it is. `protocol` labels the metrics.
+    pub fn admit(&self, authorization: Option<&str>, protocol: &str) -> Result<Client, Denied> {
         let result = self.check(authorization);
         if let Err(denied) = &result {
             let reason = match denied {
@@ -114,7 +118,7 @@ impl Gate {
         result
     }
 
-    fn check(&self, authorization: Option<&str>) -> Result<String, Denied> {
+    fn check(&self, authorization: Option<&str>) -> Result<Client, Denied> {
         let value = authorization
             .map(str::trim)
             .filter(|v| !v.is_empty())
@@ -123,13 +127,15 @@ impl Gate {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(Denied::Invalid);
         }
-        let name = self
+        let client = self
             .keys
             .authenticate(key.trim())
             .ok_or(Denied::Invalid)?
-            .to_owned();
-        self.limiter.check(&name).map_err(Denied::RateLimited)?;
-        Ok(name)
+            .clone();
+        self.limiter
+            .check(&client.name)
+            .map_err(Denied::RateLimited)?;
+        Ok(client)
     }
 }
 
@@ -156,12 +162,13 @@ mod tests {
     #[test]
     fn a_known_key_is_admitted_by_name() {
         let gate = gate(100.0, 10);
+        let name = |admitted: Result<Client, Denied>| admitted.map(|c| c.name.to_string());
         assert_eq!(
-            gate.admit(Some("Bearer billing-secret"), "rest"),
+            name(gate.admit(Some("Bearer billing-secret"), "rest")),
             Ok("billing".into())
         );
         assert_eq!(
-            gate.admit(Some("bearer ops-secret"), "rest"),
+            name(gate.admit(Some("bearer ops-secret"), "rest")),
             Ok("ops".into())
         );
     }
@@ -251,7 +258,10 @@ mod tests {
                         _ => Err(Denied::Invalid),
                     }
                 };
-                prop_assert_eq!(gate.admit(Some(&presented), "rest"), expected);
+                prop_assert_eq!(
+                    gate.admit(Some(&presented), "rest").map(|c| c.name.to_string()),
+                    expected
+                );
             }
         }
     }

@@ -80,14 +80,20 @@ pub enum Command {
 pub enum ApiKeyAction {
     /// Print a new random key and its auth.api_keys entry.
     New {
-        /// The key's name, shown in logs and metrics.
+        /// The key's name, shown in logs and metrics; idempotency keys are its own.
         #[arg(long, default_value = "default")]
         name: String,
+        /// What the key may do: send, read and admin, joined with + (default: all).
+        #[arg(long)]
+        scopes: Option<String>,
     },
     /// Print the auth.api_keys entry of a key read from standard input.
     Hash {
         #[arg(long, default_value = "default")]
         name: String,
+        /// What the key may do: send, read and admin, joined with + (default: all).
+        #[arg(long)]
+        scopes: Option<String>,
     },
 }
 
@@ -181,21 +187,36 @@ impl Cli {
 }
 
 fn api_key(action: ApiKeyAction) -> anyhow::Result<()> {
+    // The entry's scopes part, checked as the settings will read it.
+    let scopes = |scopes: Option<String>| -> anyhow::Result<String> {
+        match scopes {
+            None => Ok(String::new()),
+            Some(scopes) => Ok(format!(":{}", api_keys::Scopes::parse(&scopes)?)),
+        }
+    };
     match action {
-        ApiKeyAction::New { name } => {
+        ApiKeyAction::New {
+            name,
+            scopes: wanted,
+        } => {
+            let scopes = scopes(wanted)?;
             let key = api_keys::generate_key();
             println!("key:   {key}");
-            println!("entry: {name}:{}", api_keys::hash_key(&key));
+            println!("entry: {name}:{}{scopes}", api_keys::hash_key(&key));
             eprintln!("Give the key to the caller; put only the entry in auth.api_keys.");
         }
-        ApiKeyAction::Hash { name } => {
+        ApiKeyAction::Hash {
+            name,
+            scopes: wanted,
+        } => {
+            let scopes = scopes(wanted)?;
             let mut key = String::new();
             std::io::stdin()
                 .read_line(&mut key)
                 .context("reading the key from stdin")?;
             let key = key.trim_end_matches(['\r', '\n']);
             anyhow::ensure!(!key.is_empty(), "no key on standard input");
-            println!("{name}:{}", api_keys::hash_key(key));
+            println!("{name}:{}{scopes}", api_keys::hash_key(key));
         }
     }
     Ok(())

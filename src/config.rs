@@ -38,6 +38,8 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
     pub scheduler: SchedulerSettings,
+    pub webhooks: WebhookSettings,
+    pub idempotency: IdempotencySettings,
     pub search: SearchSettings,
     pub telemetry: TelemetrySettings,
     pub auth: AuthSettings,
@@ -238,6 +240,7 @@ pub struct Subjects {
     pub send: String,
     pub errors: String,
     pub status: String,
+    pub webhook: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -260,6 +263,8 @@ pub struct PublishSettings {
 pub struct ConsumersSettings {
     pub create: ConsumerSettings,
     pub send: ConsumerSettings,
+    pub webhook_dispatch: ConsumerSettings,
+    pub webhook: ConsumerSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +362,33 @@ pub struct SchedulerSettings {
     pub interval: Duration,
     /// Most emails released by one look.
     pub batch_size: i64,
+}
+
+/// How webhook requests are made and retried (`webhooks.*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub disable_after: Duration,
+    pub allow_private_targets: bool,
+    pub require_https: bool,
+    pub max_in_flight_per_endpoint: usize,
+    #[serde(with = "humantime_serde")]
+    pub rotation_overlap: Duration,
+    pub max_response_bytes: usize,
+}
+
+/// How long an idempotency key answers the email it created.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencySettings {
+    /// After this long the same key (of the same client) creates a new email.
+    #[serde(with = "humantime_serde")]
+    pub ttl: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -466,6 +498,7 @@ impl Settings {
                     .with_list_parse_key("auth.api_keys")
                     .with_list_parse_key("delivery.backoff")
                     .with_list_parse_key("delivery.outage_backoff")
+                    .with_list_parse_key("webhooks.retry_schedule")
                     .try_parsing(true),
             );
         if let Some(file) = &sources.file {
@@ -499,9 +532,19 @@ impl Settings {
         if group_commit.max_batch == 0 || group_commit.committers == 0 {
             bail!("database.group_commit.max_batch and committers must be at least 1");
         }
+        if self.webhooks.timeout.is_zero() || self.webhooks.max_in_flight_per_endpoint == 0 {
+            bail!(
+                "webhooks.timeout must be longer than 0s and webhooks.max_in_flight_per_endpoint at least 1"
+            );
+        }
+        if self.webhooks.timeout >= self.nats.consumers.webhook.ack_wait {
+            bail!("webhooks.timeout must be shorter than nats.consumers.webhook.ack_wait");
+        }
         for (name, consumer) in [
             ("create", &self.nats.consumers.create),
             ("send", &self.nats.consumers.send),
+            ("webhook_dispatch", &self.nats.consumers.webhook_dispatch),
+            ("webhook", &self.nats.consumers.webhook),
         ] {
             if consumer.workers == 0 || consumer.batch_size == 0 {
                 bail!("nats.consumers.{name}.workers and batch_size must be at least 1");

@@ -50,6 +50,12 @@ pub enum Error {
         status: EmailStatus,
         action: &'static str,
     },
+    /// Something other than an email (a webhook, a delivery) is not there.
+    #[error("{kind} {id} not found")]
+    Missing { kind: &'static str, id: String },
+    /// The request cannot be done in the state things are in (`detail` says why).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// The message would be larger than `limits.max_message_bytes` once delivered.
     #[error("the message would take at least {} bytes as delivered; limits.max_message_bytes is {}", .0.size, .0.limit)]
     MessageTooLarge(TooLarge),

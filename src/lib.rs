@@ -25,6 +25,7 @@ pub mod server;
 pub mod startup;
 pub mod telemetry;
 pub mod usecase;
+pub mod webhooks;
 pub mod wire;
 pub mod workers;
 

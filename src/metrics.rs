@@ -42,6 +42,9 @@ impl Deref for Metrics {
     }
 }
 
+/// The outcomes of `mailroom_webhook_deliveries_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["succeeded", "retry", "failed", "refused"];
+
 pub struct Registered {
     registry: Registry,
     pub http_requests: IntCounterVec,
@@ -56,6 +59,9 @@ pub struct Registered {
     pub local_cache_requests: IntCounterVec,
     pub emails: IntCounterVec,
     pub auth_denied: IntCounterVec,
+    pub webhook_deliveries: IntCounterVec,
+    pub webhook_duration: HistogramVec,
+    pub webhooks_disabled: IntCounterVec,
     /// The series of `cache_requests` by [`CacheResult`], and of `local_cache_requests`
     /// (hit, miss), resolved once: reads count on every request.
     cache_series: [IntCounter; 3],
@@ -204,6 +210,25 @@ impl Metrics {
                 "API calls refused, by protocol and reason (missing, invalid, rate_limited).",
                 &["protocol", "reason"],
             ),
+            webhook_deliveries: counter(
+                "webhook_deliveries_total",
+                "Webhook requests by outcome: succeeded (a 2xx answer), retry (failed, to be \
+                 retried), failed (failed, no retries left) and refused (an address webhooks \
+                 may not go to).",
+                &["outcome"],
+            ),
+            webhook_duration: histogram(
+                "webhook_delivery_duration_seconds",
+                "Duration of one webhook request, answer or not.",
+                &[],
+                DELIVERY_BUCKETS,
+            ),
+            webhooks_disabled: counter(
+                "webhooks_disabled_total",
+                "Webhook endpoints disabled after failing every delivery for \
+                 webhooks.disable_after.",
+                &[],
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -222,7 +247,20 @@ impl Metrics {
             metrics.smtp_sends.with_label_values(&[outcome.as_str()]);
         }
         metrics.smtp_duration.with_label_values(&[] as &[&str]);
+        for outcome in WEBHOOK_OUTCOMES {
+            metrics.webhook_deliveries.with_label_values(&[outcome]);
+        }
+        metrics.webhook_duration.with_label_values(&[] as &[&str]);
+        metrics.webhooks_disabled.with_label_values(&[] as &[&str]);
         Metrics(Arc::new(metrics))
+    }
+
+    /// Counts a webhook request (`outcome` one of [`WEBHOOK_OUTCOMES`]) and its duration.
+    pub fn webhook_attempt(&self, outcome: &str, duration: std::time::Duration) {
+        self.webhook_deliveries.with_label_values(&[outcome]).inc();
+        self.webhook_duration
+            .with_label_values(&[] as &[&str])
+            .observe(duration.as_secs_f64());
     }
 
     /// Counts a lookup of the email cache as a whole.

@@ -112,6 +112,8 @@ pub enum Change {
 /// A batch's idempotency key, and the digest of what the batch asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchKey {
+    /// The client (API key name) the key belongs to; '' for none.
+    pub client: String,
     pub key: String,
     pub digest: String,
 }

@@ -22,12 +22,16 @@ use crate::{
     retry,
     server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
+    webhooks::{
+        Webhooks, dispatch::DispatchHandler, sender as webhook_sender, store::WebhookStore,
+    },
     workers::{CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
 };
 
 pub struct Application {
     settings: Settings,
     mailroom: Mailroom,
+    webhooks: Webhooks,
     metrics: Metrics,
     gate: Arc<Gate>,
     jetstream: JetStream,
@@ -41,6 +45,7 @@ pub struct Application {
 /// runs on, and what the admin commands (`dlq`, `events`) need.
 pub struct Core {
     pub mailroom: Mailroom,
+    pub webhooks: Webhooks,
     pub jetstream: JetStream,
     pub metrics: Metrics,
 }
@@ -68,10 +73,16 @@ impl Core {
         let mailer = SmtpMailer::new(&settings.smtp)?;
 
         let metrics = Metrics::new();
+        let webhooks = Webhooks::new(
+            WebhookStore::new(pool.clone()),
+            settings.webhooks.clone(),
+            jetstream.clone(),
+        );
         let ports = Ports {
             store: Arc::new(postgres::PgEmailStore::new(
                 pool,
                 settings.search.count_limit,
+                settings.idempotency.ttl,
             )),
             cache: Arc::new(cache),
             bus: Arc::new(jetstream.clone()),
@@ -111,6 +122,7 @@ impl Core {
         }
         Ok(Core {
             mailroom,
+            webhooks,
             jetstream,
             metrics,
         })
@@ -129,6 +141,7 @@ impl Application {
         }
         let Core {
             mailroom,
+            webhooks,
             jetstream,
             metrics,
         } = Core::connect(&settings).await?;
@@ -136,6 +149,8 @@ impl Application {
         let nats = &settings.nats;
         let create = &nats.consumers.create;
         let send = &nats.consumers.send;
+        let dispatch = &nats.consumers.webhook_dispatch;
+        let webhook = &nats.consumers.webhook;
         let pools = vec![
             WorkerPool {
                 label: nats.subjects.create.clone(),
@@ -179,6 +194,47 @@ impl Application {
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
             },
+            WorkerPool {
+                label: format!("{} (webhooks)", nats.subjects.status),
+                consumer: jetstream
+                    .durable_consumer(
+                        &nats.durable_name(&dispatch.durable),
+                        &jetstream.subjects.status,
+                        dispatch,
+                    )
+                    .await?,
+                handler: Arc::new(DispatchHandler {
+                    webhooks: webhooks.clone(),
+                    stream_incarnation: jetstream.stream_incarnation.clone(),
+                    backoff: settings.delivery.outage_backoff.clone(),
+                }),
+                workers: dispatch.workers,
+                batch_size: dispatch.batch_size,
+                ack_wait: dispatch.ack_wait,
+                mailroom: mailroom.clone(),
+                metrics: metrics.clone(),
+            },
+            WorkerPool {
+                label: nats.subjects.webhook.clone(),
+                consumer: jetstream
+                    .durable_consumer(
+                        &nats.durable_name(&webhook.durable),
+                        &jetstream.subjects.webhook,
+                        webhook,
+                    )
+                    .await?,
+                handler: Arc::new(webhook_sender::SendHandler::new(
+                    webhooks.clone(),
+                    webhook_sender::http_client(&webhooks)?,
+                    metrics.clone(),
+                    settings.delivery.outage_backoff.clone(),
+                )),
+                workers: webhook.workers,
+                batch_size: webhook.batch_size,
+                ack_wait: webhook.ack_wait,
+                mailroom: mailroom.clone(),
+                metrics: metrics.clone(),
+            },
         ];
 
         let gate = Arc::new(Gate::new(&settings.auth, metrics.clone())?);
@@ -195,6 +251,7 @@ impl Application {
         Ok(Application {
             settings,
             mailroom,
+            webhooks,
             metrics,
             gate,
             jetstream,
@@ -234,6 +291,7 @@ impl Application {
         let Application {
             settings,
             mailroom,
+            webhooks,
             metrics,
             gate,
             jetstream: _,
@@ -248,6 +306,7 @@ impl Application {
         let app = rest::router(
             AppState::new(
                 mailroom.clone(),
+                webhooks,
                 metrics.clone(),
                 gate,
                 // Bodies are kept per copy of the in-process cache; without it, none.

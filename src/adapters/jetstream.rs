@@ -26,7 +26,7 @@ use crate::{
     ports::{CreateRequest, EventBus, SendReason},
     retry,
     telemetry::propagation,
-    wire::CreateEvent,
+    wire::{CLIENT_HEADER, CreateEvent},
 };
 
 /// Subjects with the isolation prefix applied.
@@ -36,6 +36,7 @@ pub struct Subjects {
     pub send: String,
     pub errors: String,
     pub status: String,
+    pub webhook: String,
 }
 
 impl Subjects {
@@ -45,6 +46,7 @@ impl Subjects {
             send: settings.subject(&settings.subjects.send),
             errors: settings.subject(&settings.subjects.errors),
             status: settings.subject(&settings.subjects.status),
+            webhook: settings.subject(&settings.subjects.webhook),
         }
     }
 
@@ -54,6 +56,7 @@ impl Subjects {
             self.send.clone(),
             self.errors.clone(),
             self.status.clone(),
+            self.webhook.clone(),
         ]
     }
 }
@@ -188,7 +191,10 @@ impl JetStream {
         payload: Bytes,
         msg_id: Option<&str>,
     ) -> Result<u64, PublishError> {
-        let ack = self.try_send(subject, payload, msg_id).await?.await?;
+        let ack = self
+            .try_send(subject, payload, msg_id_header(msg_id))
+            .await?
+            .await?;
         Ok(ack.sequence)
     }
 
@@ -198,19 +204,24 @@ impl JetStream {
         &self,
         subject: &str,
         payload: Bytes,
-        msg_id: Option<&str>,
+        mut headers: async_nats::HeaderMap,
     ) -> Result<PublishAckFuture, PublishError> {
-        let mut headers = async_nats::HeaderMap::new();
         propagation::inject_nats(&mut headers);
-        if let Some(msg_id) = msg_id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
-        }
         let mut publish = PublishMessage::build().payload(payload);
         if !headers.is_empty() {
             publish = publish.headers(headers);
         }
         self.context.send_publish(subject.to_owned(), publish).await
     }
+}
+
+/// Headers holding `Nats-Msg-Id`, when there is one.
+fn msg_id_header(msg_id: Option<&str>) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    if let Some(msg_id) = msg_id {
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
+    }
+    headers
 }
 
 fn deliver_policy(settings: &ConsumerSettings) -> DeliverPolicy {
@@ -251,14 +262,23 @@ impl EventBus for JetStream {
         if payload.len() > self.max_event_bytes {
             return Ok(CreateRequest::TooLarge);
         }
-        let msg_id = email
-            .idempotency_key
-            .clone()
-            .unwrap_or_else(|| email.id.to_string());
-        match self
-            .try_publish(&self.subjects.create, payload.into(), Some(&msg_id))
-            .await
-        {
+        // JetStream drops a repeated Nats-Msg-Id: one client's key must not drop another
+        // client's email, so the id names the client. The key itself is in the event.
+        let msg_id = match &email.idempotency_key {
+            Some(key) if email.idempotency_client.is_empty() => key.clone(),
+            Some(key) => format!("{}/{key}", email.idempotency_client),
+            None => email.id.to_string(),
+        };
+        let mut headers = msg_id_header(Some(&msg_id));
+        if !email.idempotency_client.is_empty() {
+            headers.insert(CLIENT_HEADER, email.idempotency_client.as_str());
+        }
+        let published = async {
+            self.try_send(&self.subjects.create, payload.into(), headers)
+                .await?
+                .await
+        };
+        match published.await {
             Ok(_) => Ok(CreateRequest::Published),
             Err(err) if err.kind() == PublishErrorKind::MaxPayloadExceeded => {
                 Ok(CreateRequest::TooLarge)
@@ -311,9 +331,13 @@ impl EventBus for JetStream {
         // Status events inform; nothing waits on their PubAck, so a status change costs no
         // round trip. The in-flight bound still applies, and the messages keep their
         // order on the connection.
-        self.try_send(&self.subjects.status, payload.into(), Some(&msg_id))
-            .await
-            .map_err(|e| Error::unavailable(Dependency::Nats, e))?;
+        self.try_send(
+            &self.subjects.status,
+            payload.into(),
+            msg_id_header(Some(&msg_id)),
+        )
+        .await
+        .map_err(|e| Error::unavailable(Dependency::Nats, e))?;
         Ok(())
     }
 

@@ -183,6 +183,9 @@ pub struct Email {
     pub retry_base: i32,
     pub last_error: Option<String>,
     pub idempotency_key: Option<String>,
+    /// The client the idempotency key belongs to ('' for none).
+    #[serde(default)]
+    pub idempotency_client: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -217,6 +220,7 @@ impl Email {
             retry_base: 0,
             last_error: None,
             idempotency_key: new.idempotency_key.clone(),
+            idempotency_client: new.idempotency_client.clone(),
             created_at: at,
             updated_at: at,
             sent_at: None,

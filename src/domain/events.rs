@@ -28,6 +28,16 @@ pub struct StatusEvent {
     /// The email's tags, so consumers can route events without reading the email.
     #[serde(default, skip_serializing_if = "Tags::is_empty")]
     pub tags: Tags,
+    /// Its Message-ID, sender, recipients (`to`, header form) and subject, for the
+    /// same reason (absent from events of older versions).
+    #[serde(rename = "messageId", default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 /// A message that could not be handled, published on `mail:errors` so nothing is

@@ -12,6 +12,7 @@ pub(crate) mod properties;
 mod search;
 mod validation;
 mod violation;
+mod webhook;
 
 pub use address::{Address, AddressError, MAX_ADDRESS_CHARS};
 pub use email::{Email, EmailId, EmailStatus};
@@ -29,3 +30,7 @@ pub use validation::{
     MAX_MESSAGE_BYTES, NewEmail, Rejected, Rules, TooLarge, delivered_size_bound,
 };
 pub use violation::{Field, FieldPath, Segment, Violation, Violations};
+pub use webhook::{
+    ALL_EVENTS, EventData, EventSelection, EventType, SECRET_PREFIX, WebhookEvent, WebhookSecret,
+    signature_header,
+};

@@ -73,6 +73,9 @@ pub struct EmailDraft {
     /// When to send it: RFC 3339 with an offset (`2026-12-24T09:00:00+01:00`).
     pub scheduled_at: Option<String>,
     pub idempotency_key: Option<String>,
+    /// Whose idempotency key it is: the name of the API key that sent it (none for
+    /// producers on NATS). Two clients may use the same key.
+    pub idempotency_client: Option<String>,
     /// The id the email must get (set by the asynchronous REST path, or by a producer of
     /// create events); a new one is generated when `None`.
     pub id: Option<EmailId>,
@@ -101,6 +104,8 @@ pub struct NewEmail {
     /// When it is to be sent; at once when `None` or past.
     pub scheduled_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
+    /// The client the key belongs to ('' for none).
+    pub idempotency_client: String,
 }
 
 /// The limits a deployment sets (`limits.*`).
@@ -298,6 +303,7 @@ impl Rules {
             message_id,
             scheduled_at,
             idempotency_key: draft.idempotency_key,
+            idempotency_client: draft.idempotency_client.unwrap_or_default(),
         };
         let size = delivered_size_bound(&email);
         if size > self.limits.max_message_bytes {

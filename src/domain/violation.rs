@@ -45,6 +45,10 @@ pub enum Field {
     CreatedBefore,
     Limit,
     Cursor,
+    /// Of a webhook endpoint.
+    Url,
+    Events,
+    Description,
     /// The request as a whole (malformed JSON, an unknown field).
     Body,
 }

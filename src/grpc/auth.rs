@@ -16,7 +16,10 @@ use http::{Request, Response};
 use tonic::{Code, Status, body::Body, metadata::MetadataMap};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::{Denied, Gate};
+use crate::{
+    api_keys::{Client, Scope},
+    auth::{Denied, Gate},
+};
 use tower::{Layer, Service};
 
 /// Decides whether a call may go ahead.
@@ -27,7 +30,8 @@ pub trait Authorize: Send + Sync + 'static {
     /// `method` is the full method name, such as `emailService.EmailService/Create` or
     /// `grpc.health.v1.Health/Check`, so an implementation can leave probes and
     /// reflection open. `metadata` holds the call's metadata, `authorization` among it.
-    fn authorize(&self, method: &str, metadata: &MetadataMap) -> Result<(), Status>;
+    /// The client admitted, if any, goes with the call (in its extensions).
+    fn authorize(&self, method: &str, metadata: &MetadataMap) -> Result<Option<Client>, Status>;
 }
 
 /// Lets every call through (for tests of other layers).
@@ -35,8 +39,8 @@ pub trait Authorize: Send + Sync + 'static {
 pub struct AllowAll;
 
 impl Authorize for AllowAll {
-    fn authorize(&self, _method: &str, _metadata: &MetadataMap) -> Result<(), Status> {
-        Ok(())
+    fn authorize(&self, _method: &str, _metadata: &MetadataMap) -> Result<Option<Client>, Status> {
+        Ok(None)
     }
 }
 
@@ -57,16 +61,35 @@ fn is_open(method: &str) -> bool {
     method.starts_with("grpc.health.v1.Health/") || method.starts_with("grpc.reflection.")
 }
 
+/// The scope a method of `emailService.EmailService` needs, as the same operation on
+/// REST. A method not listed needs `admin`, so a new one is closed until it is listed.
+pub fn scope_of(method: &str) -> Scope {
+    match method.strip_prefix("emailService.EmailService/") {
+        Some("Create" | "CreateBatch" | "Cancel" | "Reschedule") => Scope::Send,
+        Some("GetByID" | "Search" | "List") => Scope::Read,
+        _ => Scope::Admin,
+    }
+}
+
 impl Authorize for ApiKeyAuth {
-    fn authorize(&self, method: &str, metadata: &MetadataMap) -> Result<(), Status> {
+    fn authorize(&self, method: &str, metadata: &MetadataMap) -> Result<Option<Client>, Status> {
         if is_open(method) {
-            return Ok(());
+            return Ok(None);
         }
         let authorization = metadata
             .get("authorization")
             .map(|value| value.to_str().unwrap_or("invalid"));
         match self.gate.admit(authorization, "grpc") {
-            Ok(_) => Ok(()),
+            Ok(client) => {
+                let scope = scope_of(method);
+                if !client.may(scope) {
+                    return Err(Status::permission_denied(format!(
+                        "the API key {:?} lacks the {scope} scope this method needs",
+                        &*client.name
+                    )));
+                }
+                Ok(Some(client))
+            }
             Err(Denied::Missing) => Err(Status::unauthenticated(
                 "an API key is required: send the metadata authorization: Bearer KEY",
             )),
@@ -125,11 +148,16 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().trim_start_matches('/');
         let metadata = MetadataMap::from_headers(request.headers().clone());
         match self.authorize.authorize(method, &metadata) {
-            Ok(()) => Box::pin(self.inner.call(request)),
+            Ok(client) => {
+                if let Some(client) = client {
+                    request.extensions_mut().insert(client);
+                }
+                Box::pin(self.inner.call(request))
+            }
             Err(status) => {
                 tracing::debug!(method, code = ?status.code(), "call refused by authorization");
                 Box::pin(std::future::ready(Ok(status.into_http())))
@@ -142,6 +170,25 @@ where
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    #[test]
+    fn each_method_needs_the_scope_of_its_rest_operation_and_new_ones_admin() {
+        for (method, scope) in [
+            ("Create", Scope::Send),
+            ("CreateBatch", Scope::Send),
+            ("Cancel", Scope::Send),
+            ("Reschedule", Scope::Send),
+            ("GetByID", Scope::Read),
+            ("Search", Scope::Read),
+            ("List", Scope::Read),
+            ("Unlisted", Scope::Admin),
+        ] {
+            assert_eq!(
+                scope_of(&format!("emailService.EmailService/{method}")),
+                scope
+            );
+        }
+    }
+
     use tower::ServiceExt;
 
     use super::*;
@@ -150,10 +197,14 @@ mod tests {
     struct BearerGood;
 
     impl Authorize for BearerGood {
-        fn authorize(&self, method: &str, metadata: &MetadataMap) -> Result<(), Status> {
+        fn authorize(
+            &self,
+            method: &str,
+            metadata: &MetadataMap,
+        ) -> Result<Option<Client>, Status> {
             assert_eq!(method, "emailService.EmailService/Create");
             match metadata.get("authorization").map(|v| v.to_str()) {
-                Some(Ok("Bearer good")) => Ok(()),
+                Some(Ok("Bearer good")) => Ok(None),
                 _ => Err(Status::unauthenticated("missing or unknown API key")),
             }
         }

@@ -4,6 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::{
+    api_keys::Client,
     domain::{
         AddressList, AttachmentDraft, ContentInput, Email, EmailDraft, EmailStatus, ListPage,
         ListParams, ListQuery, SearchPage, SearchQuery, Violations, format_list,
@@ -34,7 +35,9 @@ fn pairs(map: std::collections::HashMap<String, String>) -> Vec<(String, String)
     pairs
 }
 
-pub fn draft(request: pb::CreateReq) -> EmailDraft {
+/// The draft a request asks for; its idempotency key belongs to `client` (the API key's
+/// name, when the call carried one).
+pub fn draft(request: pb::CreateReq, client: Option<&Client>) -> EmailDraft {
     EmailDraft {
         from: present(request.from),
         to: addresses(request.to),
@@ -58,6 +61,7 @@ pub fn draft(request: pb::CreateReq) -> EmailDraft {
         tags: pairs(request.tags),
         scheduled_at: request.scheduled_at.as_ref().map(rfc3339),
         idempotency_key: present(request.idempotency_key),
+        idempotency_client: client.map(|client| client.name.to_string()),
         id: None,
     }
 }
@@ -217,17 +221,20 @@ mod tests {
 
     #[test]
     fn empty_strings_count_as_missing() {
-        let partial = draft(pb::CreateReq {
-            from: "sender@example.com".into(),
-            ..Default::default()
-        });
+        let partial = draft(
+            pb::CreateReq {
+                from: "sender@example.com".into(),
+                ..Default::default()
+            },
+            None,
+        );
         assert_eq!(partial.from.as_deref(), Some("sender@example.com"));
         assert_eq!(
             (&partial.to, &partial.html, &partial.idempotency_key),
             (&None, &None, &None)
         );
         let Err(Rejected::Invalid(violations)) =
-            Rules::default().new_email(draft(pb::CreateReq::default()))
+            Rules::default().new_email(draft(pb::CreateReq::default(), None))
         else {
             panic!("an empty request is refused");
         };

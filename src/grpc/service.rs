@@ -4,6 +4,7 @@
 use tonic::{Request, Response, Status};
 
 use crate::{
+    api_keys::Client,
     domain::{Email, EmailId, Field, Violation, Violations},
     error::Error,
     usecase::Mailroom,
@@ -32,7 +33,8 @@ impl EmailApi {
 impl EmailService for EmailApi {
     /// Stores the email synchronously, like `POST /api/v1/email`.
     async fn create(&self, request: Request<CreateReq>) -> Result<Response<CreateRes>, Status> {
-        let draft = convert::draft(request.into_inner());
+        let client = request.extensions().get::<Client>().cloned();
+        let draft = convert::draft(request.into_inner(), client.as_ref());
         let created = self.mailroom.create(draft).await?;
         Ok(Response::new(convert::created(created)))
     }
@@ -60,10 +62,16 @@ impl EmailService for EmailApi {
         &self,
         request: Request<CreateBatchReq>,
     ) -> Result<Response<CreateBatchRes>, Status> {
+        let client = request.extensions().get::<Client>().cloned();
         let request = request.into_inner();
         let key = (!request.idempotency_key.is_empty()).then_some(request.idempotency_key);
-        let drafts = request.emails.into_iter().map(convert::draft).collect();
-        let batch = self.mailroom.create_batch(drafts, key).await?;
+        let drafts = request
+            .emails
+            .into_iter()
+            .map(|email| convert::draft(email, None))
+            .collect();
+        let client = client.as_ref().map_or("", |client| &*client.name);
+        let batch = self.mailroom.create_batch(drafts, client, key).await?;
         Ok(Response::new(CreateBatchRes {
             emails: batch.emails.into_iter().map(convert::email).collect(),
             replayed: batch.replayed,

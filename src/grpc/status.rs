@@ -60,6 +60,10 @@ impl From<Error> for Status {
                     details,
                 )
             }
+            Error::Missing { kind, id } => {
+                Status::new(Code::NotFound, format!("no {kind} has the id {id}"))
+            }
+            Error::Conflict(detail) => Status::new(Code::FailedPrecondition, detail),
             Error::MessageTooLarge(too_large) => {
                 let violation = FieldViolation {
                     field: proto_name(Field::Attachments).to_owned(),
@@ -158,6 +162,10 @@ pub fn proto_name(field: Field) -> &'static str {
         Field::Search => "Search",
         Field::Page => "page",
         Field::Size => "size",
+        // Webhooks are managed over REST only; these never reach a gRPC answer.
+        Field::Url => "url",
+        Field::Events => "events",
+        Field::Description => "description",
         Field::Body => "",
     }
 }

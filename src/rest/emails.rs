@@ -15,6 +15,7 @@ use crate::{
 
 use super::{
     AppState,
+    auth::{ReadScope, Scoped, SendScope},
     dto::{AcceptedResponse, EmailResponse, SearchParams, SearchResponse},
     extract::ApiJson,
     problem::Problem,
@@ -67,7 +68,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 /// content returns the first email (header `Idempotent-Replayed: true`); with other
 /// content, 409.
 #[utoipa::path(post, path = "/api/v1/email", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["send"])),
     request_body = CreateEmail,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: 1 to 255 printable ASCII characters",
@@ -84,6 +85,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
         (status = 413, description = "Body over http.body_limit_bytes, or a message over limits.max_message_bytes as delivered", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -91,11 +93,13 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 #[tracing::instrument(name = "rest.create", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
+    Scoped(client, _): Scoped<SendScope>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<CreateEmail>,
 ) -> Result<Response, Problem> {
     let draft = EmailDraft {
         idempotency_key: idempotency_key(&headers)?,
+        idempotency_client: Some(client.name.to_string()),
         ..request.into_draft()
     };
     if !prefers_async(&headers) {
@@ -141,13 +145,14 @@ fn created(created: Created) -> Response {
 
 /// Get an email by id, with its delivery status.
 #[utoipa::path(get, path = "/api/v1/email/{emailID}", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["read"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
         (status = 200, description = "The email", body = EmailResponse),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such email", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -155,6 +160,7 @@ fn created(created: Created) -> Response {
 #[tracing::instrument(name = "rest.get_by_id", skip_all)]
 pub async fn get_by_id(
     State(state): State<AppState>,
+    _: Scoped<ReadScope>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, Problem> {
     let id = EmailId::parse(&raw_id, Field::EmailId).map_err(|v| Problem::validation(&v))?;
@@ -177,7 +183,7 @@ pub async fn get_by_id(
 
 /// Download one attachment of an email, by its index (from 0) in `attachments`.
 #[utoipa::path(get, path = "/api/v1/email/{emailID}/attachments/{index}", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["read"])),
     params(
         ("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid),
         ("index" = u32, Path, description = "The attachment's place in the email's attachments, from 0"),
@@ -188,6 +194,7 @@ pub async fn get_by_id(
         (status = 400, description = "The id is not a UUID, or the index not a number", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such email, or no such attachment", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -195,6 +202,7 @@ pub async fn get_by_id(
 #[tracing::instrument(name = "rest.attachment", skip_all)]
 pub async fn attachment(
     State(state): State<AppState>,
+    _: Scoped<ReadScope>,
     Path((raw_id, raw_index)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     let id = EmailId::parse(&raw_id, Field::EmailId).map_err(|v| Problem::validation(&v))?;
@@ -250,12 +258,13 @@ fn content_disposition(filename: &str) -> HeaderValue {
 
 /// Search emails: full text over recipient, subject and message, newest first.
 #[utoipa::path(get, path = "/api/v1/email/search", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["read"])),
     params(SearchParams),
     responses(
         (status = 200, description = "One page of results", body = SearchResponse),
         (status = 400, description = "Invalid parameters", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -263,6 +272,7 @@ fn content_disposition(filename: &str) -> HeaderValue {
 #[tracing::instrument(name = "rest.search", skip_all)]
 pub async fn search(
     State(state): State<AppState>,
+    _: Scoped<ReadScope>,
     params: Result<Query<SearchParams>, QueryRejection>,
 ) -> Result<Json<SearchResponse>, Problem> {
     let Query(params) =

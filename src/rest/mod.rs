@@ -10,6 +10,7 @@ pub mod problem;
 mod rendered;
 mod sending;
 mod trace;
+mod webhooks;
 
 pub use rendered::RenderedEmails;
 
@@ -40,7 +41,9 @@ use utoipa::{
 use utoipa_axum::{router::OpenApiRouter, routes};
 use utoipa_swagger_ui::SwaggerUi;
 
-use crate::{auth::Gate, config::HttpSettings, metrics::Metrics, usecase::Mailroom};
+use crate::{
+    auth::Gate, config::HttpSettings, metrics::Metrics, usecase::Mailroom, webhooks::Webhooks,
+};
 
 use problem::Problem;
 
@@ -53,6 +56,7 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub mailroom: Mailroom,
+    pub webhooks: Webhooks,
     pub metrics: Metrics,
     pub gate: Arc<Gate>,
     /// JSON bodies of cached reads.
@@ -62,12 +66,14 @@ pub struct Shared {
 impl AppState {
     pub fn new(
         mailroom: Mailroom,
+        webhooks: Webhooks,
         metrics: Metrics,
         gate: Arc<Gate>,
         rendered: RenderedEmails,
     ) -> Self {
         AppState(Arc::new(Shared {
             mailroom,
+            webhooks,
             metrics,
             gate,
             rendered,
@@ -97,12 +103,13 @@ pub const API_KEY_SCHEME: &str = "api_key";
     ),
     tags(
         (name = "emails", description = "Create, read and search emails"),
+        (name = "webhooks", description = "Endpoints that receive signed status events"),
         (name = "health", description = "Liveness and readiness"),
     ),
 )]
 struct ApiDoc;
 
-/// The email routes: behind an API key.
+/// The API routes (emails and webhooks): behind an API key.
 fn emails_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(emails::create, sending::list))
@@ -112,6 +119,11 @@ fn emails_router() -> OpenApiRouter<AppState> {
         .routes(routes!(sending::cancel))
         .routes(routes!(sending::attempts))
         .routes(routes!(emails::attachment))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::update, webhooks::delete))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::retry))
 }
 
 /// Liveness and readiness: open to probes.

@@ -181,6 +181,18 @@ impl From<Error> for Problem {
                 "Too late",
                 format!("email {id} is {status}: too late to {action} it"),
             ),
+            Error::Missing { kind, id } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "urn:mailroom:problem:not-found",
+                "Not found",
+                format!("no {kind} has the id {id}"),
+            ),
+            Error::Conflict(detail) => Problem::new(
+                StatusCode::CONFLICT,
+                "urn:mailroom:problem:conflict",
+                "Conflict",
+                detail,
+            ),
             Error::MessageTooLarge(too_large) => Problem::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "urn:mailroom:problem:message-too-large",

@@ -15,6 +15,7 @@ use crate::{
 
 use super::{
     AppState,
+    auth::{ReadScope, Scoped, SendScope},
     dto::{
         AttemptResponse, AttemptsResponse, BatchRequest, BatchResponse, EmailResponse, ListParams,
         ListResponse, RescheduleRequest,
@@ -36,7 +37,7 @@ fn email_id(raw: &str) -> Result<EmailId, Problem> {
 /// same emails answers the emails of the first request again (`Idempotent-Replayed:
 /// true`); with other emails, 409.
 #[utoipa::path(post, path = "/api/v1/email/batch", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["send"])),
     request_body = BatchRequest,
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of the batch safe: 1 to 255 printable ASCII characters",
@@ -49,6 +50,7 @@ fn email_id(raw: &str) -> Result<EmailId, Problem> {
         (status = 413, description = "Body over http.body_limit_bytes", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -56,6 +58,7 @@ fn email_id(raw: &str) -> Result<EmailId, Problem> {
 #[tracing::instrument(name = "rest.create_batch", skip_all)]
 pub async fn create_batch(
     State(state): State<AppState>,
+    Scoped(client, _): Scoped<SendScope>,
     headers: HeaderMap,
     ApiJson(request): ApiJson<BatchRequest>,
 ) -> Result<Response, Problem> {
@@ -65,7 +68,10 @@ pub async fn create_batch(
         .into_iter()
         .map(CreateEmail::into_draft)
         .collect();
-    let batch = state.mailroom.create_batch(drafts, key).await?;
+    let batch = state
+        .mailroom
+        .create_batch(drafts, &client.name, key)
+        .await?;
     let body = BatchResponse {
         emails: batch.emails.iter().map(EmailResponse::from).collect(),
     };
@@ -84,12 +90,13 @@ pub async fn create_batch(
 /// `nextCursor` as `cursor` for the next page (it is null on the last one); a cursor not
 /// made by this service is a 400.
 #[utoipa::path(get, path = "/api/v1/email", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["read"])),
     params(ListParams),
     responses(
         (status = 200, description = "One page", body = ListResponse),
         (status = 400, description = "A bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -97,6 +104,7 @@ pub async fn create_batch(
 #[tracing::instrument(name = "rest.list", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
+    _: Scoped<ReadScope>,
     params: Result<Query<ListParams>, QueryRejection>,
 ) -> Result<Json<ListResponse>, Problem> {
     let Query(params) =
@@ -125,7 +133,7 @@ pub async fn list(
 /// A worker taking the email at the same moment either wins (the email is sent, and this
 /// is a 409) or loses (the email is never sent).
 #[utoipa::path(post, path = "/api/v1/email/{emailID}/cancel", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["send"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
         (status = 200, description = "The email, now canceled", body = EmailResponse),
@@ -133,6 +141,7 @@ pub async fn list(
         (status = 404, description = "No such email", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Too late: the email is sending, sent, failed or canceled", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -140,6 +149,7 @@ pub async fn list(
 #[tracing::instrument(name = "rest.cancel", skip_all)]
 pub async fn cancel(
     State(state): State<AppState>,
+    _: Scoped<SendScope>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<EmailResponse>, Problem> {
     let email = state.mailroom.cancel(email_id(&raw_id)?).await?;
@@ -148,7 +158,7 @@ pub async fn cancel(
 
 /// Move a scheduled email to another time.
 #[utoipa::path(patch, path = "/api/v1/email/{emailID}", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["send"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     request_body = RescheduleRequest,
     responses(
@@ -158,6 +168,7 @@ pub async fn cancel(
         (status = 409, description = "Too late: the email is no longer scheduled", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -165,6 +176,7 @@ pub async fn cancel(
 #[tracing::instrument(name = "rest.reschedule", skip_all)]
 pub async fn reschedule(
     State(state): State<AppState>,
+    _: Scoped<SendScope>,
     Path(raw_id): Path<String>,
     ApiJson(request): ApiJson<RescheduleRequest>,
 ) -> Result<Json<EmailResponse>, Problem> {
@@ -182,13 +194,14 @@ pub async fn reschedule(
 
 /// Every delivery attempt of an email, oldest first, with what the SMTP server said.
 #[utoipa::path(get, path = "/api/v1/email/{emailID}/attempts", tag = "emails",
-    security(("api_key" = [])),
+    security(("api_key" = ["read"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
         (status = 200, description = "The attempts", body = AttemptsResponse),
         (status = 400, description = "The id is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such email", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "No API key, or not a valid one", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The API key lacks the scope this operation needs", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Over the key's rate limit", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down", body = Problem, content_type = "application/problem+json"),
@@ -196,6 +209,7 @@ pub async fn reschedule(
 #[tracing::instrument(name = "rest.attempts", skip_all)]
 pub async fn attempts(
     State(state): State<AppState>,
+    _: Scoped<ReadScope>,
     Path(raw_id): Path<String>,
 ) -> Result<Json<AttemptsResponse>, Problem> {
     let attempts = state.mailroom.attempts(email_id(&raw_id)?).await?;

@@ -56,14 +56,24 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+struct StoredBatch {
+    at: DateTime<Utc>,
+    digest: String,
+    ids: Vec<EmailId>,
+}
+
 #[derive(Default)]
 struct StoreState {
     emails: HashMap<EmailId, Email>,
     /// Attachment bytes, by email.
     contents: HashMap<EmailId, Vec<Bytes>>,
-    /// Batches by idempotency key: their digest and emails.
-    batches: HashMap<String, (String, Vec<EmailId>)>,
-    keys: HashMap<String, EmailId>,
+    /// Batches by client and idempotency key: when they were stored, their digest and
+    /// emails.
+    batches: HashMap<(String, String), StoredBatch>,
+    /// Live idempotency keys by client, and the email holding each.
+    keys: HashMap<(String, String), EmailId>,
+    /// How long a key lives (`idempotency.ttl`; 24 hours, as by default).
+    key_ttl: chrono::Duration,
     attempts: Vec<(EmailId, AttemptRecord)>,
     /// How far the store's clock is ahead of the wall clock.
     ahead: chrono::Duration,
@@ -84,9 +94,20 @@ impl StoreState {
 }
 
 /// The email store, in memory.
-#[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<StoreState>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let state = StoreState {
+            key_ttl: chrono::Duration::hours(24),
+            ..StoreState::default()
+        };
+        MemoryStore {
+            state: Mutex::new(state),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -130,10 +151,17 @@ impl EmailStore for MemoryStore {
         let now = state.now();
         let mut answers = Vec::with_capacity(emails.len());
         for new in emails {
-            let by_key = new
+            let key = new
                 .idempotency_key
-                .as_ref()
-                .and_then(|key| state.keys.get(key).copied());
+                .clone()
+                .map(|key| (new.idempotency_client.clone(), key));
+            if let Some(key) = &key
+                && let Some(holder) = state.keys.get(key)
+                && state.emails[holder].created_at < now - state.key_ttl
+            {
+                state.keys.remove(key);
+            }
+            let by_key = key.as_ref().and_then(|key| state.keys.get(key).copied());
             let taken = by_key.or_else(|| state.emails.contains_key(&new.id).then_some(new.id));
             if let Some(existing) = taken {
                 answers.push(Inserted::Existing(state.emails[&existing].clone()));
@@ -144,8 +172,8 @@ impl EmailStore for MemoryStore {
                 new.id,
                 new.attachments.iter().map(|a| a.content.clone()).collect(),
             );
-            if let Some(key) = &new.idempotency_key {
-                state.keys.insert(key.clone(), new.id);
+            if let Some(key) = key {
+                state.keys.insert(key, new.id);
             }
             state.emails.insert(new.id, email.clone());
             answers.push(Inserted::Created(email));
@@ -158,11 +186,16 @@ impl EmailStore for MemoryStore {
         emails: &[NewEmail],
         key: Option<&BatchKey>,
     ) -> Result<BatchInserted> {
+        let id = key.map(|key| (key.client.clone(), key.key.clone()));
         {
-            let state = lock(&self.state);
+            let mut state = lock(&self.state);
             state.check()?;
+            let now = state.now();
+            let ttl = state.key_ttl;
+            state.batches.retain(|_, batch| batch.at >= now - ttl);
             if let Some(key) = key
-                && let Some((digest, ids)) = state.batches.get(&key.key)
+                && let Some(StoredBatch { digest, ids, .. }) =
+                    state.batches.get(id.as_ref().unwrap())
             {
                 if *digest != key.digest {
                     return Ok(BatchInserted::Conflict { existing: ids[0] });
@@ -180,10 +213,16 @@ impl EmailStore for MemoryStore {
                 Inserted::Existing(email) => email,
             })
             .collect();
-        if let Some(key) = key {
-            lock(&self.state).batches.insert(
-                key.key.clone(),
-                (key.digest.clone(), created.iter().map(|e| e.id).collect()),
+        if let (Some(key), Some(id)) = (key, id) {
+            let mut state = lock(&self.state);
+            let now = state.now();
+            state.batches.insert(
+                id,
+                StoredBatch {
+                    at: now,
+                    digest: key.digest.clone(),
+                    ids: created.iter().map(|e| e.id).collect(),
+                },
             );
         }
         Ok(BatchInserted::Created(created))

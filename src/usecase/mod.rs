@@ -100,6 +100,10 @@ impl Mailroom {
             error: error.map(str::to_owned),
             at: email.updated_at,
             tags: email.tags.clone(),
+            message_id: Some(email.message_id.clone()),
+            from: Some(email.from.to_string()),
+            to: email.to.iter().map(ToString::to_string).collect(),
+            subject: Some(email.subject.clone()),
         };
         // Independent of each other: one round trip's wait instead of two.
         let (cached, published) = tokio::join!(

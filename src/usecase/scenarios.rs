@@ -16,8 +16,14 @@ use super::{
 };
 
 fn new_email(key: Option<&str>, subject: &str) -> NewEmail {
+    client_email(None, key, subject)
+}
+
+/// An email whose idempotency key belongs to `client`.
+fn client_email(client: Option<&str>, key: Option<&str>, subject: &str) -> NewEmail {
     Rules::default()
         .new_email(EmailDraft {
+            idempotency_client: client.map(str::to_owned),
             from: Some("sender@example.com".into()),
             to: Some(AddressList::Text("alice@example.com".into())),
             subject: Some(subject.into()),
@@ -53,6 +59,55 @@ fn statuses(harness: &Harness, id: EmailId) -> Vec<EmailStatus> {
 }
 
 // --- create ----------------------------------------------------------------------------
+
+async fn create_one(harness: &Harness, email: NewEmail) -> crate::error::Result<super::Created> {
+    let mut results = harness
+        .mailroom
+        .create_all(vec![(email, tracing::Span::none())])
+        .await
+        .unwrap();
+    results.pop().unwrap()
+}
+
+#[tokio::test]
+async fn two_clients_may_use_the_same_idempotency_key() {
+    let harness = Harness::new();
+    let alpha = create_one(&harness, client_email(Some("alpha"), Some("order-1"), "A"))
+        .await
+        .unwrap();
+    let beta = create_one(&harness, client_email(Some("beta"), Some("order-1"), "B"))
+        .await
+        .unwrap();
+    assert!(!beta.replayed);
+    assert_ne!(alpha.email.id, beta.email.id);
+    let again = create_one(&harness, client_email(Some("alpha"), Some("order-1"), "A"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.email.id, alpha.email.id);
+    let conflict = create_one(&harness, client_email(Some("alpha"), Some("order-1"), "B")).await;
+    assert!(matches!(conflict, Err(Error::IdempotencyConflict { .. })));
+}
+
+#[tokio::test]
+async fn an_idempotency_key_past_its_ttl_creates_a_new_email() {
+    let harness = Harness::new();
+    let first = create_one(&harness, new_email(Some("order-1"), "Receipt"))
+        .await
+        .unwrap();
+    harness.store.advance(Duration::from_secs(23 * 3600));
+    let within = create_one(&harness, new_email(Some("order-1"), "Receipt"))
+        .await
+        .unwrap();
+    assert!(within.replayed, "23 hours on, the key still answers");
+    harness.store.advance(Duration::from_secs(2 * 3600));
+    let renewed = create_one(&harness, new_email(Some("order-1"), "Other content"))
+        .await
+        .unwrap();
+    assert!(!renewed.replayed);
+    assert_ne!(renewed.email.id, first.email.id);
+    assert_eq!(harness.store.len(), 2);
+}
 
 #[tokio::test]
 async fn an_idempotency_key_repeated_inside_one_batch_creates_one_email() {
@@ -409,7 +464,7 @@ async fn a_batch_with_one_invalid_email_stores_nothing_and_names_it_by_its_place
         draft("not-an-address"),
         draft("c@example.com"),
     ];
-    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, None).await
+    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, "", None).await
     else {
         panic!("the batch is refused");
     };
@@ -428,13 +483,13 @@ async fn a_batch_key_repeated_with_the_same_emails_replays_and_with_others_confl
     let batch = || vec![draft("a@example.com"), draft("b@example.com")];
     let first = harness
         .mailroom
-        .create_batch(batch(), Some("order-7".into()))
+        .create_batch(batch(), "", Some("order-7".into()))
         .await
         .unwrap();
     assert!(!first.replayed);
     let again = harness
         .mailroom
-        .create_batch(batch(), Some("order-7".into()))
+        .create_batch(batch(), "", Some("order-7".into()))
         .await
         .unwrap();
     assert!(again.replayed);
@@ -443,7 +498,7 @@ async fn a_batch_key_repeated_with_the_same_emails_replays_and_with_others_confl
     assert_eq!(harness.store.len(), 2);
     let other = harness
         .mailroom
-        .create_batch(vec![draft("c@example.com")], Some("order-7".into()))
+        .create_batch(vec![draft("c@example.com")], "", Some("order-7".into()))
         .await;
     assert!(
         matches!(other, Err(Error::IdempotencyConflict { .. })),
@@ -457,7 +512,7 @@ async fn a_batch_over_the_limit_is_refused_whole() {
     let drafts = (0..101)
         .map(|i| draft(&format!("r{i}@example.com")))
         .collect();
-    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, None).await
+    let Err(Error::Validation(violations)) = harness.mailroom.create_batch(drafts, "", None).await
     else {
         panic!("101 emails of 100");
     };

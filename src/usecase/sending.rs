@@ -29,10 +29,12 @@ impl Mailroom {
     /// Validates every email of a batch (each violation named under `emails[i]`) and
     /// stores them all in one transaction, or none. A repeated `idempotency_key` with the
     /// same batch answers the emails stored the first time; with another, a conflict.
+    /// The key belongs to `client` (the API key's name; '' for none).
     #[tracing::instrument(name = "usecase.create_batch", skip_all, fields(emails = drafts.len()))]
     pub async fn create_batch(
         &self,
         drafts: Vec<EmailDraft>,
+        client: &str,
         idempotency_key: Option<String>,
     ) -> Result<BatchCreated> {
         let mut violations = Vec::new();
@@ -94,6 +96,7 @@ impl Mailroom {
         }
         Violations::check(violations)?;
         let key = idempotency_key.map(|key| BatchKey {
+            client: client.to_owned(),
             digest: batch_digest(&emails),
             key,
         });

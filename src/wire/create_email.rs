@@ -228,6 +228,7 @@ impl CreateEmail {
             tags: self.tags.unwrap_or_default().0,
             scheduled_at: self.scheduled_at,
             idempotency_key: None,
+            idempotency_client: None,
             id: None,
         }
     }

@@ -12,6 +12,11 @@ pub use create_event::CreateEvent;
 
 use crate::domain::{Field, FieldPath, Violations};
 
+/// The NATS header of a `mail:create` event naming the client (API key) whose
+/// idempotency key the event carries; the REST API's asynchronous path sets it. Events
+/// without it belong to no client ('').
+pub const CLIENT_HEADER: &str = "Mailroom-Client";
+
 /// A field's name in REST bodies, query strings and NATS events.
 pub fn json_name(field: Field) -> &'static str {
     match field {
@@ -38,6 +43,9 @@ pub fn json_name(field: Field) -> &'static str {
         Field::CreatedAfter => "createdAfter",
         Field::CreatedBefore => "createdBefore",
         Field::Limit => "limit",
+        Field::Url => "url",
+        Field::Events => "events",
+        Field::Description => "description",
         Field::Cursor => "cursor",
         Field::IdempotencyKey => "idempotencyKey",
         Field::Search => "search",

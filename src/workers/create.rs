@@ -64,6 +64,7 @@ impl CreateHandler {
             message.msg_id.as_deref(),
             draft.id,
         );
+        draft.idempotency_client = message.client.clone();
         // An event without an id gets one derived from the message, so its redelivery
         // (a crash between storing the email and acknowledging) stores nothing twice.
         draft.id.get_or_insert_with(|| {

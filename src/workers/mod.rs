@@ -35,6 +35,7 @@ use crate::{
     metrics::{MessageOutcome, Metrics},
     telemetry::propagation,
     usecase::Mailroom,
+    wire,
 };
 
 /// A message as handlers see it.
@@ -44,6 +45,8 @@ pub struct Inbound {
     pub payload: Bytes,
     /// The `Nats-Msg-Id` header, if any.
     pub msg_id: Option<String>,
+    /// The `Mailroom-Client` header, if any.
+    pub client: Option<String>,
     pub stream_sequence: u64,
     /// How many times this message has been delivered, this time included.
     pub delivered: i64,
@@ -339,6 +342,7 @@ impl Inbound {
             subject: subject.to_owned(),
             payload: payload.into(),
             msg_id: None,
+            client: None,
             stream_sequence: 7,
             delivered,
             published: Utc::now(),
@@ -349,14 +353,18 @@ impl Inbound {
 
 fn inbound(message: &jetstream::Message, span: tracing::Span) -> anyhow::Result<Inbound> {
     let info = message.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
     Ok(Inbound {
         subject: message.subject.to_string(),
         payload: message.payload.clone(),
-        msg_id: message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|value| value.as_str().to_owned()),
+        msg_id: header(async_nats::header::NATS_MESSAGE_ID.as_ref()),
+        client: header(wire::CLIENT_HEADER),
         stream_sequence: info.stream_sequence,
         delivered: info.delivered,
         published: info.published,

@@ -148,6 +148,10 @@ async fn publishes_beyond_the_in_flight_bound_wait_instead_of_failing() {
                 error: None,
                 at: chrono::Utc::now(),
                 tags: Default::default(),
+                message_id: None,
+                from: None,
+                to: Vec::new(),
+                subject: None,
             })
             .await
         }

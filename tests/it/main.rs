@@ -6,6 +6,7 @@ mod helpers;
 mod admin;
 mod browser;
 mod cli;
+mod clients;
 mod create;
 mod delivery;
 mod docs;

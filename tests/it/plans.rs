@@ -77,7 +77,7 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
     .await
     .unwrap();
 
-    let store = PgEmailStore::new(db.clone(), 1000);
+    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
     let ids: Vec<EmailId> = batch.iter().copied().map(EmailId::from).collect();
     let claims = store.claim(&ids, Duration::from_secs(60)).await.unwrap();
     assert!(

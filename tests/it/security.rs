@@ -138,7 +138,7 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
-async fn the_openapi_document_declares_the_bearer_scheme_on_every_email_operation() {
+async fn the_openapi_document_declares_the_bearer_scheme_and_scope_on_every_email_operation() {
     let app = spawn_app().await;
     let spec: Value = app
         .client
@@ -157,17 +157,19 @@ async fn the_openapi_document_declares_the_bearer_scheme_on_every_email_operatio
         spec["components"]["securitySchemes"]["api_key"]["scheme"],
         "bearer"
     );
-    for (path, method) in [
-        ("/api/v1/email", "post"),
-        ("/api/v1/email/{emailID}", "get"),
-        ("/api/v1/email/search", "get"),
+    // Each operation names the scope its key needs.
+    for (path, method, scope) in [
+        ("/api/v1/email", "post", "send"),
+        ("/api/v1/email/{emailID}", "get", "read"),
+        ("/api/v1/email/search", "get", "read"),
     ] {
         let operation = &spec["paths"][path][method];
         assert_eq!(
             operation["security"][0]["api_key"],
-            serde_json::json!([]),
+            serde_json::json!([scope]),
             "{path}"
         );
+        assert!(operation["responses"]["403"].is_object(), "{path}");
         assert!(operation["responses"]["401"].is_object(), "{path}");
         assert!(operation["responses"]["429"].is_object(), "{path}");
     }

@@ -21,6 +21,7 @@ fn message(subject: &str, payload: serde_json::Value, delivered: i64) -> Inbound
         subject: subject.to_owned(),
         payload: Bytes::from(serde_json::to_vec(&payload).unwrap()),
         msg_id: None,
+        client: None,
         stream_sequence: 42,
         delivered,
         published: Utc::now(),

@@ -72,15 +72,105 @@ pub struct PgEmailStore {
     pool: PgPool,
     /// `search.count_limit`: matches counted before a search's total becomes a lower bound.
     count_limit: u32,
+    /// `idempotency.ttl`: how long an idempotency key keeps answering its email.
+    idempotency_ttl: Duration,
 }
 
 impl PgEmailStore {
-    pub fn new(pool: PgPool, count_limit: u32) -> Self {
-        Self { pool, count_limit }
+    pub fn new(pool: PgPool, count_limit: u32, idempotency_ttl: Duration) -> Self {
+        Self {
+            pool,
+            count_limit,
+            idempotency_ttl,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Inserts `emails`, answering the rows created and the emails that found their id
+    /// or key taken. A key taken by an email older than `idempotency.ttl` is expired
+    /// (by PostgreSQL's clock) and the emails that wanted it are inserted once more: the
+    /// common case, no conflict, costs one statement.
+    async fn insert_expiring<'a>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        emails: &'a [NewEmail],
+    ) -> Result<(Vec<EmailRow>, Vec<&'a NewEmail>)> {
+        let all: Vec<&NewEmail> = emails.iter().collect();
+        let mut created = insert_rows(conn, &all).await?;
+        let mut conflicted = not_in(all, &created);
+        let keyed: Vec<&NewEmail> = conflicted
+            .iter()
+            .copied()
+            .filter(|e| e.idempotency_key.is_some())
+            .collect();
+        if !keyed.is_empty() && self.expire_keys(conn, &keyed).await? > 0 {
+            let again = insert_rows(conn, &conflicted).await?;
+            conflicted = not_in(conflicted, &again);
+            created.extend(again);
+        }
+        Ok((created, conflicted))
+    }
+
+    /// Marks expired the keys of `emails` held by emails created more than
+    /// `idempotency.ttl` ago; answers how many it expired.
+    async fn expire_keys(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        emails: &[&NewEmail],
+    ) -> Result<u64> {
+        let (clients, keys): (Vec<&str>, Vec<&str>) = emails
+            .iter()
+            .filter_map(|e| Some((e.idempotency_client.as_str(), e.idempotency_key.as_deref()?)))
+            .unzip();
+        let expired = sqlx::query(
+            "UPDATE emails SET idempotency_expired = true \
+             WHERE (idempotency_client, idempotency_key) IN \
+                 (SELECT * FROM UNNEST($1::text[], $2::text[])) \
+               AND idempotency_key IS NOT NULL AND NOT idempotency_expired \
+               AND created_at < now() - $3::bigint * interval '1 millisecond'",
+        )
+        .bind(&clients)
+        .bind(&keys)
+        .bind(self.ttl_millis())
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        Ok(expired.rows_affected())
+    }
+
+    fn ttl_millis(&self) -> i64 {
+        i64::try_from(self.idempotency_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The stored emails that `emails` conflicted with: by id, or by a live key of the
+    /// same client.
+    async fn conflicting(&self, emails: &[&NewEmail]) -> Result<Vec<Email>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (clients, keys): (Vec<&str>, Vec<&str>) = emails
+            .iter()
+            .filter_map(|e| Some((e.idempotency_client.as_str(), e.idempotency_key.as_deref()?)))
+            .unzip();
+        let sql = concat!(
+            "SELECT ",
+            columns!(),
+            " FROM emails WHERE email_id = ANY($1) \
+              OR ((idempotency_client, idempotency_key) IN \
+                  (SELECT * FROM UNNEST($2::text[], $3::text[])) \
+                  AND idempotency_key IS NOT NULL AND NOT idempotency_expired)"
+        );
+        let rows: Vec<EmailRow> = sqlx::query_as(sql)
+            .bind(emails.iter().map(|e| e.id.as_uuid()).collect::<Vec<_>>())
+            .bind(&clients)
+            .bind(&keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.into_iter().map(Email::try_from).collect()
     }
 
     async fn fetch_many(&self, ids: &[Uuid]) -> Result<Vec<Email>> {
@@ -113,7 +203,7 @@ impl PgEmailStore {
 
 /// PostgreSQL being unreachable, or refusing for a moment, is `Unavailable` (the caller
 /// may retry); anything else is a bug or a surprise, and trying again will not help.
-fn db_error(err: sqlx::Error) -> Error {
+pub(crate) fn db_error(err: sqlx::Error) -> Error {
     let unavailable = match &err {
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
@@ -170,14 +260,14 @@ impl EmailStore for PgEmailStore {
         // key is taken (by an earlier row, or by one earlier in this batch) are skipped.
         // Attachment bytes go in the same transaction, for the rows created.
         let with_attachments = emails.iter().any(|e| !e.attachments.is_empty());
-        let created: Vec<EmailRow> = if with_attachments {
+        let (created, conflicted) = if with_attachments {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
-            let created = insert_rows(&mut tx, emails).await?;
+            let outcome = self.insert_expiring(&mut tx, emails).await?;
             tx.commit().await.map_err(db_error)?;
-            created
+            outcome
         } else {
             let mut conn = self.pool.acquire().await.map_err(db_error)?;
-            insert_rows(&mut conn, emails).await?
+            self.insert_expiring(&mut conn, emails).await?
         };
         let mut created: HashMap<Uuid, Email> = created
             .into_iter()
@@ -185,38 +275,7 @@ impl EmailStore for PgEmailStore {
             .collect::<Result<_>>()?;
 
         // The others found an email already there: the key decides when there is one.
-        let conflicted: Vec<&NewEmail> = emails
-            .iter()
-            .filter(|e| !created.contains_key(&e.id.as_uuid()))
-            .collect();
-        let existing: Vec<Email> = if conflicted.is_empty() {
-            Vec::new()
-        } else {
-            let sql = concat!(
-                "SELECT ",
-                columns!(),
-                " FROM emails WHERE email_id = ANY($1) OR idempotency_key = ANY($2)"
-            );
-            let rows: Vec<EmailRow> = sqlx::query_as(sql)
-                .bind(
-                    conflicted
-                        .iter()
-                        .map(|e| e.id.as_uuid())
-                        .collect::<Vec<_>>(),
-                )
-                .bind(
-                    conflicted
-                        .iter()
-                        .filter_map(|e| e.idempotency_key.as_deref())
-                        .collect::<Vec<_>>(),
-                )
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-            rows.into_iter()
-                .map(Email::try_from)
-                .collect::<Result<_>>()?
-        };
+        let existing = self.conflicting(&conflicted).await?;
         emails
             .iter()
             .map(|email| {
@@ -226,9 +285,10 @@ impl EmailStore for PgEmailStore {
                     return Ok(Inserted::Created(row));
                 }
                 let by_key = email.idempotency_key.as_ref().and_then(|key| {
-                    existing
-                        .iter()
-                        .find(|e| e.idempotency_key.as_ref() == Some(key))
+                    existing.iter().find(|e| {
+                        e.idempotency_key.as_ref() == Some(key)
+                            && e.idempotency_client == email.idempotency_client
+                    })
                 });
                 by_key
                     .or_else(|| existing.iter().find(|e| e.id == email.id))
@@ -702,24 +762,25 @@ impl EmailStore for PgEmailStore {
 /// PostgreSQL's clock, the one the scheduler goes by) waits as `scheduled`, due at its
 /// time; the others are due now. Emails with attachments need `conn` to be a
 /// transaction, so that rows and bytes come together.
-async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[NewEmail]) -> Result<Vec<EmailRow>> {
+async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Result<Vec<EmailRow>> {
     let sql = concat!(
         "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
              reply_to, subject, message, html, headers, tags, attachments, message_id, \
-             idempotency_key, scheduled_at, status, next_attempt_at) \
+             idempotency_key, idempotency_client, scheduled_at, status, next_attempt_at) \
          SELECT u.id, u.from_, u.to_, u.cc, u.bcc, u.reply_to, u.subject, u.message, u.html, \
-             u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.scheduled_at, \
+             u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.client, \
+             u.scheduled_at, \
              CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'queued' END, \
              greatest(u.scheduled_at, now()) \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
-             $12::jsonb[], $13::text[], $14::text[], $15::timestamptz[]) \
+             $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::timestamptz[]) \
              AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
-                  attachments, message_id, idempotency_key, scheduled_at) \
+                  attachments, message_id, idempotency_key, client, scheduled_at) \
          ON CONFLICT DO NOTHING RETURNING ",
         columns!()
     );
-    let columns = Columns::of(emails);
+    let columns = Columns::of(emails.iter().copied());
     let created: Vec<EmailRow> = sqlx::query_as(sql)
         .bind(&columns.ids)
         .bind(&columns.from)
@@ -735,6 +796,7 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[NewEmail]) -> Resu
         .bind(&columns.attachments)
         .bind(&columns.message_id)
         .bind(&columns.idempotency_key)
+        .bind(&columns.idempotency_client)
         .bind(&columns.scheduled_at)
         .fetch_all(&mut *conn)
         .await
@@ -746,10 +808,18 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[NewEmail]) -> Resu
     Ok(created)
 }
 
+/// The emails of `emails` that `created` has no row for.
+fn not_in<'a>(emails: Vec<&'a NewEmail>, created: &[EmailRow]) -> Vec<&'a NewEmail> {
+    emails
+        .into_iter()
+        .filter(|e| !created.iter().any(|row| row.id() == e.id.as_uuid()))
+        .collect()
+}
+
 /// Stores the attachment bytes of the emails of `emails` that `created` lists.
 async fn store_contents(
     conn: &mut sqlx::PgConnection,
-    emails: &[NewEmail],
+    emails: &[&NewEmail],
     created: &[Uuid],
 ) -> Result<()> {
     let (mut ids, mut positions, mut contents) = (Vec::new(), Vec::new(), Vec::new());

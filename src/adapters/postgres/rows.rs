@@ -17,7 +17,8 @@ macro_rules! columns {
     () => {
         "email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
          message, html, headers, tags, attachments, message_id, scheduled_at, status, attempts, \
-         retry_base, last_error, idempotency_key, created_at, updated_at, sent_at, next_attempt_at"
+         retry_base, last_error, idempotency_key, idempotency_client, created_at, updated_at, \
+         sent_at, next_attempt_at"
     };
 }
 pub(super) use columns;
@@ -43,6 +44,7 @@ pub(super) struct EmailRow {
     retry_base: i32,
     last_error: Option<String>,
     idempotency_key: Option<String>,
+    idempotency_client: String,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     sent_at: Option<DateTime<Utc>>,
@@ -99,6 +101,7 @@ impl TryFrom<EmailRow> for Email {
             retry_base: row.retry_base,
             last_error: row.last_error,
             idempotency_key: row.idempotency_key,
+            idempotency_client: row.idempotency_client,
             created_at: row.created_at,
             updated_at: row.updated_at,
             sent_at: row.sent_at,
@@ -125,10 +128,11 @@ pub(super) struct Columns {
     pub message_id: Vec<String>,
     pub scheduled_at: Vec<Option<DateTime<Utc>>>,
     pub idempotency_key: Vec<Option<String>>,
+    pub idempotency_client: Vec<String>,
 }
 
 impl Columns {
-    pub fn of(emails: &[NewEmail]) -> Self {
+    pub fn of<'a>(emails: impl IntoIterator<Item = &'a NewEmail>) -> Self {
         let mut columns = Columns::default();
         let list = |mailboxes: &[Mailbox]| (!mailboxes.is_empty()).then(|| format_list(mailboxes));
         for email in emails {
@@ -154,6 +158,9 @@ impl Columns {
             columns.message_id.push(email.message_id.clone());
             columns.scheduled_at.push(email.scheduled_at);
             columns.idempotency_key.push(email.idempotency_key.clone());
+            columns
+                .idempotency_client
+                .push(email.idempotency_client.clone());
         }
         columns
     }

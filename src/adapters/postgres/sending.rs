@@ -35,11 +35,25 @@ impl PgEmailStore {
     ) -> Result<BatchInserted> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if let Some(key) = key {
+            // A batch key past `idempotency.ttl` is free again.
+            sqlx::query(
+                "DELETE FROM email_batches \
+                 WHERE idempotency_client = $1 AND idempotency_key = $2 \
+                   AND created_at < now() - $3::bigint * interval '1 millisecond'",
+            )
+            .bind(&key.client)
+            .bind(&key.key)
+            .bind(self.ttl_millis())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
             let ids: Vec<Uuid> = emails.iter().map(|e| e.id.as_uuid()).collect();
             let claimed: Option<i32> = sqlx::query_scalar(
-                "INSERT INTO email_batches (idempotency_key, content_sha256, email_ids) \
-                 VALUES ($1, $2, $3) ON CONFLICT DO NOTHING RETURNING 1",
+                "INSERT INTO email_batches \
+                     (idempotency_client, idempotency_key, content_sha256, email_ids) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING 1",
             )
+            .bind(&key.client)
             .bind(&key.key)
             .bind(&key.digest)
             .bind(&ids)
@@ -48,8 +62,10 @@ impl PgEmailStore {
             .map_err(db_error)?;
             if claimed.is_none() {
                 let (digest, ids): (String, Vec<Uuid>) = sqlx::query_as(
-                    "SELECT content_sha256, email_ids FROM email_batches WHERE idempotency_key = $1",
+                    "SELECT content_sha256, email_ids FROM email_batches \
+                     WHERE idempotency_client = $1 AND idempotency_key = $2",
                 )
+                .bind(&key.client)
                 .bind(&key.key)
                 .fetch_one(&mut *tx)
                 .await
@@ -77,7 +93,7 @@ impl PgEmailStore {
                 return Ok(BatchInserted::Replayed(emails));
             }
         }
-        let rows = insert_rows(&mut tx, emails).await?;
+        let rows = insert_rows(&mut tx, &emails.iter().collect::<Vec<_>>()).await?;
         if rows.len() != emails.len() {
             // Fresh ids and no keys of their own: nothing in a batch can conflict.
             return Err(Error::Internal(anyhow::anyhow!(

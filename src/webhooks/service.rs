@@ -1,0 +1,317 @@
+//! Managing endpoints: the rules a registration follows, the secret and its rotation,
+//! the delivery log and retries asked for by hand.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use uuid::Uuid;
+
+use super::{
+    AttemptRequest, DeliveryStatus, Webhook,
+    store::{DeliveryPage, Edit, WebhookStore},
+    target::{self, TargetPolicy},
+};
+use crate::{
+    adapters::jetstream::JetStream,
+    config::WebhookSettings,
+    domain::{Cursor, EventSelection, Field, Violation, Violations, WebhookSecret},
+    error::{Error, Result},
+};
+
+/// Longest description.
+const MAX_DESCRIPTION_CHARS: usize = 500;
+/// Longest URL.
+const MAX_URL_CHARS: usize = 2048;
+/// How long the dispatcher trusts its list of subscriptions; changes made on this
+/// instance take effect at once, those made on another within this long.
+const SUBSCRIPTIONS_TTL: Duration = Duration::from_secs(1);
+
+/// A registration as asked for.
+#[derive(Debug, Clone, Default)]
+pub struct NewWebhook {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub description: Option<String>,
+}
+
+/// An edit as asked for (`None`: unchanged; `description: Some(None)` clears it).
+#[derive(Debug, Clone, Default)]
+pub struct WebhookChange {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+type Subscriptions = Arc<Vec<(Uuid, EventSelection)>>;
+
+/// The webhooks use cases, shared by the REST API and the workers.
+#[derive(Clone)]
+pub struct Webhooks {
+    pub store: WebhookStore,
+    pub settings: WebhookSettings,
+    bus: JetStream,
+    subscriptions: Arc<Mutex<Option<(Instant, Subscriptions)>>>,
+    /// Bumped by every change, so a list read while one was made is not kept.
+    changes: Arc<AtomicU64>,
+}
+
+impl Webhooks {
+    pub fn new(store: WebhookStore, settings: WebhookSettings, bus: JetStream) -> Self {
+        Webhooks {
+            store,
+            settings,
+            bus,
+            subscriptions: Arc::default(),
+            changes: Arc::default(),
+        }
+    }
+
+    pub fn policy(&self) -> TargetPolicy {
+        TargetPolicy {
+            allow_private: self.settings.allow_private_targets,
+            require_https: self.settings.require_https,
+        }
+    }
+
+    /// The URL rules, DNS included.
+    async fn check_url(&self, url: &str, violations: &mut Vec<Violation>) -> Option<String> {
+        if url.chars().count() > MAX_URL_CHARS {
+            violations.push(Violation::new(
+                Field::Url,
+                "length",
+                format!("must be at most {MAX_URL_CHARS} characters"),
+            ));
+            return None;
+        }
+        let checked = match target::check_url(url, self.policy()) {
+            Ok(checked) => checked,
+            Err(reason) => {
+                violations.push(Violation::new(Field::Url, "url", reason));
+                return None;
+            }
+        };
+        if let Err(reason) = target::check_resolved(&checked, self.policy()).await {
+            violations.push(Violation::new(Field::Url, "url", reason));
+            return None;
+        }
+        Some(checked.to_string())
+    }
+
+    fn check_events(names: &[String], violations: &mut Vec<Violation>) -> Option<EventSelection> {
+        match EventSelection::parse(names) {
+            Ok(events) if events.is_empty() => {
+                violations.push(Violation::new(
+                    Field::Events,
+                    "required",
+                    "must name at least one event type, or \"*\" for all",
+                ));
+                None
+            }
+            Ok(events) => Some(events),
+            Err(unknown) => {
+                violations.push(Violation::new(
+                    Field::Events,
+                    "event_type",
+                    format!(
+                        "{unknown:?} is not an event type (email.queued, email.scheduled, \
+                         email.sent, email.deferred, email.failed, email.canceled, \
+                         email.suppressed, email.bounced, email.complained, or \"*\")"
+                    ),
+                ));
+                None
+            }
+        }
+    }
+
+    fn check_description(description: &str, violations: &mut Vec<Violation>) {
+        if description.chars().count() > MAX_DESCRIPTION_CHARS {
+            violations.push(Violation::new(
+                Field::Description,
+                "length",
+                format!("must be at most {MAX_DESCRIPTION_CHARS} characters"),
+            ));
+        }
+    }
+
+    /// Registers an endpoint, answering it with its new secret.
+    pub async fn create(&self, new: NewWebhook) -> Result<Webhook> {
+        let mut violations = Vec::new();
+        let url = match &new.url {
+            Some(url) => self.check_url(url, &mut violations).await,
+            None => {
+                violations.push(Violation::new(Field::Url, "required", "is required"));
+                None
+            }
+        };
+        let events = match &new.events {
+            Some(names) => Self::check_events(names, &mut violations),
+            None => {
+                violations.push(Violation::new(
+                    Field::Events,
+                    "required",
+                    "is required: the event types to receive, or [\"*\"]",
+                ));
+                None
+            }
+        };
+        if let Some(description) = &new.description {
+            Self::check_description(description, &mut violations);
+        }
+        Violations::check(violations)?;
+        let now = Utc::now();
+        let webhook = Webhook {
+            id: Uuid::now_v7(),
+            url: url.expect("checked"),
+            events: events.expect("checked"),
+            description: new.description.filter(|d| !d.is_empty()),
+            enabled: true,
+            disabled_reason: None,
+            secret: WebhookSecret::generate(),
+            previous_secret: None,
+            failing_since: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert(&webhook).await?;
+        self.forget_subscriptions();
+        Ok(webhook)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Webhook> {
+        self.store.get(id).await?.ok_or_else(|| missing(id))
+    }
+
+    pub async fn list(&self) -> Result<Vec<Webhook>> {
+        self.store.list().await
+    }
+
+    pub async fn change(&self, id: Uuid, change: WebhookChange) -> Result<Webhook> {
+        let mut violations = Vec::new();
+        let mut edit = Edit {
+            enabled: change.enabled,
+            ..Edit::default()
+        };
+        if let Some(url) = &change.url {
+            edit.url = self.check_url(url, &mut violations).await;
+        }
+        if let Some(names) = &change.events {
+            edit.events = Self::check_events(names, &mut violations);
+        }
+        if let Some(description) = &change.description {
+            if let Some(text) = description {
+                Self::check_description(text, &mut violations);
+            }
+            edit.description = Some(description.clone().filter(|d| !d.is_empty()));
+        }
+        Violations::check(violations)?;
+        let webhook = self
+            .store
+            .edit(id, &edit)
+            .await?
+            .ok_or_else(|| missing(id))?;
+        self.forget_subscriptions();
+        Ok(webhook)
+    }
+
+    pub async fn delete(&self, id: Uuid) -> Result<()> {
+        if !self.store.delete(id).await? {
+            return Err(missing(id));
+        }
+        self.forget_subscriptions();
+        Ok(())
+    }
+
+    /// A new secret; the old one keeps signing for `webhooks.rotation_overlap`.
+    pub async fn rotate_secret(&self, id: Uuid) -> Result<Webhook> {
+        let overlap = chrono::Duration::from_std(self.settings.rotation_overlap)
+            .unwrap_or(chrono::Duration::MAX);
+        self.store
+            .rotate_secret(id, &WebhookSecret::generate(), Utc::now() + overlap)
+            .await?
+            .ok_or_else(|| missing(id))
+    }
+
+    pub async fn deliveries(
+        &self,
+        id: Uuid,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<DeliveryPage> {
+        self.get(id).await?;
+        self.store.deliveries(id, cursor, limit).await
+    }
+
+    /// Attempts a finished delivery once more, now (and once: a failure leaves it
+    /// failed).
+    pub async fn retry(&self, webhook: Uuid, delivery: Uuid) -> Result<DeliveryStatus> {
+        self.get(webhook).await?;
+        match self.store.reopen(webhook, delivery).await? {
+            None => Err(Error::Missing {
+                kind: "delivery",
+                id: delivery.to_string(),
+            }),
+            Some(false) => Err(Error::Conflict(format!(
+                "delivery {delivery} is pending: it will be attempted on its schedule"
+            ))),
+            Some(true) => {
+                let request = AttemptRequest {
+                    delivery_id: delivery,
+                    manual: true,
+                };
+                let msg_id = format!("{delivery}:{}", Utc::now().timestamp_millis());
+                if let Err(err) = self.publish_attempt(&request, &msg_id).await {
+                    // Leave it as it was, so a retry can be asked for again.
+                    self.store
+                        .set_status(delivery, DeliveryStatus::Failed)
+                        .await?;
+                    return Err(err);
+                }
+                Ok(DeliveryStatus::Pending)
+            }
+        }
+    }
+
+    /// Publishes an attempt of a delivery on `mail:webhook`.
+    pub async fn publish_attempt(&self, request: &AttemptRequest, msg_id: &str) -> Result<()> {
+        let payload = serde_json::to_vec(request).map_err(|e| Error::Internal(e.into()))?;
+        self.bus
+            .publish(&self.bus.subjects.webhook, payload.into(), Some(msg_id))
+            .await?;
+        Ok(())
+    }
+
+    /// The enabled endpoints and their events, as of at most a second ago.
+    pub async fn subscriptions(&self) -> Result<Subscriptions> {
+        if let Some((at, subscriptions)) = &*self.subscriptions.lock().unwrap()
+            && at.elapsed() < SUBSCRIPTIONS_TTL
+        {
+            return Ok(subscriptions.clone());
+        }
+        let changes = self.changes.load(Ordering::SeqCst);
+        let fresh = Arc::new(self.store.subscriptions().await?);
+        let mut cached = self.subscriptions.lock().unwrap();
+        if self.changes.load(Ordering::SeqCst) == changes {
+            *cached = Some((Instant::now(), fresh.clone()));
+        }
+        Ok(fresh)
+    }
+
+    fn forget_subscriptions(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        *self.subscriptions.lock().unwrap() = None;
+    }
+}
+
+fn missing(id: Uuid) -> Error {
+    Error::Missing {
+        kind: "webhook",
+        id: id.to_string(),
+    }
+}

@@ -1,0 +1,493 @@
+//! Webhooks, their deliveries and attempts in PostgreSQL.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Delivery, DeliveryAttempt, DeliveryStatus, Webhook};
+use crate::{
+    adapters::postgres::db_error,
+    domain::{Cursor, EmailId, EventSelection, WebhookSecret},
+    error::{Error, Result},
+};
+
+/// The columns of a [`WebhookRow`], as a literal so queries stay `&'static str`.
+macro_rules! webhook_columns {
+    () => {
+        "webhook_id, url, events, description, enabled, disabled_reason, secret, \
+         previous_secret, previous_secret_expires, failing_since, created_at, updated_at"
+    };
+}
+
+/// The columns of a [`DeliveryRow`].
+macro_rules! delivery_columns {
+    () => {
+        "delivery_id, webhook_id, event_type, payload, status, attempts, created_at, updated_at"
+    };
+}
+
+#[derive(sqlx::FromRow)]
+struct WebhookRow {
+    webhook_id: Uuid,
+    url: String,
+    events: Vec<String>,
+    description: Option<String>,
+    enabled: bool,
+    disabled_reason: Option<String>,
+    secret: String,
+    previous_secret: Option<String>,
+    previous_secret_expires: Option<DateTime<Utc>>,
+    failing_since: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Internal(anyhow::anyhow!("a stored webhook cannot be read: {what}"))
+}
+
+impl TryFrom<WebhookRow> for Webhook {
+    type Error = Error;
+
+    fn try_from(row: WebhookRow) -> Result<Webhook> {
+        let secret = |text: &str| WebhookSecret::parse(text).ok_or_else(|| corrupt("a secret"));
+        let previous_secret = match (row.previous_secret, row.previous_secret_expires) {
+            (Some(text), Some(expires)) => Some((secret(&text)?, expires)),
+            _ => None,
+        };
+        Ok(Webhook {
+            id: row.webhook_id,
+            url: row.url,
+            events: EventSelection::parse(&row.events)
+                .map_err(|name| corrupt(format!("event {name:?}")))?,
+            description: row.description,
+            enabled: row.enabled,
+            disabled_reason: row.disabled_reason,
+            secret: secret(&row.secret)?,
+            previous_secret,
+            failing_since: row.failing_since,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    delivery_id: Uuid,
+    webhook_id: Uuid,
+    event_type: String,
+    payload: String,
+    status: String,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<DeliveryRow> for Delivery {
+    type Error = Error;
+
+    fn try_from(row: DeliveryRow) -> Result<Delivery> {
+        Ok(Delivery {
+            id: row.delivery_id,
+            webhook_id: row.webhook_id,
+            event_type: row.event_type,
+            payload: row.payload,
+            status: DeliveryStatus::parse(&row.status)
+                .ok_or_else(|| corrupt(format!("delivery status {:?}", row.status)))?,
+            attempts: row.attempts,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    delivery_id: Uuid,
+    attempt: i32,
+    at: DateTime<Utc>,
+    http_status: Option<i32>,
+    error: Option<String>,
+    duration_ms: i32,
+}
+
+/// A delivery to store: one event for one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub event_type: String,
+    pub payload: String,
+}
+
+/// What a webhook edit changes (`None`: unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct Edit {
+    pub url: Option<String>,
+    pub events: Option<EventSelection>,
+    /// `Some(None)` clears it.
+    pub description: Option<Option<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// One page of an endpoint's delivery log, each delivery with its attempts.
+#[derive(Debug, Clone)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<(Delivery, Vec<DeliveryAttempt>)>,
+    pub next: Option<Cursor>,
+}
+
+#[derive(Clone)]
+pub struct WebhookStore {
+    pool: PgPool,
+}
+
+impl WebhookStore {
+    pub fn new(pool: PgPool) -> Self {
+        WebhookStore { pool }
+    }
+
+    pub async fn insert(&self, webhook: &Webhook) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO webhooks (webhook_id, url, events, description, enabled, secret, \
+                 created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, true, $5, $6, $6)",
+        )
+        .bind(webhook.id)
+        .bind(&webhook.url)
+        .bind(webhook.events.names())
+        .bind(&webhook.description)
+        .bind(webhook.secret.expose())
+        .bind(webhook.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Option<Webhook>> {
+        let sql = concat!(
+            "SELECT ",
+            webhook_columns!(),
+            " FROM webhooks WHERE webhook_id = $1"
+        );
+        let row: Option<WebhookRow> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(Webhook::try_from).transpose()
+    }
+
+    /// Every endpoint, oldest first.
+    pub async fn list(&self) -> Result<Vec<Webhook>> {
+        let sql = concat!(
+            "SELECT ",
+            webhook_columns!(),
+            " FROM webhooks ORDER BY created_at, webhook_id"
+        );
+        let rows: Vec<WebhookRow> = sqlx::query_as(sql)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        rows.into_iter().map(Webhook::try_from).collect()
+    }
+
+    /// The enabled endpoints and what they subscribe to.
+    pub async fn subscriptions(&self) -> Result<Vec<(Uuid, EventSelection)>> {
+        let rows: Vec<(Uuid, Vec<String>)> =
+            sqlx::query_as("SELECT webhook_id, events FROM webhooks WHERE enabled")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(id, events)| {
+                let events = EventSelection::parse(&events)
+                    .map_err(|name| corrupt(format!("event {name:?}")))?;
+                Ok((id, events))
+            })
+            .collect()
+    }
+
+    /// Applies an edit, answering the endpoint as it is after it. Enabling an endpoint
+    /// forgets its failures.
+    pub async fn edit(&self, id: Uuid, edit: &Edit) -> Result<Option<Webhook>> {
+        let sql = concat!(
+            "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
+                 description = CASE WHEN $4 THEN $5 ELSE description END, \
+                 enabled = coalesce($6, enabled), \
+                 disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END, \
+                 failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END, \
+                 updated_at = now() \
+             WHERE webhook_id = $1 RETURNING ",
+            webhook_columns!()
+        );
+        let row: Option<WebhookRow> = sqlx::query_as(sql)
+            .bind(id)
+            .bind(&edit.url)
+            .bind(edit.events.as_ref().map(EventSelection::names))
+            .bind(edit.description.is_some())
+            .bind(edit.description.clone().flatten())
+            .bind(edit.enabled)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(Webhook::try_from).transpose()
+    }
+
+    /// Deletes an endpoint with its deliveries; answers whether there was one.
+    pub async fn delete(&self, id: Uuid) -> Result<bool> {
+        let deleted = sqlx::query("DELETE FROM webhooks WHERE webhook_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(deleted.rows_affected() > 0)
+    }
+
+    /// Replaces the secret; the old one keeps signing until `previous_expires`.
+    pub async fn rotate_secret(
+        &self,
+        id: Uuid,
+        secret: &WebhookSecret,
+        previous_expires: DateTime<Utc>,
+    ) -> Result<Option<Webhook>> {
+        let sql = concat!(
+            "UPDATE webhooks SET previous_secret = secret, previous_secret_expires = $3, \
+                 secret = $2, updated_at = now() \
+             WHERE webhook_id = $1 RETURNING ",
+            webhook_columns!()
+        );
+        let row: Option<WebhookRow> = sqlx::query_as(sql)
+            .bind(id)
+            .bind(secret.expose())
+            .bind(previous_expires)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(Webhook::try_from).transpose()
+    }
+
+    /// Stores deliveries; those already stored (an event handled twice) are left alone.
+    pub async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let column = |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<_>>();
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_type, payload) \
+             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(deliveries.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind(deliveries.iter().map(|d| d.webhook_id).collect::<Vec<_>>())
+        .bind(column(|d| d.event_type.clone()))
+        .bind(column(|d| d.payload.clone()))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// A delivery and its endpoint, for an attempt.
+    pub async fn delivery_with_webhook(&self, id: Uuid) -> Result<Option<(Delivery, Webhook)>> {
+        let Some(delivery) = self.delivery(id).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .get(delivery.webhook_id)
+            .await?
+            .map(|webhook| (delivery, webhook)))
+    }
+
+    pub async fn delivery(&self, id: Uuid) -> Result<Option<Delivery>> {
+        let sql = concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM webhook_deliveries WHERE delivery_id = $1"
+        );
+        let row: Option<DeliveryRow> = sqlx::query_as(sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(Delivery::try_from).transpose()
+    }
+
+    /// Records an attempt and what it means for the delivery (`status`) and its
+    /// endpoint (a success ends its run of failures; a failure starts one if none is
+    /// going on). Answers the attempt's number and, after a failure, since when the
+    /// endpoint has been failing.
+    pub async fn record_attempt(
+        &self,
+        delivery: Uuid,
+        webhook: Uuid,
+        attempt: &DeliveryAttempt,
+        status: DeliveryStatus,
+    ) -> Result<(i32, Option<DateTime<Utc>>)> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let number: i32 = sqlx::query_scalar(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
+                 updated_at = now() \
+             WHERE delivery_id = $1 RETURNING attempts",
+        )
+        .bind(delivery)
+        .bind(status.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, at, http_status, error, \
+                 duration_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(delivery)
+        .bind(number)
+        .bind(attempt.at)
+        .bind(attempt.http_status)
+        .bind(&attempt.error)
+        .bind(attempt.duration_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let failing_since: Option<DateTime<Utc>> = if attempt.error.is_none() {
+            sqlx::query(
+                "UPDATE webhooks SET failing_since = NULL \
+                 WHERE webhook_id = $1 AND failing_since IS NOT NULL",
+            )
+            .bind(webhook)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            None
+        } else {
+            sqlx::query_scalar(
+                "UPDATE webhooks SET failing_since = coalesce(failing_since, $2) \
+                 WHERE webhook_id = $1 RETURNING failing_since",
+            )
+            .bind(webhook)
+            .bind(attempt.at)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .flatten()
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok((number, failing_since))
+    }
+
+    /// Sets a delivery's status (no attempt made).
+    pub async fn set_status(&self, delivery: Uuid, status: DeliveryStatus) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_deliveries SET status = $2, updated_at = now() WHERE delivery_id = $1",
+        )
+        .bind(delivery)
+        .bind(status.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Makes a finished delivery pending again, for a retry asked for by a user;
+    /// answers `false` when it is pending already.
+    pub async fn reopen(&self, webhook: Uuid, delivery: Uuid) -> Result<Option<bool>> {
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM webhook_deliveries WHERE delivery_id = $1 AND webhook_id = $2",
+        )
+        .bind(delivery)
+        .bind(webhook)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if status.is_none() {
+            return Ok(None);
+        }
+        let reopened = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', updated_at = now() \
+             WHERE delivery_id = $1 AND status <> 'pending'",
+        )
+        .bind(delivery)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(Some(reopened.rows_affected() > 0))
+    }
+
+    /// Disables an endpoint that kept failing.
+    pub async fn disable(&self, id: Uuid, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhooks SET enabled = false, disabled_reason = $2, updated_at = now() \
+             WHERE webhook_id = $1",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// An endpoint's deliveries, newest first, from the cursor on.
+    pub async fn deliveries(
+        &self,
+        webhook: Uuid,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<DeliveryPage> {
+        let sql = concat!(
+            "SELECT ",
+            delivery_columns!(),
+            " FROM webhook_deliveries \
+             WHERE webhook_id = $1 AND ($2::timestamptz IS NULL OR (created_at, delivery_id) < ($2, $3)) \
+             ORDER BY created_at DESC, delivery_id DESC LIMIT $4"
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query_as(sql)
+            .bind(webhook)
+            .bind(cursor.map(|c| c.created_at))
+            .bind(cursor.map(|c| c.id.as_uuid()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut deliveries: Vec<Delivery> = rows
+            .into_iter()
+            .map(Delivery::try_from)
+            .collect::<Result<_>>()?;
+        let next = (deliveries.len() > limit as usize).then(|| {
+            deliveries.truncate(limit as usize);
+            let last = deliveries.last().expect("a full page");
+            Cursor {
+                created_at: last.created_at,
+                id: EmailId::from(last.id),
+            }
+        });
+        let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
+        let attempts: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT delivery_id, attempt, at, http_status, error, duration_ms \
+             FROM webhook_attempts WHERE delivery_id = ANY($1) ORDER BY attempt",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let deliveries = deliveries
+            .into_iter()
+            .map(|delivery| {
+                let own = attempts
+                    .iter()
+                    .filter(|row| row.delivery_id == delivery.id)
+                    .map(|row| DeliveryAttempt {
+                        attempt: row.attempt,
+                        at: row.at,
+                        http_status: row.http_status,
+                        error: row.error.clone(),
+                        duration_ms: row.duration_ms,
+                    })
+                    .collect();
+                (delivery, own)
+            })
+            .collect();
+        Ok(DeliveryPage { deliveries, next })
+    }
+}
