@@ -26,4 +26,5 @@ mod security;
 mod sending;
 mod smtp_tls;
 mod traces;
+mod webhooks;
 mod workers;

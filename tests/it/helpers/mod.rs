@@ -3,6 +3,7 @@
 //! prefix, and cleans them up when dropped.
 
 pub mod otlp;
+pub mod receiver;
 pub mod smtp;
 pub mod tools;
 
