@@ -2,7 +2,10 @@
 --
 -- A delivery is one event for one endpoint; its id is the `webhook-id` header, the same
 -- on every attempt. It is derived from the status event's stream sequence and the
--- endpoint, so a status event handled twice makes no second delivery.
+-- endpoint, so a status event handled twice makes no second delivery. A pending
+-- delivery is due at next_attempt_at: the retry schedule's next time, or, while an
+-- attempt is on its way, the time that attempt is given up as lost (a lease), so
+-- PostgreSQL holds every retry and a crash loses none.
 CREATE TABLE webhooks (
     webhook_id              uuid        PRIMARY KEY,
     url                     text        NOT NULL,
@@ -30,12 +33,17 @@ CREATE TABLE webhook_deliveries (
     status       text        NOT NULL DEFAULT 'pending'
                              CHECK (status IN ('pending', 'succeeded', 'failed')),
     attempts     integer     NOT NULL DEFAULT 0,
+    next_attempt_at timestamptz,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 -- The delivery log of an endpoint, newest first, by cursor.
 CREATE INDEX webhook_deliveries_log_idx
     ON webhook_deliveries (webhook_id, created_at DESC, delivery_id DESC);
+
+-- Pending deliveries by when they are due, for the retriers.
+CREATE INDEX webhook_deliveries_due_idx
+    ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 
 CREATE TABLE webhook_attempts (
     delivery_id  uuid        NOT NULL REFERENCES webhook_deliveries ON DELETE CASCADE,

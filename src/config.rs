@@ -380,6 +380,11 @@ pub struct WebhookSettings {
     #[serde(with = "humantime_serde")]
     pub rotation_overlap: Duration,
     pub max_response_bytes: usize,
+    /// Longest sleep of a retrier between two looks for due deliveries.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most deliveries a retrier publishes per look.
+    pub poll_batch_size: i64,
 }
 
 /// How long an idempotency key answers the email it created.

@@ -23,7 +23,8 @@ use crate::{
     server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
     webhooks::{
-        Webhooks, dispatch::DispatchHandler, sender as webhook_sender, store::WebhookStore,
+        Webhooks, dispatch::DispatchHandler, retrier::Retrier, sender as webhook_sender,
+        store::WebhookStore,
     },
     workers::{CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
 };
@@ -76,6 +77,7 @@ impl Core {
         let webhooks = Webhooks::new(
             WebhookStore::new(pool.clone()),
             settings.webhooks.clone(),
+            settings.nats.consumers.webhook.ack_wait,
             jetstream.clone(),
         );
         let ports = Ports {
@@ -306,7 +308,7 @@ impl Application {
         let app = rest::router(
             AppState::new(
                 mailroom.clone(),
-                webhooks,
+                webhooks.clone(),
                 metrics.clone(),
                 gate,
                 // Bodies are kept per copy of the in-process cache; without it, none.
@@ -373,6 +375,15 @@ impl Application {
         let stop_scheduling = shutdown.clone();
         tasks.spawn(async move {
             scheduler.run(stop_scheduling).await;
+            Ok(())
+        });
+
+        let retrier = Retrier {
+            webhooks: webhooks.clone(),
+        };
+        let stop_retrying = shutdown.clone();
+        tasks.spawn(async move {
+            retrier.run(stop_retrying).await;
             Ok(())
         });
 

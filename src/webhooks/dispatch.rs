@@ -101,23 +101,31 @@ impl Handler for DispatchHandler {
         if deliveries.is_empty() {
             return verdicts;
         }
-        if let Err(err) = self.webhooks.store.insert_deliveries(&deliveries).await {
+        if let Err(err) = self
+            .webhooks
+            .store
+            .insert_deliveries(&deliveries, self.webhooks.lease)
+            .await
+        {
             return self.retry(batch, "could not store deliveries", &err);
         }
         let published = join_all(deliveries.iter().map(|delivery| {
             let request = AttemptRequest {
                 delivery_id: delivery.id,
+                attempts: 0,
                 manual: false,
             };
-            let msg_id = delivery.id.to_string();
             let webhooks = &self.webhooks;
-            async move { webhooks.publish_attempt(&request, &msg_id).await }
+            async move { webhooks.publish_attempt(&request).await }
         }))
         .await;
         if let Some(Err(err)) = published.into_iter().find(Result::is_err) {
-            // The stored deliveries are published again when the events come back
-            // (their ids, hence their Nats-Msg-Id, are the same).
-            return self.retry(batch, "could not publish deliveries", &err);
+            // The deliveries are stored: the retriers publish them once their lease is
+            // over. The events are acknowledged all the same.
+            tracing::warn!(
+                error = err.with_causes(),
+                "webhook deliveries stored but not published; the retriers will"
+            );
         }
         verdicts
     }

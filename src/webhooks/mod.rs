@@ -3,11 +3,14 @@
 //!
 //! Two durable consumers carry the work. The dispatcher ([`dispatch`]) reads
 //! `mail:status` and stores one delivery per event and matching endpoint, then publishes
-//! its id on `mail:webhook`; the senders ([`sender`]) make the request and retry it by
-//! putting the message back with the schedule's delay (never by sleeping). Both steps
-//! store before they acknowledge, so a restart or a kill loses no delivery.
+//! its id on `mail:webhook`; the senders ([`sender`]) make the request. A failed one is
+//! due again at the schedule's next time, in PostgreSQL, where the retriers
+//! ([`retrier`]) of every instance find it and publish it again: nothing sleeps, and
+//! nothing waits in JetStream for hours. Every step stores before it acknowledges, so
+//! a restart or a kill loses no delivery.
 
 pub mod dispatch;
+pub mod retrier;
 pub mod sender;
 mod service;
 pub mod store;
@@ -109,11 +112,13 @@ pub struct DeliveryAttempt {
     pub duration_ms: i32,
 }
 
-/// The message on `mail:webhook`: a delivery to attempt.
+/// The message on `mail:webhook`: a delivery to attempt, after the attempts it has
+/// had (a message for an attempt already made is a duplicate, and dropped).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptRequest {
     #[serde(rename = "deliveryID")]
     pub delivery_id: Uuid,
+    pub attempts: i32,
     /// Asked for by a user (one attempt, outside the schedule).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub manual: bool,

@@ -1,12 +1,13 @@
 //! The senders: a durable consumer on `mail:webhook` whose handlers make one signed
 //! request per message. A 2xx answer succeeds; anything else (another status, a
-//! timeout, a refused connection) is recorded and the message put back with the next
-//! wait of `webhooks.retry_schedule`; after the last the delivery has failed. An endpoint
-//! that failed everything for `webhooks.disable_after` is disabled.
+//! timeout, a refused connection) is recorded, and the delivery is due again after the
+//! next wait of `webhooks.retry_schedule` (the retriers publish it then); after the
+//! last it has failed. An endpoint that failed everything for `webhooks.disable_after`
+//! is disabled.
 //!
 //! Each endpoint has at most `webhooks.max_in_flight_per_endpoint` requests in flight
-//! per instance; more of its messages go back for a moment without an attempt, so one
-//! slow or dead endpoint holds a few workers, never all of them.
+//! per instance; more of its deliveries are put off for a moment without an attempt,
+//! so one slow or dead endpoint holds a few workers, never all of them.
 
 use std::{
     collections::HashMap,
@@ -23,6 +24,7 @@ use uuid::Uuid;
 
 use super::{
     AttemptRequest, Delivery, DeliveryAttempt, DeliveryStatus, Webhook, Webhooks,
+    store::Outcome,
     target::{self, PublicOnly},
 };
 use crate::{
@@ -32,8 +34,7 @@ use crate::{
     workers::{Handler, Inbound, Verdict},
 };
 
-/// How long a message of an endpoint at its in-flight limit waits before it is tried
-/// again.
+/// How long a delivery to an endpoint at its in-flight limit is put off.
 const BUSY_ENDPOINT_WAIT: Duration = Duration::from_millis(500);
 /// How much of an error answer's body goes into the delivery log.
 const LOGGED_BODY_CHARS: usize = 200;
@@ -120,125 +121,105 @@ impl SendHandler {
                 };
             }
         };
-        let (delivery, webhook) = match self
-            .webhooks
-            .store
-            .delivery_with_webhook(request.delivery_id)
-            .await
-        {
+        let store = &self.webhooks.store;
+        let (delivery, webhook) = match store.delivery_with_webhook(request.delivery_id).await {
             Ok(Some(found)) => found,
             // The endpoint was deleted, and its deliveries with it.
             Ok(None) => return Verdict::Ack,
             Err(err) => return self.outage(message, &err),
         };
-        if delivery.status != DeliveryStatus::Pending {
+        // Done already, or this attempt was made (the message is a duplicate).
+        if delivery.status != DeliveryStatus::Pending || delivery.attempts != request.attempts {
             return Verdict::Ack;
         }
         if !webhook.enabled {
-            return match self
-                .webhooks
-                .store
-                .set_status(delivery.id, DeliveryStatus::Failed)
-                .await
-            {
+            return match store.fail(delivery.id).await {
                 Ok(()) => Verdict::Ack,
                 Err(err) => self.outage(message, &err),
             };
         }
         let Some(_slot) = self.slot(webhook.id) else {
-            return Verdict::Retry(BUSY_ENDPOINT_WAIT);
+            // Its turn comes when the retriers find it due again.
+            return match store.postpone(delivery.id, BUSY_ENDPOINT_WAIT).await {
+                Ok(()) => Verdict::Ack,
+                Err(err) => self.outage(message, &err),
+            };
         };
         let at = Utc::now();
         let started = Instant::now();
         let answer = self.request(&webhook, &delivery).await;
         let elapsed = started.elapsed();
-        self.settle(message, &request, &webhook, &delivery, at, elapsed, answer)
-            .await
-    }
-
-    /// Records an attempt and decides what comes next.
-    #[allow(clippy::too_many_arguments)]
-    async fn settle(
-        &self,
-        message: &Inbound,
-        request: &AttemptRequest,
-        webhook: &Webhook,
-        delivery: &Delivery,
-        at: chrono::DateTime<Utc>,
-        elapsed: Duration,
-        answer: Answer,
-    ) -> Verdict {
-        let schedule = &self.webhooks.settings.retry_schedule;
-        let succeeded = answer.error.is_none();
-        // Whether this attempt is the last: a manual one is, and so is one past the
-        // schedule (known only once numbered, so the failure is stored as pending and
-        // finished below).
         let attempt = DeliveryAttempt {
-            attempt: 0,
+            attempt: delivery.attempts + 1,
             at,
             http_status: answer.http_status.map(i32::from),
             error: answer.error.clone(),
             duration_ms: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
         };
-        let status = if succeeded {
-            DeliveryStatus::Succeeded
+        let schedule = &self.webhooks.settings.retry_schedule;
+        let outcome = if answer.error.is_none() {
+            Outcome::Done(DeliveryStatus::Succeeded)
         } else if request.manual {
-            DeliveryStatus::Failed
+            Outcome::Done(DeliveryStatus::Failed)
         } else {
-            DeliveryStatus::Pending
+            // The attempt just made is number `attempts + 1`; its wait is the schedule's
+            // entry of that number, if there is one.
+            match schedule.get(delivery.attempts as usize) {
+                Some(wait) => Outcome::RetryIn(*wait),
+                None => Outcome::Done(DeliveryStatus::Failed),
+            }
         };
-        let (number, failing_since) = match self
-            .webhooks
-            .store
-            .record_attempt(delivery.id, webhook.id, &attempt, status)
-            .await
-        {
-            Ok(recorded) => recorded,
+        let failing_since = match store.record_attempt(&delivery, &attempt, outcome).await {
+            Ok(Some((_, failing_since))) => failing_since,
+            // Another worker took this attempt over (after this one's lease ran out).
+            Ok(None) => return Verdict::Ack,
             Err(err) => return self.outage(message, &err),
         };
-        if succeeded {
-            self.metrics.webhook_attempt("succeeded", elapsed);
-            return Verdict::Ack;
+        let label = match outcome {
+            Outcome::Done(DeliveryStatus::Succeeded) => "succeeded",
+            Outcome::Done(_) => "failed",
+            Outcome::RetryIn(_) if answer.refused => "refused",
+            Outcome::RetryIn(_) => "retry",
+        };
+        self.metrics.webhook_attempt(label, elapsed);
+        if let Some(since) = failing_since {
+            self.disable_if_failing_since(&webhook, since, &answer)
+                .await;
         }
-        let disable_after = chrono::Duration::from_std(self.webhooks.settings.disable_after)
-            .unwrap_or(chrono::Duration::MAX);
-        let failing_for = failing_since.map(|since| Utc::now() - since);
-        if failing_for.is_some_and(|failing_for| failing_for >= disable_after) {
-            let reason = format!(
-                "every delivery failed for {} (webhooks.disable_after); the last: {}",
-                humantime::format_duration(self.webhooks.settings.disable_after),
-                answer.error.as_deref().unwrap_or_default()
-            );
-            if let Err(err) = self.webhooks.store.disable(webhook.id, &reason).await {
-                return self.outage(message, &err);
-            }
-            tracing::warn!(webhook.id = %webhook.id, webhook.url = %webhook.url, %reason, "webhook endpoint disabled");
-            self.metrics
-                .webhooks_disabled
-                .with_label_values(&[] as &[&str])
-                .inc();
-            return self.give_up(message, delivery, elapsed).await;
-        }
-        let retries_left = !request.manual && (number as usize) <= schedule.len();
-        if !retries_left {
-            return self.give_up(message, delivery, elapsed).await;
-        }
-        self.metrics
-            .webhook_attempt(if answer.refused { "refused" } else { "retry" }, elapsed);
-        Verdict::Retry(schedule[number as usize - 1])
+        Verdict::Ack
     }
 
-    async fn give_up(&self, message: &Inbound, delivery: &Delivery, elapsed: Duration) -> Verdict {
-        if let Err(err) = self
-            .webhooks
-            .store
-            .set_status(delivery.id, DeliveryStatus::Failed)
-            .await
-        {
-            return self.outage(message, &err);
+    /// Disables an endpoint that has failed everything for `webhooks.disable_after`;
+    /// its pending deliveries end failed when they come up.
+    async fn disable_if_failing_since(
+        &self,
+        webhook: &Webhook,
+        since: chrono::DateTime<Utc>,
+        answer: &Answer,
+    ) {
+        let disable_after = self.webhooks.settings.disable_after;
+        let limit = chrono::Duration::from_std(disable_after).unwrap_or(chrono::Duration::MAX);
+        if Utc::now() - since < limit {
+            return;
         }
-        self.metrics.webhook_attempt("failed", elapsed);
-        Verdict::Ack
+        let reason = format!(
+            "every delivery failed for {} (webhooks.disable_after); the last: {}",
+            humantime::format_duration(disable_after),
+            answer.error.as_deref().unwrap_or_default()
+        );
+        match self.webhooks.store.disable(webhook.id, &reason).await {
+            Ok(()) => {
+                tracing::warn!(webhook.id = %webhook.id, webhook.url = %webhook.url, %reason, "webhook endpoint disabled");
+                self.metrics
+                    .webhooks_disabled
+                    .with_label_values(&[] as &[&str])
+                    .inc();
+            }
+            // The next failure tries again.
+            Err(err) => {
+                tracing::warn!(error = err.with_causes(), webhook.id = %webhook.id, "could not disable a failing webhook endpoint")
+            }
+        }
     }
 
     /// Makes the signed request.

@@ -56,6 +56,9 @@ type Subscriptions = Arc<Vec<(Uuid, EventSelection)>>;
 pub struct Webhooks {
     pub store: WebhookStore,
     pub settings: WebhookSettings,
+    /// How long a published attempt has to be made before its delivery is due again:
+    /// a request's timeout and the message's ack wait.
+    pub lease: Duration,
     bus: JetStream,
     subscriptions: Arc<Mutex<Option<(Instant, Subscriptions)>>>,
     /// Bumped by every change, so a list read while one was made is not kept.
@@ -63,8 +66,14 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    pub fn new(store: WebhookStore, settings: WebhookSettings, bus: JetStream) -> Self {
+    pub fn new(
+        store: WebhookStore,
+        settings: WebhookSettings,
+        ack_wait: Duration,
+        bus: JetStream,
+    ) -> Self {
         Webhooks {
+            lease: settings.timeout + ack_wait,
             store,
             settings,
             bus,
@@ -252,37 +261,43 @@ impl Webhooks {
     /// failed).
     pub async fn retry(&self, webhook: Uuid, delivery: Uuid) -> Result<DeliveryStatus> {
         self.get(webhook).await?;
-        match self.store.reopen(webhook, delivery).await? {
+        match self.store.reopen(webhook, delivery, self.lease).await? {
             None => Err(Error::Missing {
                 kind: "delivery",
                 id: delivery.to_string(),
             }),
-            Some(false) => Err(Error::Conflict(format!(
+            Some(Err(())) => Err(Error::Conflict(format!(
                 "delivery {delivery} is pending: it will be attempted on its schedule"
             ))),
-            Some(true) => {
+            Some(Ok(attempts)) => {
                 let request = AttemptRequest {
                     delivery_id: delivery,
+                    attempts,
                     manual: true,
                 };
-                let msg_id = format!("{delivery}:{}", Utc::now().timestamp_millis());
-                if let Err(err) = self.publish_attempt(&request, &msg_id).await {
-                    // Leave it as it was, so a retry can be asked for again.
-                    self.store
-                        .set_status(delivery, DeliveryStatus::Failed)
-                        .await?;
-                    return Err(err);
-                }
+                // Should this message be lost, the delivery is due again after the
+                // lease, and the retriers publish it.
+                self.publish_attempt(&request).await?;
                 Ok(DeliveryStatus::Pending)
             }
         }
     }
 
-    /// Publishes an attempt of a delivery on `mail:webhook`.
-    pub async fn publish_attempt(&self, request: &AttemptRequest, msg_id: &str) -> Result<()> {
+    /// Publishes an attempt of a delivery on `mail:webhook`. The first attempt's
+    /// message id is the same each time (an event handled twice publishes it twice);
+    /// later ones are told apart by when they were published.
+    pub async fn publish_attempt(&self, request: &AttemptRequest) -> Result<()> {
         let payload = serde_json::to_vec(request).map_err(|e| Error::Internal(e.into()))?;
+        let msg_id = match (request.attempts, request.manual) {
+            (0, false) => format!("{}:0", request.delivery_id),
+            (attempts, _) => format!(
+                "{}:{attempts}:{}",
+                request.delivery_id,
+                Utc::now().timestamp_micros()
+            ),
+        };
         self.bus
-            .publish(&self.bus.subjects.webhook, payload.into(), Some(msg_id))
+            .publish(&self.bus.subjects.webhook, payload.into(), Some(&msg_id))
             .await?;
         Ok(())
     }

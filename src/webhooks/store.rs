@@ -1,5 +1,7 @@
 //! Webhooks, their deliveries and attempts in PostgreSQL.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -110,6 +112,19 @@ struct AttemptRow {
     http_status: Option<i32>,
     error: Option<String>,
     duration_ms: i32,
+}
+
+/// What an attempt leaves a delivery as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Succeeded, or failed for good.
+    Done(DeliveryStatus),
+    /// Failed; due again after this wait.
+    RetryIn(Duration),
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// A delivery to store: one event for one endpoint.
@@ -269,25 +284,65 @@ impl WebhookStore {
         row.map(Webhook::try_from).transpose()
     }
 
-    /// Stores deliveries; those already stored (an event handled twice) are left alone.
-    pub async fn insert_deliveries(&self, deliveries: &[NewDelivery]) -> Result<()> {
+    /// Stores deliveries, due after `lease` (by when the attempt published for each
+    /// must have been made); those already stored (an event handled twice) are left
+    /// alone.
+    pub async fn insert_deliveries(
+        &self,
+        deliveries: &[NewDelivery],
+        lease: Duration,
+    ) -> Result<()> {
         if deliveries.is_empty() {
             return Ok(());
         }
         let column = |f: fn(&NewDelivery) -> String| deliveries.iter().map(f).collect::<Vec<_>>();
         sqlx::query(
-            "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_type, payload) \
-             SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) \
+            "INSERT INTO webhook_deliveries \
+                 (delivery_id, webhook_id, event_type, payload, next_attempt_at) \
+             SELECT u.*, now() + $5::bigint * interval '1 millisecond' \
+             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[]) AS u \
              ON CONFLICT DO NOTHING",
         )
         .bind(deliveries.iter().map(|d| d.id).collect::<Vec<_>>())
         .bind(deliveries.iter().map(|d| d.webhook_id).collect::<Vec<_>>())
         .bind(column(|d| d.event_type.clone()))
         .bind(column(|d| d.payload.clone()))
+        .bind(millis(lease))
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
         Ok(())
+    }
+
+    /// Takes up to `limit` pending deliveries that are due, each for `lease`: the
+    /// attempt published for it must be made by then, or it is due again. Answers
+    /// them with the attempts each has had, and when the next one still pending is due.
+    pub async fn claim_due(
+        &self,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<(Vec<(Uuid, i32)>, Option<DateTime<Utc>>)> {
+        let claimed: Vec<(Uuid, i32)> = sqlx::query_as(
+            "UPDATE webhook_deliveries d \
+             SET next_attempt_at = now() + $2::bigint * interval '1 millisecond' \
+             FROM (SELECT delivery_id FROM webhook_deliveries \
+                   WHERE status = 'pending' AND next_attempt_at <= now() \
+                   ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+             WHERE d.delivery_id = due.delivery_id \
+             RETURNING d.delivery_id, d.attempts",
+        )
+        .bind(limit)
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok((claimed, next))
     }
 
     /// A delivery and its endpoint, for an attempt.
@@ -315,33 +370,45 @@ impl WebhookStore {
         row.map(Delivery::try_from).transpose()
     }
 
-    /// Records an attempt and what it means for the delivery (`status`) and its
-    /// endpoint (a success ends its run of failures; a failure starts one if none is
-    /// going on). Answers the attempt's number and, after a failure, since when the
-    /// endpoint has been failing.
+    /// Records the attempt that follows `attempts_before` others, and what it means
+    /// for the delivery (`outcome`) and its endpoint (a success ends its run of
+    /// failures; a failure starts one if none is going on). Answers the attempt's
+    /// number and, after a failure, since when the endpoint has been failing; `None`
+    /// when the delivery is no longer pending after `attempts_before` attempts (another
+    /// worker recorded this attempt, or it was deleted).
     pub async fn record_attempt(
         &self,
-        delivery: Uuid,
-        webhook: Uuid,
+        delivery: &Delivery,
         attempt: &DeliveryAttempt,
-        status: DeliveryStatus,
-    ) -> Result<(i32, Option<DateTime<Utc>>)> {
+        outcome: Outcome,
+    ) -> Result<Option<(i32, Option<DateTime<Utc>>)>> {
+        let (status, retry_in) = match outcome {
+            Outcome::Done(status) => (status, None),
+            Outcome::RetryIn(wait) => (DeliveryStatus::Pending, Some(millis(wait))),
+        };
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let number: i32 = sqlx::query_scalar(
-            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $2, \
+        let number: Option<i32> = sqlx::query_scalar(
+            "UPDATE webhook_deliveries SET attempts = attempts + 1, status = $3, \
+                 next_attempt_at = now() + $4::bigint * interval '1 millisecond', \
                  updated_at = now() \
-             WHERE delivery_id = $1 RETURNING attempts",
+             WHERE delivery_id = $1 AND attempts = $2 AND status = 'pending' \
+             RETURNING attempts",
         )
-        .bind(delivery)
+        .bind(delivery.id)
+        .bind(delivery.attempts)
         .bind(status.as_str())
-        .fetch_one(&mut *tx)
+        .bind(retry_in)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
+        let Some(number) = number else {
+            return Ok(None);
+        };
         sqlx::query(
             "INSERT INTO webhook_attempts (delivery_id, attempt, at, http_status, error, \
                  duration_ms) VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(delivery)
+        .bind(delivery.id)
         .bind(number)
         .bind(attempt.at)
         .bind(attempt.http_status)
@@ -355,7 +422,7 @@ impl WebhookStore {
                 "UPDATE webhooks SET failing_since = NULL \
                  WHERE webhook_id = $1 AND failing_since IS NOT NULL",
             )
-            .bind(webhook)
+            .bind(delivery.webhook_id)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -365,7 +432,7 @@ impl WebhookStore {
                 "UPDATE webhooks SET failing_since = coalesce(failing_since, $2) \
                  WHERE webhook_id = $1 RETURNING failing_since",
             )
-            .bind(webhook)
+            .bind(delivery.webhook_id)
             .bind(attempt.at)
             .fetch_optional(&mut *tx)
             .await
@@ -373,25 +440,48 @@ impl WebhookStore {
             .flatten()
         };
         tx.commit().await.map_err(db_error)?;
-        Ok((number, failing_since))
+        Ok(Some((number, failing_since)))
     }
 
-    /// Sets a delivery's status (no attempt made).
-    pub async fn set_status(&self, delivery: Uuid, status: DeliveryStatus) -> Result<()> {
+    /// Ends a pending delivery without an attempt (its endpoint is disabled), or
+    /// one whose last attempt failed.
+    pub async fn fail(&self, delivery: Uuid) -> Result<()> {
         sqlx::query(
-            "UPDATE webhook_deliveries SET status = $2, updated_at = now() WHERE delivery_id = $1",
+            "UPDATE webhook_deliveries SET status = 'failed', next_attempt_at = NULL, \
+                 updated_at = now() \
+             WHERE delivery_id = $1",
         )
         .bind(delivery)
-        .bind(status.as_str())
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
         Ok(())
     }
 
-    /// Makes a finished delivery pending again, for a retry asked for by a user;
-    /// answers `false` when it is pending already.
-    pub async fn reopen(&self, webhook: Uuid, delivery: Uuid) -> Result<Option<bool>> {
+    /// Makes a pending delivery due again after `wait` (its endpoint is busy).
+    pub async fn postpone(&self, delivery: Uuid, wait: Duration) -> Result<()> {
+        sqlx::query(
+            "UPDATE webhook_deliveries \
+             SET next_attempt_at = now() + $2::bigint * interval '1 millisecond' \
+             WHERE delivery_id = $1 AND status = 'pending'",
+        )
+        .bind(delivery)
+        .bind(millis(wait))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Makes a finished delivery pending again, for a retry asked for by a user, with
+    /// the `lease` its attempt has; answers the attempts it has had, `None` when there
+    /// is no such delivery, and `Some(Err(()))` when it is pending already.
+    pub async fn reopen(
+        &self,
+        webhook: Uuid,
+        delivery: Uuid,
+        lease: Duration,
+    ) -> Result<Option<Result<i32, ()>>> {
         let status: Option<String> = sqlx::query_scalar(
             "SELECT status FROM webhook_deliveries WHERE delivery_id = $1 AND webhook_id = $2",
         )
@@ -403,15 +493,17 @@ impl WebhookStore {
         if status.is_none() {
             return Ok(None);
         }
-        let reopened = sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'pending', updated_at = now() \
-             WHERE delivery_id = $1 AND status <> 'pending'",
+        let reopened: Option<i32> = sqlx::query_scalar(
+            "UPDATE webhook_deliveries SET status = 'pending', updated_at = now(), \
+                 next_attempt_at = now() + $2::bigint * interval '1 millisecond' \
+             WHERE delivery_id = $1 AND status <> 'pending' RETURNING attempts",
         )
         .bind(delivery)
-        .execute(&self.pool)
+        .bind(millis(lease))
+        .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(Some(reopened.rows_affected() > 0))
+        Ok(Some(reopened.ok_or(())))
     }
 
     /// Disables an endpoint that kept failing.

@@ -27,7 +27,7 @@ use tracing::{Instrument, field::Empty};
 
 pub use create::CreateHandler;
 pub use reconciler::Reconciler;
-pub use scheduler::Scheduler;
+pub use scheduler::{Pass, Scheduler, next_pass};
 pub use send::SendHandler;
 
 use crate::{

@@ -23,9 +23,15 @@ impl Scheduler {
     pub async fn run(self, shutdown: CancellationToken) {
         loop {
             let wait = match self.mailroom.release_due(self.settings.batch_size).await {
-                Ok((released, next_due)) => {
-                    next_pass(&self.settings, released, next_due, chrono::Utc::now())
-                }
+                Ok((released, next_due)) => next_pass(
+                    Pass {
+                        interval: self.settings.interval,
+                        batch_size: self.settings.batch_size,
+                    },
+                    released,
+                    next_due,
+                    chrono::Utc::now(),
+                ),
                 Err(err) => {
                     tracing::warn!(error = err.with_causes(), "scheduler pass failed");
                     self.settings.interval
@@ -39,11 +45,20 @@ impl Scheduler {
     }
 }
 
-/// How long to sleep after a pass that released `released` emails, when the earliest
-/// still scheduled is due at `next_due`: not at all after a full batch (more may be
-/// due), until the next one's time when that is sooner than the interval.
-fn next_pass(
-    settings: &SchedulerSettings,
+/// How a polling loop goes: at least one pass per `interval`, at most `batch_size`
+/// items per pass.
+#[derive(Debug, Clone, Copy)]
+pub struct Pass {
+    pub interval: Duration,
+    pub batch_size: i64,
+}
+
+/// How long to sleep after a pass that took `released` items, when the earliest still
+/// waiting is due at `next_due`: not at all after a full batch (more may be due), until
+/// the next one's time when that is sooner than the interval. (The scheduler's, and the
+/// webhook retriers'.)
+pub fn next_pass(
+    settings: Pass,
     released: usize,
     next_due: Option<DateTime<Utc>>,
     now: DateTime<Utc>,
@@ -61,8 +76,8 @@ fn next_pass(
 mod tests {
     use super::*;
 
-    fn settings() -> SchedulerSettings {
-        SchedulerSettings {
+    fn settings() -> Pass {
+        Pass {
             interval: Duration::from_millis(250),
             batch_size: 10,
         }
@@ -75,24 +90,24 @@ mod tests {
         let later = now + chrono::Duration::seconds(30);
         let past = now - chrono::Duration::seconds(1);
         assert_eq!(
-            next_pass(&settings(), 0, Some(soon), now),
+            next_pass(settings(), 0, Some(soon), now),
             Duration::from_millis(40)
         );
         assert_eq!(
-            next_pass(&settings(), 0, Some(later), now),
+            next_pass(settings(), 0, Some(later), now),
             Duration::from_millis(250)
         );
         assert_eq!(
-            next_pass(&settings(), 0, None, now),
+            next_pass(settings(), 0, None, now),
             Duration::from_millis(250)
         );
         assert_eq!(
-            next_pass(&settings(), 3, Some(past), now),
+            next_pass(settings(), 3, Some(past), now),
             Duration::ZERO,
             "due already"
         );
         assert_eq!(
-            next_pass(&settings(), 10, Some(later), now),
+            next_pass(settings(), 10, Some(later), now),
             Duration::ZERO,
             "a full batch"
         );

@@ -691,3 +691,31 @@ async fn a_hanging_endpoint_does_not_hold_up_the_others() {
         "one request at a time to the slow one"
     );
 }
+
+#[tokio::test]
+async fn a_stored_delivery_whose_message_was_lost_is_published_again() {
+    let receiver = Receiver::accepting().await;
+    let app = spawn_app().await;
+    let webhook = register(&app, &receiver.url(), &["email.sent"]).await;
+    // As if the dispatcher had stored it and died before publishing: due now.
+    let delivery = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries \
+             (delivery_id, webhook_id, event_type, payload, next_attempt_at) \
+         VALUES ($1, $2::uuid, 'email.sent', '{\"type\":\"email.sent\"}', now())",
+    )
+    .bind(delivery)
+    .bind(webhook["id"].as_str().unwrap())
+    .execute(&app.db)
+    .await
+    .unwrap();
+    let requests = receiver.wait_for(1, PATIENCE, |_| true).await;
+    assert_eq!(requests[0].header("webhook-id"), delivery.to_string());
+    assert_eq!(&requests[0].body[..], br#"{"type":"email.sent"}"#);
+    verify(webhook["secret"].as_str().unwrap(), &requests[0]);
+    eventually(PATIENCE, "the delivery succeeds", || async {
+        deliveries(&app, webhook["id"].as_str().unwrap()).await["deliveries"][0]["status"]
+            == "succeeded"
+    })
+    .await;
+}
