@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use uuid::Uuid;
 
-use super::{AttemptRequest, Webhooks, store::NewDelivery};
+use super::{AttemptRequest, Publish, Webhooks, store::NewDelivery};
 use crate::{
     domain::{StatusEvent, WebhookEvent},
     usecase::backoff,
@@ -116,7 +116,11 @@ impl Handler for DispatchHandler {
                 manual: false,
             };
             let webhooks = &self.webhooks;
-            async move { webhooks.publish_attempt(&request).await }
+            async move {
+                webhooks
+                    .publish_attempt(&request, Publish::NewDelivery)
+                    .await
+            }
         }))
         .await;
         if let Some(Err(err)) = published.into_iter().find(Result::is_err) {

@@ -4,7 +4,7 @@
 
 use tokio_util::sync::CancellationToken;
 
-use super::{AttemptRequest, Webhooks};
+use super::{AttemptRequest, Publish, Webhooks};
 use crate::workers::{Pass, next_pass};
 
 pub struct Retrier {
@@ -50,7 +50,9 @@ impl Retrier {
                 attempts,
                 manual: false,
             };
-            self.webhooks.publish_attempt(&request).await
+            self.webhooks
+                .publish_attempt(&request, Publish::Again)
+                .await
         }))
         .await;
         if let Some(Err(err)) = published.into_iter().find(Result::is_err) {

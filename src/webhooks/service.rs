@@ -51,6 +51,15 @@ pub struct WebhookChange {
 
 type Subscriptions = Arc<Vec<(Uuid, EventSelection)>>;
 
+/// Which publish of a delivery's attempt this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publish {
+    /// The dispatcher's, for a delivery it has just stored.
+    NewDelivery,
+    /// Any later one: a retry, a delivery put off, a retry asked for by hand.
+    Again,
+}
+
 /// The webhooks use cases, shared by the REST API and the workers.
 #[derive(Clone)]
 pub struct Webhooks {
@@ -277,22 +286,25 @@ impl Webhooks {
                 };
                 // Should this message be lost, the delivery is due again after the
                 // lease, and the retriers publish it.
-                self.publish_attempt(&request).await?;
+                self.publish_attempt(&request, Publish::Again).await?;
                 Ok(DeliveryStatus::Pending)
             }
         }
     }
 
-    /// Publishes an attempt of a delivery on `mail:webhook`. The first attempt's
-    /// message id is the same each time (an event handled twice publishes it twice);
-    /// later ones are told apart by when they were published.
-    pub async fn publish_attempt(&self, request: &AttemptRequest) -> Result<()> {
+    /// Publishes an attempt of a delivery on `mail:webhook`. The dispatcher's message
+    /// for a new delivery has the same id each time (an event handled twice publishes
+    /// it twice, and JetStream drops the second); every other publish is new, told
+    /// apart by when it was made (a delivery put off before its first attempt is
+    /// published again with no attempt made, and must not be dropped).
+    pub async fn publish_attempt(&self, request: &AttemptRequest, publish: Publish) -> Result<()> {
         let payload = serde_json::to_vec(request).map_err(|e| Error::Internal(e.into()))?;
-        let msg_id = match (request.attempts, request.manual) {
-            (0, false) => format!("{}:0", request.delivery_id),
-            (attempts, _) => format!(
-                "{}:{attempts}:{}",
+        let msg_id = match publish {
+            Publish::NewDelivery => format!("{}:new", request.delivery_id),
+            Publish::Again => format!(
+                "{}:{}:{}",
                 request.delivery_id,
+                request.attempts,
                 Utc::now().timestamp_micros()
             ),
         };

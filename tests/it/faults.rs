@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::helpers::{
-    Cleanup, Isolation, email_body, eventually, free_port, metric_value,
+    Cleanup, Isolation, Service, email_body, eventually, free_port, metric_value,
     smtp::{Behaviour, FakeSmtp},
     spawn_app_in, unique_recipient, wait_for,
 };
@@ -64,56 +64,6 @@ fn publish_all(
     })
 }
 
-/// A `mailroom serve` process, killed when dropped.
-struct Service(Child);
-
-impl Service {
-    fn start(isolation: &Isolation, smtp_port: u16) -> (Service, u16) {
-        let http = free_port();
-        let child = isolation
-            .command()
-            .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))
-            .env("MAILROOM__GRPC__ADDR", format!("127.0.0.1:{}", free_port()))
-            .env(
-                "MAILROOM__METRICS__ADDR",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("MAILROOM__SMTP__PORT", smtp_port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        (Service(child), http)
-    }
-
-    async fn wait_ready(http: u16) {
-        let client = reqwest::Client::new();
-        eventually(
-            Duration::from_secs(30),
-            "the service becomes ready",
-            || async {
-                client
-                    .get(format!("http://127.0.0.1:{http}/ready"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            },
-        )
-        .await;
-    }
-
-    fn kill(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 #[tokio::test]
 async fn a_thousand_events_survive_the_service_being_killed_and_restarted() {
     const EVENTS: usize = 1000;
@@ -122,8 +72,9 @@ async fn a_thousand_events_survive_the_service_being_killed_and_restarted() {
     let _cleanup = Cleanup(isolation.clone());
     let settings = isolation.settings(|_| {});
 
-    let (mut service, http) = Service::start(&isolation, smtp.port);
-    Service::wait_ready(http).await;
+    let smtp_port = [("MAILROOM__SMTP__PORT", smtp.port.to_string())];
+    let mut service = Service::start(&isolation, &smtp_port);
+    service.wait_ready().await;
     let db = PgPool::connect(settings.database.url.expose_secret())
         .await
         .unwrap();
@@ -146,8 +97,8 @@ async fn a_thousand_events_survive_the_service_being_killed_and_restarted() {
         "the kill came too late to test anything"
     );
 
-    let (_restarted, http) = Service::start(&isolation, smtp.port);
-    Service::wait_ready(http).await;
+    let restarted = Service::start(&isolation, &smtp_port);
+    restarted.wait_ready().await;
     publisher.await.unwrap();
     wait_for(
         Duration::from_secs(120),

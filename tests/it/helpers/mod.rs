@@ -796,3 +796,63 @@ impl Drop for PrivateRedis {
         self.stop();
     }
 }
+
+/// A `mailroom serve` process in an isolation, on free ports, killed (SIGKILL) when
+/// dropped: for tests of what a crash leaves behind.
+pub struct Service {
+    child: std::process::Child,
+    /// The REST API's base URL.
+    pub base: String,
+}
+
+impl Service {
+    /// Starts the binary with the test profile, the isolation's resources and `env`.
+    pub fn start(isolation: &Isolation, env: &[(&str, String)]) -> Service {
+        let http = free_port();
+        let child = isolation
+            .command()
+            .env("MAILROOM__HTTP__ADDR", format!("127.0.0.1:{http}"))
+            .env("MAILROOM__GRPC__ADDR", format!("127.0.0.1:{}", free_port()))
+            .env(
+                "MAILROOM__METRICS__ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .envs(env.iter().map(|(name, value)| (name, value)))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        Service {
+            child,
+            base: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(30),
+            "the service becomes ready",
+            || async {
+                client
+                    .get(format!("{}/ready", self.base))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            },
+        )
+        .await;
+    }
+
+    /// Kills it without warning (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -40,6 +40,9 @@ impl Received {
 #[derive(Debug, Clone, Copy)]
 pub enum Reply {
     Status(u16),
+    /// A temporary redirect to `/redirected` on the same server (which records the
+    /// requests that follow it).
+    Redirect,
     /// Answers nothing for this long (longer than the client waits).
     Hang(Duration),
 }
@@ -47,6 +50,7 @@ pub enum Reply {
 #[derive(Default)]
 struct Script {
     received: Vec<Received>,
+    redirected: usize,
     replies: VecDeque<Reply>,
     otherwise: Option<Reply>,
 }
@@ -57,11 +61,17 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
+async fn redirected(State(script): State<Arc<Mutex<Script>>>) -> StatusCode {
+    script.lock().unwrap().redirected += 1;
+    StatusCode::OK
+}
+
 async fn receive(
     State(script): State<Arc<Mutex<Script>>>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let reply = {
         let mut script = script.lock().unwrap();
         script.received.push(Received { headers, body });
@@ -72,10 +82,15 @@ async fn receive(
             .unwrap_or(Reply::Status(204))
     };
     match reply {
-        Reply::Status(code) => StatusCode::from_u16(code).unwrap(),
+        Reply::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+        Reply::Redirect => (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, "/redirected")],
+        )
+            .into_response(),
         Reply::Hang(time) => {
             tokio::time::sleep(time).await;
-            StatusCode::NO_CONTENT
+            StatusCode::NO_CONTENT.into_response()
         }
     }
 }
@@ -90,6 +105,7 @@ impl Receiver {
         }));
         let app = Router::new()
             .route("/hook", post(receive))
+            .route("/redirected", post(redirected))
             .with_state(script.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -110,6 +126,11 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.script.lock().unwrap().received.clone()
+    }
+
+    /// Requests that followed a redirect.
+    pub fn redirected(&self) -> usize {
+        self.script.lock().unwrap().redirected
     }
 
     /// From now on, answers `reply`.
