@@ -124,7 +124,8 @@ trap clean_up EXIT
 smtp_port="$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 
 # The rate limit is lifted so that every request reaches a handler; 429 is tested by
-# the integration tests.
+# the integration tests. So is the bound on scheduling ahead: any date-time the schema
+# allows is then a valid `scheduledAt` (the bound is tested by the integration tests).
 env MAILROOM_ENV=test \
   MAILROOM__DATABASE__URL="${ADMIN_URL%/*}/$database" \
   MAILROOM__NATS__URL="$NATS_URL" \
@@ -140,6 +141,7 @@ env MAILROOM_ENV=test \
   MAILROOM__SMTP__PORT="$smtp_port" \
   MAILROOM__AUTH__RATE_LIMIT__PER_SECOND=1000000 \
   MAILROOM__AUTH__RATE_LIMIT__BURST=1000000 \
+  MAILROOM__LIMITS__MAX_SCHEDULE_AHEAD=36500d \
   MAILROOM__TELEMETRY__LOG_FORMAT=json \
   RUST_LOG="warn,mailroom::startup=info" \
   "$bin" serve >"$REPORT_DIR/mailroom.log" 2>&1 &
@@ -155,20 +157,45 @@ done
 [ -n "$addr" ] || fail "mailroom did not listen within 60 s (log: $REPORT_DIR/mailroom.log)"
 say "mailroom is up on http://$addr (database $database); running schemathesis $SCHEMATHESIS_VERSION"
 
-# An email with attachments, for the attachment endpoint (scripts/schemathesis.toml).
-FUZZ_ATTACHMENT_EMAIL="$("$VENV/bin/python" - "http://$addr" "$API_KEY" <<'EOF'
-import json, sys, urllib.request
-base, key = sys.argv[1], sys.argv[2]
-body = {"from": "fuzz@example.com", "to": "fuzz@example.com", "subject": "attachments",
-        "message": "for the attachment endpoint",
-        "attachments": [{"filename": "a.txt", "content": "aGVsbG8="},
-                        {"filename": "b.pdf", "content": "JVBERi0xLjQK"}]}
-request = urllib.request.Request(base + "/api/v1/email", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json", "Authorization": "Bearer " + key})
-print(json.load(urllib.request.urlopen(request))["emailID"])
+# What the operations on one email or delivery need to get past 404 (scripts/
+# schemathesis.toml): an email with attachments, two scheduled emails (one to cancel,
+# one to reschedule), and a webhook endpoint with a failed delivery (to retry; its URL
+# is a port nothing listens on, so every attempt fails at once).
+fixtures="$("$VENV/bin/python" - "http://$addr" "$API_KEY" "$smtp_port" <<'EOF'
+import json, sys, time, urllib.request
+base, key, closed_port = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def call(method, path, body=None):
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data, method=method, headers={
+        "Content-Type": "application/json", "Authorization": "Bearer " + key})
+    return json.load(urllib.request.urlopen(request))
+
+def email(subject, **extra):
+    return call("POST", "/api/v1/email", {"from": "fuzz@example.com", "to": "fuzz@example.com",
+                                          "subject": subject, "message": "for the fuzzer", **extra})
+
+webhook = call("POST", "/api/v1/webhooks",
+               {"url": f"http://127.0.0.1:{closed_port}/hook", "events": ["email.scheduled"]})
+print("FUZZ_ATTACHMENT_EMAIL=" + email("attachments", attachments=[
+    {"filename": "a.txt", "content": "aGVsbG8="}, {"filename": "b.pdf", "content": "JVBERi0xLjQK"}])["emailID"])
+print("FUZZ_CANCEL_EMAIL=" + email("to cancel", scheduledAt="2099-01-01T00:00:00Z")["emailID"])
+print("FUZZ_RESCHEDULE_EMAIL=" + email("to reschedule", scheduledAt="2099-01-01T00:00:00Z")["emailID"])
+for _ in range(300):
+    deliveries = call("GET", f"/api/v1/webhooks/{webhook['id']}/deliveries")["deliveries"]
+    failed = [d for d in deliveries if d["status"] == "failed"]
+    if failed:
+        break
+    time.sleep(0.1)
+else:
+    sys.exit("no webhook delivery failed within 30 s")
+print("FUZZ_WEBHOOK=" + webhook["id"])
+print("FUZZ_DELIVERY=" + failed[0]["id"])
 EOF
-)" || fail "could not create the email with attachments"
-export FUZZ_ATTACHMENT_EMAIL
+)" || fail "could not create the emails and the webhook the fuzzing needs"
+while IFS='=' read -r name value; do
+  export "$name=$value"
+done <<<"$fixtures"
 
 # --- schemathesis ------------------------------------------------------------------
 examples=()
@@ -176,6 +203,7 @@ examples=()
 status=0
 # From the report directory: schemathesis keeps its replay data in the working directory.
 (cd "$REPORT_DIR" &&
+  PYTHONPATH="$root/scripts" SCHEMATHESIS_HOOKS=fuzz_hooks \
   "$VENV/bin/st" --config-file "$root/scripts/schemathesis.toml" run \
     "http://$addr/api-docs/openapi.json" --url "http://$addr" \
     --header "Authorization: Bearer $API_KEY" \

@@ -224,8 +224,16 @@ pub struct HealthResponse {
 /// Several emails, stored together or not at all.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"emails": [
+    {"from": "Acme <news@acme.example>", "to": "alice@example.com",
+     "subject": "The December issue", "message": "Hello Alice", "tags": {"campaign": "dec"}},
+    {"from": "Acme <news@acme.example>", "to": ["Bob <bob@example.com>"],
+     "subject": "The December issue", "html": "<p>Hello Bob</p>",
+     "scheduledAt": "2026-12-24T09:00:00+01:00"}
+]}))]
 pub struct BatchRequest {
     /// 1 to `limits.max_batch` (100) emails, each as `POST /api/v1/email` takes one.
+    #[schema(min_items = 1, max_items = 100)]
     pub emails: Vec<crate::wire::CreateEmail>,
 }
 

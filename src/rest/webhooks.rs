@@ -24,16 +24,46 @@ use super::{
     problem::Problem,
 };
 
+/// An event type an endpoint can subscribe to, or `*` for all (in the document only:
+/// requests carry the names as strings, checked by the use case).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum EventName {
+    #[serde(rename = "*")]
+    All,
+    #[serde(rename = "email.queued")]
+    Queued,
+    #[serde(rename = "email.scheduled")]
+    Scheduled,
+    #[serde(rename = "email.sent")]
+    Sent,
+    #[serde(rename = "email.deferred")]
+    Deferred,
+    #[serde(rename = "email.failed")]
+    Failed,
+    #[serde(rename = "email.canceled")]
+    Canceled,
+    #[serde(rename = "email.suppressed")]
+    Suppressed,
+    #[serde(rename = "email.bounced")]
+    Bounced,
+    #[serde(rename = "email.complained")]
+    Complained,
+}
+
 /// A registration.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CreateWebhookRequest {
     /// Where to send events: an `http` or `https` URL of a public address.
-    #[schema(example = "https://hooks.example.com/mailroom")]
+    #[schema(value_type = String, required = true, max_length = 2048,
+        pattern = r"^https?://[A-Za-z0-9][A-Za-z0-9.-]{0,200}(:[1-9][0-9]{0,3})?(/[!-~]*)?$", example = "https://hooks.example.com/mailroom")]
     pub url: Option<String>,
-    /// The event types to receive (`email.sent`, …), or `["*"]` for all.
-    #[schema(example = json!(["email.sent", "email.failed"]))]
+    /// The event types to receive, or `["*"]` for all.
+    #[schema(value_type = Vec<EventName>, required = true, min_items = 1,
+        example = json!(["email.sent", "email.failed"]))]
     pub events: Option<Vec<String>>,
+    #[schema(max_length = 500)]
     pub description: Option<String>,
 }
 
@@ -48,11 +78,14 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateWebhookRequest {
+    #[schema(value_type = Option<String>, max_length = 2048,
+        pattern = r"^https?://[A-Za-z0-9][A-Za-z0-9.-]{0,200}(:[1-9][0-9]{0,3})?(/[!-~]*)?$")]
     pub url: Option<String>,
+    #[schema(value_type = Option<Vec<EventName>>, min_items = 1)]
     pub events: Option<Vec<String>>,
     /// `null` clears it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, max_length = 500)]
     pub description: Option<Option<String>>,
     /// `true` enables an endpoint again (after it was disabled for failing).
     pub enabled: Option<bool>,

@@ -31,13 +31,13 @@ pub struct CreateEmail {
     /// The sender: `user@domain` or `Name <user@domain>` (the address at most 254
     /// characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = String, example = "Acme Billing <billing@acme.example>")]
+    #[schema(value_type = String, required = true, example = "Acme Billing <billing@acme.example>")]
     pub from: Option<String>,
     /// Recipients: a header-form list (`a@x.example, "Doe, Jo" <jo@y.example>`) or an
     /// array of mailboxes. To, cc and bcc hold at most `limits.max_recipients` (50)
     /// together; one given twice is sent once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Addresses)]
+    #[schema(value_type = Addresses, required = true)]
     pub to: Option<Addresses>,
     /// Copy recipients, in the same forms as `to`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -53,7 +53,7 @@ pub struct CreateEmail {
     pub reply_to: Option<Addresses>,
     /// 1 to 255 characters, no line breaks or other control characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = String, min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 255, pattern = r"^[^\u0000-\u001F\u007F-\u009F]*$")]
     pub subject: Option<String>,
     /// The text part, 1 character to 1 MiB (in UTF-8), without NUL characters. Required
     /// unless `html` is given.
@@ -99,7 +99,7 @@ pub struct AttachmentInput {
     #[schema(value_type = String, example = "invoice-2026-12.pdf")]
     pub filename: Option<String>,
     /// The bytes, in base64 (standard alphabet; padding and line breaks optional).
-    #[schema(value_type = String, format = Byte)]
+    #[schema(value_type = String, format = Byte, min_length = 1)]
     pub content: Option<String>,
     /// A MIME type; guessed from the file name when missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
