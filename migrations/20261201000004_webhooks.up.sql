@@ -20,6 +20,9 @@ CREATE TABLE webhooks (
     previous_secret_expires timestamptz,
     -- When the run of failures going on began (NULL after a success).
     failing_since           timestamptz,
+    -- Since when it receives events: its registration, or when it was last enabled.
+    -- Status events from before are not for it (the dispatcher may read them late).
+    active_since            timestamptz NOT NULL DEFAULT now(),
     created_at              timestamptz NOT NULL DEFAULT now(),
     updated_at              timestamptz NOT NULL DEFAULT now()
 );

@@ -74,6 +74,8 @@ jq -s -r --arg a "$A" --arg b "$B" '
   "| figure | A rounds | B rounds | B / A (medians) |", "|---|---|---|---|",
   ($rows[] | . as [$name, $k] |
     ($aruns | map(.[$k])) as $av | ($bruns | map(.[$k])) as $bv |
+    # A phase left out (the attachments, unless asked for) has no figures: no row.
+    select(($av | map(select(. != null)) | length) > 0 and ($bv | map(select(. != null)) | length) > 0) |
     "| \($name) | \($av | map(n) | join(", ")) | \($bv | map(n) | join(", ")) | \(($bv | median) / ($av | median) | r) |")
 ' <(for f in "$OUT"/A-*/latest.json; do jq '. + {side: "A"}' "$f"; done
     for f in "$OUT"/B-*/latest.json; do jq '. + {side: "B"}' "$f"; done) | tee "$OUT/summary.md"

@@ -23,10 +23,10 @@ use crate::{
     server::{self, Limits},
     usecase::{DeliveryPolicy, GroupCommitSettings, LocalCache, Mailroom, Ports},
     webhooks::{
-        Webhooks, dispatch::DispatchHandler, retrier::Retrier, sender as webhook_sender,
-        store::WebhookStore,
+        DispatcherConsumer, Webhooks, dispatch::DispatchHandler, retrier::Retrier,
+        sender as webhook_sender, store::WebhookStore,
     },
-    workers::{CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
+    workers::{ConsumerSource, CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
 };
 
 pub struct Application {
@@ -79,6 +79,13 @@ impl Core {
             settings.webhooks.clone(),
             settings.nats.consumers.webhook.ack_wait,
             jetstream.clone(),
+            DispatcherConsumer {
+                durable: settings
+                    .nats
+                    .durable_name(&settings.nats.consumers.webhook_dispatch.durable),
+                subject: jetstream.subjects.status.clone(),
+                settings: settings.nats.consumers.webhook_dispatch.clone(),
+            },
         );
         let ports = Ports {
             store: Arc::new(postgres::PgEmailStore::new(
@@ -147,6 +154,15 @@ impl Application {
             jetstream,
             metrics,
         } = Core::connect(&settings).await?;
+        // The dispatcher's consumer exists while endpoints are enabled. The service
+        // starts without PostgreSQL (it answers UNAVAILABLE until it is back), so a
+        // failed sync waits for the retrier's next one rather than stopping the start.
+        if let Err(err) = webhooks.sync_dispatcher().await {
+            tracing::warn!(
+                error = err.with_causes(),
+                "could not sync the webhook dispatcher's consumer at start; the retrier will"
+            );
+        }
 
         let nats = &settings.nats;
         let create = &nats.consumers.create;
@@ -156,13 +172,15 @@ impl Application {
         let pools = vec![
             WorkerPool {
                 label: nats.subjects.create.clone(),
-                consumer: jetstream
-                    .durable_consumer(
-                        &nats.durable_name(&create.durable),
-                        &jetstream.subjects.create,
-                        create,
-                    )
-                    .await?,
+                consumer: ConsumerSource::Ready(Box::new(
+                    jetstream
+                        .durable_consumer(
+                            &nats.durable_name(&create.durable),
+                            &jetstream.subjects.create,
+                            create,
+                        )
+                        .await?,
+                )),
                 handler: Arc::new(CreateHandler {
                     mailroom: mailroom.clone(),
                     stream_incarnation: jetstream.stream_incarnation.clone(),
@@ -178,13 +196,15 @@ impl Application {
             },
             WorkerPool {
                 label: nats.subjects.send.clone(),
-                consumer: jetstream
-                    .durable_consumer(
-                        &nats.durable_name(&send.durable),
-                        &jetstream.subjects.send,
-                        send,
-                    )
-                    .await?,
+                consumer: ConsumerSource::Ready(Box::new(
+                    jetstream
+                        .durable_consumer(
+                            &nats.durable_name(&send.durable),
+                            &jetstream.subjects.send,
+                            send,
+                        )
+                        .await?,
+                )),
                 handler: Arc::new(SendHandler {
                     mailroom: mailroom.clone(),
                     max_deliver: send.max_deliver,
@@ -198,13 +218,11 @@ impl Application {
             },
             WorkerPool {
                 label: format!("{} (webhooks)", nats.subjects.status),
-                consumer: jetstream
-                    .durable_consumer(
-                        &nats.durable_name(&dispatch.durable),
-                        &jetstream.subjects.status,
-                        dispatch,
-                    )
-                    .await?,
+                // Exists only while endpoints are registered (Webhooks::sync_dispatcher).
+                consumer: ConsumerSource::WhenPresent {
+                    bus: Box::new(jetstream.clone()),
+                    durable: nats.durable_name(&dispatch.durable),
+                },
                 handler: Arc::new(DispatchHandler {
                     webhooks: webhooks.clone(),
                     stream_incarnation: jetstream.stream_incarnation.clone(),
@@ -218,13 +236,15 @@ impl Application {
             },
             WorkerPool {
                 label: nats.subjects.webhook.clone(),
-                consumer: jetstream
-                    .durable_consumer(
-                        &nats.durable_name(&webhook.durable),
-                        &jetstream.subjects.webhook,
-                        webhook,
-                    )
-                    .await?,
+                consumer: ConsumerSource::Ready(Box::new(
+                    jetstream
+                        .durable_consumer(
+                            &nats.durable_name(&webhook.durable),
+                            &jetstream.subjects.webhook,
+                            webhook,
+                        )
+                        .await?,
+                )),
                 handler: Arc::new(webhook_sender::SendHandler::new(
                     webhooks.clone(),
                     webhook_sender::http_client(&webhooks)?,
@@ -282,6 +302,10 @@ impl Application {
 
     pub fn mailroom(&self) -> &Mailroom {
         &self.mailroom
+    }
+
+    pub fn webhooks(&self) -> &Webhooks {
+        &self.webhooks
     }
 
     pub fn jetstream(&self) -> &JetStream {

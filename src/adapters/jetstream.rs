@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream::{
-    self, Context,
+    self, Context, ErrorCode,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
     context::{PublishAckFuture, PublishError, PublishErrorKind},
     message::PublishMessage,
-    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+    stream::{self, ConsumerErrorKind, DiscardPolicy, RetentionPolicy, StorageType},
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -222,6 +222,60 @@ fn msg_id_header(msg_id: Option<&str>) -> async_nats::HeaderMap {
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg_id);
     }
     headers
+}
+
+impl JetStream {
+    /// Creates the durable pull consumer `durable` on `subject`, starting with the
+    /// messages published from `start` on, unless it exists (an existing one is left
+    /// as it is: it has read past `start` already, or it would not exist).
+    pub async fn ensure_consumer_from(
+        &self,
+        durable: &str,
+        subject: &str,
+        settings: &ConsumerSettings,
+        start: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<()> {
+        let stream = self.context.get_stream(&self.stream_name).await?;
+        let config = pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: settings.ack_wait,
+            max_deliver: settings.max_deliver,
+            max_ack_pending: settings.max_ack_pending,
+            deliver_policy: DeliverPolicy::ByStartTime { start_time: start },
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(durable, config)
+            .await
+            .with_context(|| format!("creating the durable consumer {durable} on {subject}"))?;
+        Ok(())
+    }
+
+    /// Deletes the durable consumer `durable`, if there is one.
+    pub async fn delete_consumer(&self, durable: &str) -> anyhow::Result<()> {
+        let stream = self.context.get_stream(&self.stream_name).await?;
+        match stream.delete_consumer(durable).await {
+            Ok(_) => Ok(()),
+            Err(err)
+                if matches!(err.kind(), ConsumerErrorKind::JetStream(inner)
+                    if inner.error_code() == ErrorCode::CONSUMER_NOT_FOUND) =>
+            {
+                Ok(())
+            }
+            Err(err) => {
+                Err(anyhow::Error::new(err)
+                    .context(format!("deleting the durable consumer {durable}")))
+            }
+        }
+    }
+
+    /// The durable consumer `durable`, when it exists (and NATS answers).
+    pub async fn consumer_named(&self, durable: &str) -> Option<PullConsumer> {
+        let stream = self.context.get_stream(&self.stream_name).await.ok()?;
+        stream.get_consumer(durable).await.ok()
+    }
 }
 
 fn deliver_policy(settings: &ConsumerSettings) -> DeliverPolicy {

@@ -83,15 +83,13 @@ impl Handler for DispatchHandler {
                     continue;
                 }
             };
-            for (webhook, events) in subscriptions.iter() {
-                if events.matches(kind) {
+            for subscription in subscriptions.iter() {
+                // An endpoint gets what happened from its registration (or enabling) on.
+                if subscription.events.matches(kind) && event.at >= subscription.since {
+                    let webhook = subscription.webhook;
                     deliveries.push(NewDelivery {
-                        id: delivery_id(
-                            *webhook,
-                            &self.stream_incarnation,
-                            message.stream_sequence,
-                        ),
-                        webhook_id: *webhook,
+                        id: delivery_id(webhook, &self.stream_incarnation, message.stream_sequence),
+                        webhook_id: webhook,
                         event_type: kind.as_str().to_owned(),
                         payload: payload.clone(),
                     });

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 use crate::domain::{EventSelection, WebhookSecret};
 
-pub use service::{NewWebhook, Publish, WebhookChange, Webhooks};
+pub use service::{DispatcherConsumer, NewWebhook, Publish, WebhookChange, Webhooks};
 
 /// A registered endpoint.
 #[derive(Debug, Clone)]

@@ -208,12 +208,14 @@ impl SendHandler {
             answer.error.as_deref().unwrap_or_default()
         );
         match self.webhooks.store.disable(webhook.id, &reason).await {
-            Ok(()) => {
+            Ok(false) => {}
+            Ok(true) => {
                 tracing::warn!(webhook.id = %webhook.id, webhook.url = %webhook.url, %reason, "webhook endpoint disabled");
                 self.metrics
                     .webhooks_disabled
                     .with_label_values(&[] as &[&str])
                     .inc();
+                self.webhooks.changed().await;
             }
             // The next failure tries again.
             Err(err) => {

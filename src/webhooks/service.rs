@@ -14,15 +14,18 @@ use uuid::Uuid;
 
 use super::{
     AttemptRequest, DeliveryStatus, Webhook,
-    store::{DeliveryPage, Edit, WebhookStore},
+    store::{DeliveryPage, Edit, Subscription, WebhookStore},
     target::{self, TargetPolicy},
 };
 use crate::{
     adapters::jetstream::JetStream,
-    config::WebhookSettings,
+    config::{ConsumerSettings, WebhookSettings},
     domain::{Cursor, EventSelection, Field, Violation, Violations, WebhookSecret},
-    error::{Error, Result},
+    error::{Dependency, Error, Result},
 };
+
+/// How far the dispatcher's consumer starts before the earliest endpoint's `since`.
+const CLOCK_MARGIN: chrono::Duration = chrono::Duration::seconds(30);
 
 /// Longest description.
 const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -49,7 +52,18 @@ pub struct WebhookChange {
     pub enabled: Option<bool>,
 }
 
-type Subscriptions = Arc<Vec<(Uuid, EventSelection)>>;
+type Subscriptions = Arc<Vec<Subscription>>;
+
+/// The dispatcher's durable consumer: created while endpoints are enabled, deleted
+/// when none is, so that status events cost nothing when no one listens.
+#[derive(Debug, Clone)]
+pub struct DispatcherConsumer {
+    /// The durable name, prefix included.
+    pub durable: String,
+    /// The status subject, prefix included.
+    pub subject: String,
+    pub settings: ConsumerSettings,
+}
 
 /// Which publish of a delivery's attempt this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +86,7 @@ pub struct Webhooks {
     subscriptions: Arc<Mutex<Option<(Instant, Subscriptions)>>>,
     /// Bumped by every change, so a list read while one was made is not kept.
     changes: Arc<AtomicU64>,
+    dispatcher: DispatcherConsumer,
 }
 
 impl Webhooks {
@@ -80,8 +95,10 @@ impl Webhooks {
         settings: WebhookSettings,
         ack_wait: Duration,
         bus: JetStream,
+        dispatcher: DispatcherConsumer,
     ) -> Self {
         Webhooks {
+            dispatcher,
             lease: settings.timeout + ack_wait,
             store,
             settings,
@@ -198,7 +215,7 @@ impl Webhooks {
             updated_at: now,
         };
         self.store.insert(&webhook).await?;
-        self.forget_subscriptions();
+        self.changed().await;
         Ok(webhook)
     }
 
@@ -234,7 +251,7 @@ impl Webhooks {
             .edit(id, &edit)
             .await?
             .ok_or_else(|| missing(id))?;
-        self.forget_subscriptions();
+        self.changed().await;
         Ok(webhook)
     }
 
@@ -242,7 +259,7 @@ impl Webhooks {
         if !self.store.delete(id).await? {
             return Err(missing(id));
         }
-        self.forget_subscriptions();
+        self.changed().await;
         Ok(())
     }
 
@@ -333,6 +350,50 @@ impl Webhooks {
     fn forget_subscriptions(&self) {
         self.changes.fetch_add(1, Ordering::SeqCst);
         *self.subscriptions.lock().unwrap() = None;
+    }
+
+    /// After an endpoint was added, changed, disabled or deleted: this instance's
+    /// dispatcher sees the change at once, and the dispatcher consumer exists exactly
+    /// when an endpoint is enabled. The change is stored whatever NATS does: should the
+    /// consumer not be created now, the retriers' next sync creates it, starting from
+    /// the endpoint's registration, so it misses nothing.
+    pub async fn changed(&self) {
+        self.forget_subscriptions();
+        if let Err(err) = self.sync_dispatcher().await {
+            tracing::warn!(
+                error = err.with_causes(),
+                "could not sync the webhook dispatcher's consumer; the retriers will"
+            );
+        }
+    }
+
+    /// Creates the dispatcher consumer when an endpoint is enabled and there is none
+    /// (starting from the earliest time an enabled endpoint receives events from), and
+    /// deletes it when none is enabled. Every instance runs this after its changes, at
+    /// start and now and then; a lock orders the runs.
+    pub async fn sync_dispatcher(&self) -> Result<()> {
+        let bus = &self.bus;
+        let dispatcher = &self.dispatcher;
+        self.store
+            .with_subscriptions_locked(|enabled, since| async move {
+                let synced = match since {
+                    Some(since) if enabled > 0 => {
+                        // `since` is PostgreSQL's clock, the stream's times the NATS
+                        // server's: a margin for the two to differ (the events from
+                        // before `since` are filtered out all the same).
+                        bus.ensure_consumer_from(
+                            &dispatcher.durable,
+                            &dispatcher.subject,
+                            &dispatcher.settings,
+                            since - CLOCK_MARGIN,
+                        )
+                        .await
+                    }
+                    _ => bus.delete_consumer(&dispatcher.durable).await,
+                };
+                synced.map_err(|err| Error::unavailable(Dependency::Nats, err))
+            })
+            .await
     }
 }
 

@@ -114,6 +114,19 @@ struct AttemptRow {
     duration_ms: i32,
 }
 
+/// The key of the advisory lock that serialises the dispatcher consumer's creation and
+/// deletion across instances (any number, the same in every instance).
+const DISPATCHER_LOCK: i64 = 0x6d61_696c_726f_6f6d; // "mailroom"
+
+/// An enabled endpoint as the dispatcher sees it.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub webhook: Uuid,
+    pub events: EventSelection,
+    /// Events from before this are not for it.
+    pub since: DateTime<Utc>,
+}
+
 /// What an attempt leaves a delivery as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -166,8 +179,8 @@ impl WebhookStore {
     pub async fn insert(&self, webhook: &Webhook) -> Result<()> {
         sqlx::query(
             "INSERT INTO webhooks (webhook_id, url, events, description, enabled, secret, \
-                 created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, true, $5, $6, $6)",
+                 created_at, updated_at, active_since) \
+             VALUES ($1, $2, $3, $4, true, $5, $6, $6, now())",
         )
         .bind(webhook.id)
         .bind(&webhook.url)
@@ -209,20 +222,50 @@ impl WebhookStore {
         rows.into_iter().map(Webhook::try_from).collect()
     }
 
-    /// The enabled endpoints and what they subscribe to.
-    pub async fn subscriptions(&self) -> Result<Vec<(Uuid, EventSelection)>> {
-        let rows: Vec<(Uuid, Vec<String>)> =
-            sqlx::query_as("SELECT webhook_id, events FROM webhooks WHERE enabled")
+    /// The enabled endpoints, what they subscribe to and since when.
+    pub async fn subscriptions(&self) -> Result<Vec<Subscription>> {
+        let rows: Vec<(Uuid, Vec<String>, DateTime<Utc>)> =
+            sqlx::query_as("SELECT webhook_id, events, active_since FROM webhooks WHERE enabled")
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error)?;
         rows.into_iter()
-            .map(|(id, events)| {
+            .map(|(webhook, events, since)| {
                 let events = EventSelection::parse(&events)
                     .map_err(|name| corrupt(format!("event {name:?}")))?;
-                Ok((id, events))
+                Ok(Subscription {
+                    webhook,
+                    events,
+                    since,
+                })
             })
             .collect()
+    }
+
+    /// Runs `sync` with the number of enabled endpoints and the earliest time one of
+    /// them receives events from, holding a lock that every other caller waits for
+    /// (so what `sync` does follows the table's state, whichever instance changed it
+    /// last). The lock is a transaction's: it goes with the transaction however `sync`
+    /// ends.
+    pub async fn with_subscriptions_locked<F, Fut>(&self, sync: F) -> Result<()>
+    where
+        F: FnOnce(i64, Option<DateTime<Utc>>) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(DISPATCHER_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let (count, since): (i64, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT count(*), min(active_since) FROM webhooks WHERE enabled")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        sync(count, since).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(())
     }
 
     /// Applies an edit, answering the endpoint as it is after it. Enabling an endpoint
@@ -232,6 +275,7 @@ impl WebhookStore {
             "UPDATE webhooks SET url = coalesce($2, url), events = coalesce($3, events), \
                  description = CASE WHEN $4 THEN $5 ELSE description END, \
                  enabled = coalesce($6, enabled), \
+                 active_since = CASE WHEN $6 AND NOT enabled THEN now() ELSE active_since END, \
                  disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END, \
                  failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END, \
                  updated_at = now() \
@@ -506,18 +550,20 @@ impl WebhookStore {
         Ok(Some(reopened.ok_or(())))
     }
 
-    /// Disables an endpoint that kept failing.
-    pub async fn disable(&self, id: Uuid, reason: &str) -> Result<()> {
-        sqlx::query(
+    /// Disables an endpoint that kept failing, when it is enabled; false when it was
+    /// disabled already (two failing deliveries may both find it due), so that it is
+    /// counted and its reason kept once.
+    pub async fn disable(&self, id: Uuid, reason: &str) -> Result<bool> {
+        let done = sqlx::query(
             "UPDATE webhooks SET enabled = false, disabled_reason = $2, updated_at = now() \
-             WHERE webhook_id = $1",
+             WHERE webhook_id = $1 AND enabled",
         )
         .bind(id)
         .bind(reason)
         .execute(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// An endpoint's deliveries, newest first, from the cursor on.

@@ -31,6 +31,7 @@ pub use scheduler::{Pass, Scheduler, next_pass};
 pub use send::SendHandler;
 
 use crate::{
+    adapters::jetstream::JetStream,
     domain::DeadLetter,
     metrics::{MessageOutcome, Metrics},
     telemetry::propagation,
@@ -101,11 +102,26 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
+/// How often a pool whose consumer does not exist looks for it again.
+const ABSENT_CONSUMER_RECHECK: Duration = Duration::from_secs(1);
+
+/// Where a pool's messages come from.
+pub enum ConsumerSource {
+    /// A consumer created at start, there for good.
+    Ready(Box<PullConsumer>),
+    /// A durable consumer that exists only while there is work for it (the webhook
+    /// dispatcher's, while endpoints are registered): pulled from when present.
+    WhenPresent {
+        bus: Box<JetStream>,
+        durable: String,
+    },
+}
+
 /// A pool of handlers on one durable consumer.
 pub struct WorkerPool {
     /// The subject's configured name (no isolation prefix), for metric labels.
     pub label: String,
-    pub consumer: PullConsumer,
+    pub consumer: ConsumerSource,
     pub handler: Arc<dyn Handler>,
     /// Batches handled at once by this instance.
     pub workers: usize,
@@ -127,8 +143,21 @@ impl WorkerPool {
         let mut in_flight = JoinSet::new();
         let this = Arc::new(self);
         'pull: while !shutdown.is_cancelled() {
-            let mut messages = match this
-                .consumer
+            let consumer = match &this.consumer {
+                ConsumerSource::Ready(consumer) => PullConsumer::clone(consumer),
+                ConsumerSource::WhenPresent { bus, durable } => {
+                    match bus.consumer_named(durable).await {
+                        Some(consumer) => consumer,
+                        None => {
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break 'pull,
+                                _ = tokio::time::sleep(ABSENT_CONSUMER_RECHECK) => continue 'pull,
+                            }
+                        }
+                    }
+                }
+            };
+            let mut messages = match consumer
                 .stream()
                 // Enough buffered for every free worker to take a full batch.
                 .max_messages_per_batch(this.workers * this.batch_size)
@@ -159,9 +188,13 @@ impl WorkerPool {
                     Some(Ok(message)) => vec![message],
                     Some(Err(err)) => {
                         // Missed heartbeats and the like while NATS is away: the stream
-                        // recovers by itself; log and keep pulling.
+                        // recovers by itself; log and keep pulling. A consumer that
+                        // comes and goes is looked up again (it may have been deleted).
                         tracing::warn!(consumer = %this.label, error = %err, "pulling messages failed");
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                        if matches!(this.consumer, ConsumerSource::WhenPresent { .. }) {
+                            continue 'pull;
+                        }
                         continue;
                     }
                     None => continue 'pull,

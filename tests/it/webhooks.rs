@@ -260,14 +260,17 @@ async fn each_endpoint_gets_only_the_events_it_subscribed_to() {
     sent_only
         .wait_for(1, PATIENCE, of_email(id, "email.sent"))
         .await;
-    // The queued event came first; the sent one has been handled for every endpoint.
+    // The queued event was dispatched first, the sent one has been handled for every
+    // endpoint; deliveries run in parallel, so they may arrive in either order.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let types = |receiver: &Receiver| -> Vec<String> {
-        receiver
+        let mut types: Vec<String> = receiver
             .received()
             .iter()
             .map(|r| r.json()["type"].as_str().unwrap().to_owned())
-            .collect()
+            .collect();
+        types.sort();
+        types
     };
     assert_eq!(types(&everything), ["email.queued", "email.sent"]);
     assert_eq!(types(&sent_only), ["email.sent"]);
@@ -302,10 +305,10 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
     let reason = endpoint["disabledReason"].as_str().unwrap();
     assert!(reason.contains("webhooks.disable_after"), "{reason}");
     assert!(reason.contains("502"), "{reason}");
-    assert_eq!(
-        metric_value(&app.metrics().await, "mailroom_webhooks_disabled_total"),
-        Some(1.0)
-    );
+    eventually(PATIENCE, "the disabling is counted", || async {
+        metric_value(&app.metrics().await, "mailroom_webhooks_disabled_total") == Some(1.0)
+    })
+    .await;
     // Nothing more is sent to it; its pending deliveries end failed.
     let seen = receiver.received().len();
     eventually(PATIENCE, "every delivery has ended", || async {
@@ -404,6 +407,8 @@ async fn an_address_that_became_private_is_refused_when_connecting() {
         .execute(&app.db)
         .await
         .unwrap();
+    // What the service does after a change of its own.
+    app.webhooks.changed().await;
     app.post_email(&email_body(&unique_recipient("rebound")))
         .await;
     let log = wait_for(PATIENCE, "an attempt is logged", || async {
@@ -688,4 +693,92 @@ async fn a_stored_delivery_whose_message_was_lost_is_published_again() {
             == "succeeded"
     })
     .await;
+}
+
+#[tokio::test]
+async fn the_dispatcher_reads_status_events_only_while_an_endpoint_is_enabled() {
+    let receiver = Receiver::accepting().await;
+    let app = spawn_app().await;
+    let durable = app
+        .settings
+        .nats
+        .durable_name(&app.settings.nats.consumers.webhook_dispatch.durable);
+    let exists = || async { app.bus.consumer_named(&durable).await.is_some() };
+    assert!(!exists().await, "no endpoint, no dispatcher consumer");
+
+    // An email from before the endpoint is not for it.
+    let before: Value = app
+        .post_email(&email_body(&unique_recipient("before")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_for_status(before["emailID"].as_str().unwrap(), "sent", PATIENCE)
+        .await;
+    let webhook = register(&app, &receiver.url(), &["*"]).await;
+    assert!(exists().await, "an enabled endpoint, a dispatcher consumer");
+    let after: Value = app
+        .post_email(&email_body(&unique_recipient("after")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let after_id = after["emailID"].as_str().unwrap();
+    receiver
+        .wait_for(1, PATIENCE, of_email(after_id, "email.sent"))
+        .await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| r.json()["data"]["emailID"] == after_id),
+        "only the email created after the registration"
+    );
+
+    let id = webhook["id"].as_str().unwrap();
+    let disabled = app
+        .client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .json(&json!({ "enabled": false }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(disabled.status(), StatusCode::OK);
+    assert!(
+        !exists().await,
+        "no endpoint enabled, no dispatcher consumer"
+    );
+    let meanwhile: Value = app
+        .post_email(&email_body(&unique_recipient("while-disabled")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    app.wait_for_status(meanwhile["emailID"].as_str().unwrap(), "sent", PATIENCE)
+        .await;
+    app.client
+        .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+        .json(&json!({ "enabled": true }))
+        .send()
+        .await
+        .unwrap();
+    assert!(exists().await);
+    let again: Value = app
+        .post_email(&email_body(&unique_recipient("enabled-again")))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let again_id = again["emailID"].as_str().unwrap();
+    receiver
+        .wait_for(1, PATIENCE, of_email(again_id, "email.sent"))
+        .await;
+    assert!(
+        receiver
+            .received()
+            .iter()
+            .all(|r| r.json()["data"]["emailID"] == after_id
+                || r.json()["data"]["emailID"] == again_id),
+        "nothing from while it was disabled"
+    );
 }

@@ -304,6 +304,7 @@ pub struct TestApp {
     /// The service's own event bus (the JetStream adapter), for publishing as it does.
     pub bus: JetStream,
     pub mailroom: Mailroom,
+    pub webhooks: mailroom::webhooks::Webhooks,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     owns_resources: bool,
@@ -367,6 +368,7 @@ async fn start(
     let grpc_address = format!("https://{}", app.grpc_addr());
     let metrics_address = format!("http://{}", app.metrics_addr());
     let mailroom = app.mailroom().clone();
+    let webhooks = app.webhooks().clone();
     let nats = app.jetstream().client.clone();
     let jetstream = app.jetstream().context.clone();
     let bus = app.jetstream().clone();
@@ -392,6 +394,7 @@ async fn start(
         jetstream,
         bus,
         mailroom,
+        webhooks,
         shutdown,
         task: Some(task),
         owns_resources,
