@@ -338,8 +338,8 @@ pgbench_limits() { # phase-name-suffix
 if [ "$(id -u)" -eq 0 ]; then sink_user=(-u nobody); else sink_user=(); fi
 smtp-sink "${sink_user[@]}" 127.0.0.1:"$SMTP_PORT" 1000 >"$WORK/smtp-sink.log" 2>&1 &
 SINK_PID=$!
-for ((i = 0; i < 50; i++)); do port_open "$SMTP_PORT" && break; sleep 0.1; done
-port_open "$SMTP_PORT" || fail "smtp-sink did not start"
+for ((i = 0; i < 150; i++)); do port_open "$SMTP_PORT" && break; sleep 0.1; done
+port_open "$SMTP_PORT" || fail "smtp-sink did not start on port $SMTP_PORT: $(tail -n 5 "$WORK/smtp-sink.log")"
 smtp_run() { # extra flags...
   local result
   result="$(seconds_of smtp-source "$@" -s "$SMTP_SESSIONS" -m "$SMTP_MESSAGES" -l 400 \

@@ -159,8 +159,9 @@ say "mailroom is up on http://$addr (database $database); running schemathesis $
 
 # What the operations on one email or delivery need to get past 404 (scripts/
 # schemathesis.toml): an email with attachments, two scheduled emails (one to cancel,
-# one to reschedule), and a webhook endpoint with a failed delivery (to retry; its URL
-# is a port nothing listens on, so every attempt fails at once).
+# one to reschedule), a webhook endpoint with a failed delivery (to retry; its URL
+# is a port nothing listens on, so every attempt fails at once), and two templates (one
+# to read, change and render, one to delete).
 fixtures="$("$VENV/bin/python" - "http://$addr" "$API_KEY" "$smtp_port" <<'EOF'
 import json, sys, time, urllib.request
 base, key, closed_port = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -189,6 +190,11 @@ for _ in range(300):
     time.sleep(0.1)
 else:
     sys.exit("no webhook delivery failed within 30 s")
+for name in ("fuzz", "fuzz-delete"):
+    call("POST", "/api/v1/templates", {"name": name, "subject": "fuzz {{ name | default('you') }}",
+                                      "message": "hello {{ name | default('you') }}"})
+print("FUZZ_TEMPLATE=fuzz")
+print("FUZZ_TEMPLATE_DELETE=fuzz-delete")
 print("FUZZ_WEBHOOK=" + webhook["id"])
 print("FUZZ_DELIVERY=" + failed[0]["id"])
 EOF

@@ -6,11 +6,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use uuid::Uuid;
 
 use crate::{
     domain::{
-        DeadLetter, Email, EmailId, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery,
-        StatusEvent,
+        Cursor, DeadLetter, Email, EmailId, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery,
+        StatusEvent, Template, TemplateContent, TemplateKey,
     },
     error::Result,
 };
@@ -137,6 +138,45 @@ pub struct Released {
     pub emails: Vec<Email>,
     /// The time of the earliest email still scheduled, if any.
     pub next_due: Option<DateTime<Utc>>,
+}
+
+/// What saving a template found.
+#[derive(Debug, Clone)]
+pub enum TemplateSaved {
+    Saved(Template),
+    /// Another template has that name.
+    NameTaken,
+    /// No template has that id or name (saving a new version).
+    Missing,
+}
+
+/// Stored templates, each with every version it had.
+#[async_trait]
+pub trait TemplateStore: Send + Sync + 'static {
+    /// Stores a new template as version 1.
+    async fn create(
+        &self,
+        id: Uuid,
+        name: &str,
+        content: &TemplateContent,
+    ) -> Result<TemplateSaved>;
+    /// Stores the next version of a template.
+    async fn add_version(
+        &self,
+        key: &TemplateKey,
+        content: &TemplateContent,
+    ) -> Result<TemplateSaved>;
+    /// A template's version, the newest when `version` is `None`.
+    async fn get(&self, key: &TemplateKey, version: Option<i32>) -> Result<Option<Template>>;
+    /// The templates' newest versions, newest template first, from the cursor on; and
+    /// where the next page starts.
+    async fn list(
+        &self,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Template>, Option<Cursor>)>;
+    /// Deletes a template and its versions; false when there was none.
+    async fn delete(&self, key: &TemplateKey) -> Result<bool>;
 }
 
 #[async_trait]

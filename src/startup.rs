@@ -88,6 +88,7 @@ impl Core {
             },
         );
         let ports = Ports {
+            templates: Arc::new(postgres::PgTemplateStore::new(pool.clone())),
             store: Arc::new(postgres::PgEmailStore::new(
                 pool,
                 settings.search.count_limit,

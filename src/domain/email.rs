@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{AttachmentMeta, Field, Header, Mailbox, NewEmail, Tags, Violation, Violations};
+use super::{
+    AttachmentMeta, Field, Header, Mailbox, NewEmail, Tags, TemplateRef, Violation, Violations,
+};
 
 /// An email's id: a UUID (v7 for emails mailroom creates, so ids sort by creation time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -174,6 +176,9 @@ pub struct Email {
     /// When it was to be sent, if it was scheduled.
     #[serde(default)]
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// The template its subject and bodies were rendered from.
+    #[serde(default)]
+    pub template: Option<TemplateRef>,
     pub status: EmailStatus,
     /// Delivery attempts made, ever.
     pub attempts: i32,
@@ -215,6 +220,7 @@ impl Email {
             tags: new.tags.clone(),
             message_id: new.message_id.clone(),
             scheduled_at: new.scheduled_at,
+            template: new.template.clone(),
             status,
             attempts: 0,
             retry_base: 0,
@@ -243,6 +249,7 @@ impl Email {
             && self.headers == new.headers
             && self.tags == new.tags
             && self.scheduled_at == new.scheduled_at
+            && self.template == new.template
             && self.attachments.len() == new.attachments.len()
             && self
                 .attachments

@@ -21,6 +21,25 @@ pub struct Cursor {
 const CURSOR_VERSION: &str = "v1";
 
 impl Cursor {
+    /// Cuts a page read with one row more than `limit` (newest first) down to `limit`,
+    /// answering where the next page starts when there is one: after the last item kept,
+    /// whose creation time and id `key` gives.
+    pub fn page<T>(
+        items: &mut Vec<T>,
+        limit: u32,
+        key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),
+    ) -> Option<Cursor> {
+        if items.len() <= limit as usize {
+            return None;
+        }
+        items.truncate(limit as usize);
+        let (created_at, id) = key(items.last()?);
+        Some(Cursor {
+            created_at,
+            id: EmailId::from(id),
+        })
+    }
+
     /// The opaque text form: base64url of `v1.<microseconds>.<uuid>`.
     pub fn encode(&self) -> String {
         let raw = format!(

@@ -10,6 +10,7 @@ mod message;
 #[cfg(test)]
 pub(crate) mod properties;
 mod search;
+mod template;
 mod validation;
 mod violation;
 mod webhook;
@@ -24,6 +25,10 @@ pub use message::{
 };
 pub use search::{
     DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, MAX_SEARCH_CHARS, SearchPage, SearchQuery,
+};
+pub use template::{
+    MAX_TEMPLATE_NAME_CHARS, RENDER_FUEL, Template, TemplateContent, TemplateKey, TemplateRef,
+    TemplateUse, check_name as check_template_name,
 };
 pub use validation::{
     AddressList, AttachmentDraft, ContentInput, EmailDraft, Limits, MAX_IDEMPOTENCY_KEY_CHARS,

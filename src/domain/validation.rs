@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Address, Attachment, EmailId, Field, FieldPath, Header, Mailbox, MailboxError, Tags, Violation,
-    Violations,
+    Address, Attachment, EmailId, Field, FieldPath, Header, Mailbox, MailboxError, Tags,
+    TemplateRef, TemplateUse, Violation, Violations,
     mailbox::parse_list,
     message::{
         MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS, content_id_problem, content_type_problem,
@@ -79,6 +79,11 @@ pub struct EmailDraft {
     /// The id the email must get (set by the asynchronous REST path, or by a producer of
     /// create events); a new one is generated when `None`.
     pub id: Option<EmailId>,
+    /// A stored template to render subject, message and html from (in place of them);
+    /// the use case renders it before these rules see the draft.
+    pub template: Option<TemplateUse>,
+    /// The template the subject and bodies were rendered from, recorded with the email.
+    pub rendered_from: Option<TemplateRef>,
 }
 
 /// A validated email, ready to be stored.
@@ -106,6 +111,8 @@ pub struct NewEmail {
     pub idempotency_key: Option<String>,
     /// The client the key belongs to ('' for none).
     pub idempotency_client: String,
+    /// The template it was rendered from.
+    pub template: Option<TemplateRef>,
 }
 
 /// The limits a deployment sets (`limits.*`).
@@ -257,6 +264,15 @@ impl Rules {
                 check.problem(field, body_problem(body));
             }
         }
+        if draft.template.is_some() {
+            // A caller of these rules forgot Mailroom::render_template: refuse rather
+            // than send the draft's (missing) parts.
+            check.fail(
+                Field::Template,
+                "not_rendered",
+                "a template must be rendered before the email is checked",
+            );
+        }
         if let Some(key) = &draft.idempotency_key {
             let chars = key.chars().count();
             if chars == 0 || chars > MAX_IDEMPOTENCY_KEY_CHARS {
@@ -304,6 +320,7 @@ impl Rules {
             scheduled_at,
             idempotency_key: draft.idempotency_key,
             idempotency_client: draft.idempotency_client.unwrap_or_default(),
+            template: draft.rendered_from,
         };
         let size = delivered_size_bound(&email);
         if size > self.limits.max_message_bytes {

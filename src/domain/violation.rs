@@ -49,6 +49,16 @@ pub enum Field {
     Url,
     Events,
     Description,
+    /// The template a create names, and its parts.
+    Template,
+    TemplateName,
+    TemplateId,
+    TemplateVersion,
+    TemplateVariables,
+    /// Of a stored template.
+    Name,
+    /// Of a stored template, in a path.
+    Version,
     /// The request as a whole (malformed JSON, an unknown field).
     Body,
 }

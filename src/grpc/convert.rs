@@ -7,7 +7,8 @@ use crate::{
     api_keys::Client,
     domain::{
         AddressList, AttachmentDraft, ContentInput, Email, EmailDraft, EmailStatus, ListPage,
-        ListParams, ListQuery, SearchPage, SearchQuery, Violations, format_list,
+        ListParams, ListQuery, SearchPage, SearchQuery, TemplateKey, TemplateUse, Violations,
+        format_list,
     },
     usecase::Created,
 };
@@ -63,6 +64,65 @@ pub fn draft(request: pb::CreateReq, client: Option<&Client>) -> EmailDraft {
         idempotency_key: present(request.idempotency_key),
         idempotency_client: client.map(|client| client.name.to_string()),
         id: None,
+        template: template_use(
+            request.template_name,
+            request.template_version,
+            request.template_variables,
+        ),
+        rendered_from: None,
+    }
+}
+
+/// The template a request names in `TemplateName` (a name, or an id), if it names one
+/// or gives a version or variables (then without a name, which the use case refuses).
+fn template_use(
+    name: String,
+    version: u32,
+    variables: Option<prost_types::Struct>,
+) -> Option<TemplateUse> {
+    if name.is_empty() && version == 0 && variables.is_none() {
+        return None;
+    }
+    let (name, id) = match TemplateKey::parse(&name) {
+        _ if name.is_empty() => (None, None),
+        TemplateKey::Id(_) => (None, Some(name)),
+        TemplateKey::Name(_) => (Some(name), None),
+    };
+    Some(TemplateUse {
+        name,
+        id,
+        version: (version > 0).then_some(i64::from(version)),
+        variables: variables.map(json_object).unwrap_or_default(),
+    })
+}
+
+/// A `google.protobuf.Struct` as the JSON object it stands for. Its numbers are all
+/// doubles; whole ones become integers, so `{{ order.id }}` renders `7`, not `7.0`.
+fn json_object(object: prost_types::Struct) -> serde_json::Map<String, serde_json::Value> {
+    object
+        .fields
+        .into_iter()
+        .map(|(name, value)| (name, json_value(value)))
+        .collect()
+}
+
+fn json_value(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    use serde_json::Value;
+    /// Doubles up to 2^53 hold every integer exactly.
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => Value::Null,
+        Some(Kind::BoolValue(b)) => Value::Bool(b),
+        Some(Kind::StringValue(s)) => Value::String(s),
+        Some(Kind::NumberValue(n)) if n.fract() == 0.0 && n.abs() <= EXACT => Value::from(n as i64),
+        Some(Kind::NumberValue(n)) => {
+            serde_json::Number::from_f64(n).map_or(Value::Null, Value::Number)
+        }
+        Some(Kind::StructValue(object)) => Value::Object(json_object(object)),
+        Some(Kind::ListValue(list)) => {
+            Value::Array(list.values.into_iter().map(json_value).collect())
+        }
     }
 }
 
@@ -179,6 +239,15 @@ pub fn email(email: Email) -> pb::Email {
         tags: email.tags.into_iter().collect(),
         message_id: email.message_id,
         scheduled_at: email.scheduled_at.map(timestamp),
+        template_name: email
+            .template
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
+        template_version: email
+            .template
+            .as_ref()
+            .map_or(0, |t| u32::try_from(t.version).unwrap_or_default()),
         subject: email.subject,
         message: email.text.unwrap_or_default(),
         created_at: Some(timestamp(email.created_at)),

@@ -166,6 +166,13 @@ pub fn proto_name(field: Field) -> &'static str {
         Field::Url => "url",
         Field::Events => "events",
         Field::Description => "description",
+        // A template is named by TemplateName (a name or an id).
+        Field::Template | Field::TemplateName | Field::TemplateId => "TemplateName",
+        Field::TemplateVersion => "TemplateVersion",
+        Field::TemplateVariables => "TemplateVariables",
+        // Templates are managed over REST only.
+        Field::Name => "name",
+        Field::Version => "version",
         Field::Body => "",
     }
 }

@@ -68,6 +68,8 @@ pub struct EmailResponse {
     pub message_id: String,
     /// When it was to be sent, if it was scheduled.
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// The stored template its subject and bodies were rendered from.
+    pub template: Option<TemplateUsed>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub status: EmailStatus,
@@ -79,6 +81,16 @@ pub struct EmailResponse {
     /// When the next attempt is due (queued and deferred emails).
     pub next_attempt_at: Option<DateTime<Utc>>,
     pub idempotency_key: Option<String>,
+}
+
+/// The template an email was rendered from: editing the template later changes
+/// nothing in the email.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateUsed {
+    #[schema(example = "welcome")]
+    pub name: String,
+    #[schema(example = 2)]
+    pub version: i32,
 }
 
 /// An attachment of a stored email.
@@ -129,6 +141,10 @@ impl From<&Email> for EmailResponse {
             tags: email.tags.clone(),
             message_id: email.message_id.clone(),
             scheduled_at: email.scheduled_at,
+            template: email.template.as_ref().map(|t| TemplateUsed {
+                name: t.name.clone(),
+                version: t.version,
+            }),
             created_at: email.created_at,
             updated_at: email.updated_at,
             status: email.status.into(),

@@ -5,9 +5,11 @@ use axum::{
     extract::{FromRequest, Request, rejection::BytesRejection},
     http::{StatusCode, header},
 };
-use serde::de::DeserializeOwned;
+use serde::{Deserialize, de::DeserializeOwned};
+use utoipa::IntoParams;
 
 use super::problem::Problem;
+use crate::domain::{Cursor, DEFAULT_LIST_LIMIT, Field, MAX_LIST_LIMIT, Violation};
 
 /// A JSON body. Refuses a missing or non-JSON content type (415), a body over the limit
 /// (413), and JSON that does not fit `T` (400, naming the field).
@@ -83,4 +85,41 @@ fn json_error_message(err: &serde_json::Error) -> String {
         Category::Syntax | Category::Eof => format!("the body is not valid JSON: {err}"),
         Category::Data | Category::Io => err.to_string(),
     }
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 100 (default 20).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    pub limit: Option<String>,
+    /// Where to continue: the `nextCursor` of the page before.
+    pub cursor: Option<String>,
+}
+
+/// The cursor and page size a listing asks for.
+pub fn page_of(params: &PageParams) -> Result<(Option<Cursor>, u32), Problem> {
+    let limit = match params.limit.as_deref() {
+        None => DEFAULT_LIST_LIMIT,
+        Some(raw) => raw
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
+            .ok_or_else(|| {
+                Problem::violation(Violation::new(
+                    Field::Limit,
+                    "range",
+                    format!("must be a whole number from 1 to {MAX_LIST_LIMIT}"),
+                ))
+            })?,
+    };
+    let cursor = params
+        .cursor
+        .as_deref()
+        .map(Cursor::decode)
+        .transpose()
+        .map_err(Problem::violation)?;
+    Ok((cursor, limit))
 }

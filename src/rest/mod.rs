@@ -9,6 +9,7 @@ mod health;
 pub mod problem;
 mod rendered;
 mod sending;
+mod templates;
 mod trace;
 mod webhooks;
 
@@ -104,12 +105,13 @@ pub const API_KEY_SCHEME: &str = "api_key";
     tags(
         (name = "emails", description = "Create, read and search emails"),
         (name = "webhooks", description = "Endpoints that receive signed status events"),
+        (name = "templates", description = "Stored, versioned templates to send from"),
         (name = "health", description = "Liveness and readiness"),
     ),
 )]
 struct ApiDoc;
 
-/// The API routes (emails and webhooks): behind an API key.
+/// The API routes (emails, webhooks, templates): behind an API key.
 fn emails_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(emails::create, sending::list))
@@ -124,6 +126,14 @@ fn emails_router() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(webhooks::deliveries))
         .routes(routes!(webhooks::retry))
+        .routes(routes!(templates::create, templates::list))
+        .routes(routes!(
+            templates::get,
+            templates::update,
+            templates::delete
+        ))
+        .routes(routes!(templates::version))
+        .routes(routes!(templates::render))
 }
 
 /// Liveness and readiness: open to probes.

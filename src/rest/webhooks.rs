@@ -9,18 +9,15 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::{
-    domain::{Cursor, DEFAULT_LIST_LIMIT, Field, MAX_LIST_LIMIT, Violation},
-    webhooks::{DeliveryAttempt, DeliveryStatus, NewWebhook, Webhook, WebhookChange, store},
-};
+use crate::webhooks::{DeliveryAttempt, DeliveryStatus, NewWebhook, Webhook, WebhookChange, store};
 
 use super::{
     AppState,
     auth::{AdminScope, Scoped},
-    extract::ApiJson,
+    extract::{ApiJson, PageParams, page_of},
     problem::Problem,
 };
 
@@ -203,16 +200,6 @@ pub struct RetryResponse {
     pub status: DeliveryStatus,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct DeliveryParams {
-    /// Page size, 1 to 100 (default 20).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
-    pub limit: Option<String>,
-    /// Where to continue: the `nextCursor` of the page before.
-    pub cursor: Option<String>,
-}
-
 fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Problem> {
     Uuid::try_parse(raw.trim()).map_err(|_| {
         Problem::new(
@@ -222,31 +209,6 @@ fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Problem> {
             format!("{raw:?} is not a {what} id (a UUID)"),
         )
     })
-}
-
-fn page_of(params: &DeliveryParams) -> Result<(Option<Cursor>, u32), Problem> {
-    let limit = match params.limit.as_deref() {
-        None => DEFAULT_LIST_LIMIT,
-        Some(raw) => raw
-            .trim()
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=MAX_LIST_LIMIT).contains(n))
-            .ok_or_else(|| {
-                Problem::violation(Violation::new(
-                    Field::Limit,
-                    "range",
-                    format!("must be a whole number from 1 to {MAX_LIST_LIMIT}"),
-                ))
-            })?,
-    };
-    let cursor = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()
-        .map_err(Problem::violation)?;
-    Ok((cursor, limit))
 }
 
 /// Register an endpoint for the events it names.
@@ -429,7 +391,7 @@ pub async fn rotate_secret(
 /// An endpoint's deliveries, newest first, each with its attempts.
 #[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",
     security(("api_key" = ["admin"])),
-    params(("id" = String, Path, description = "The endpoint's id", format = Uuid), DeliveryParams),
+    params(("id" = String, Path, description = "The endpoint's id", format = Uuid), PageParams),
     responses(
         (status = 200, description = "One page", body = DeliveryList),
         (status = 400, description = "A bad id, limit or cursor", body = Problem, content_type = "application/problem+json"),
@@ -445,7 +407,7 @@ pub async fn deliveries(
     State(state): State<AppState>,
     _: Scoped<AdminScope>,
     Path(raw_id): Path<String>,
-    params: Result<Query<DeliveryParams>, QueryRejection>,
+    params: Result<Query<PageParams>, QueryRejection>,
 ) -> Result<Json<DeliveryList>, Problem> {
     let id = uuid_of(&raw_id, "webhook")?;
     let Query(params) =

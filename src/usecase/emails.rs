@@ -42,7 +42,7 @@ impl Mailroom {
     /// logged, because the reconciler publishes it again later.
     #[tracing::instrument(name = "usecase.create", skip_all, fields(email.id))]
     pub async fn create(&self, draft: EmailDraft) -> Result<Created> {
-        let new = self.rules.new_email(draft)?;
+        let new = self.new_email(draft).await?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
         self.store_new(new).await
     }
@@ -127,7 +127,7 @@ impl Mailroom {
     /// make the event fit.
     #[tracing::instrument(name = "usecase.accept", skip_all, fields(email.id))]
     pub async fn accept(&self, draft: EmailDraft) -> Result<Accepted> {
-        let new = self.rules.new_email(draft)?;
+        let new = self.new_email(draft).await?;
         tracing::Span::current().record("email.id", tracing::field::display(new.id));
         match self.ports.bus.request_create(&new).await? {
             CreateRequest::Published => Ok(Accepted::Queued(new)),

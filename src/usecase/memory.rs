@@ -1,4 +1,4 @@
-//! In-memory implementations of the four ports, for tests of the use cases and workers
+//! In-memory implementations of the ports, for tests of the use cases and workers
 //! that run in milliseconds. The store keeps the PostgreSQL store's contract (leases,
 //! idempotency keys, the attempt check on finishing) on a clock the test can move; the
 //! bus and the mailer record what they were asked to do, and each port can be told to
@@ -17,16 +17,17 @@ use chrono::{DateTime, Utc};
 use crate::{
     domain::{
         Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, Rules,
-        SearchPage, SearchQuery, StatusEvent, format_list,
+        SearchPage, SearchQuery, StatusEvent, Template, TemplateContent, TemplateKey, format_list,
     },
     error::{Dependency, Error, Result},
     metrics::Metrics,
     ports::{
         AfterAttempt, AttemptRecord, BatchInserted, BatchKey, Change, Claim, CreateRequest,
         EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, Released, SendFailure,
-        SendReason, SmtpReply,
+        SendReason, SmtpReply, TemplateSaved, TemplateStore,
     },
 };
+use uuid::Uuid;
 
 use super::{DeliveryPolicy, LocalCache, Mailroom, Ports};
 
@@ -722,6 +723,7 @@ pub struct Harness {
     pub cache: Arc<MemoryCache>,
     pub bus: Arc<MemoryBus>,
     pub mailer: Arc<ScriptedMailer>,
+    pub templates: Arc<MemoryTemplates>,
 }
 
 /// The retry policy the harness runs with: 3 attempts, 30 s then 60 s apart, 60 s leases.
@@ -733,17 +735,139 @@ pub fn policy() -> DeliveryPolicy {
     }
 }
 
+/// Templates, in memory.
+#[derive(Default)]
+pub struct MemoryTemplates {
+    /// Every version of every template, in the order saved.
+    versions: Mutex<Vec<Template>>,
+    failure: Mutex<Option<Failure>>,
+}
+
+impl MemoryTemplates {
+    /// Makes every call fail as `failure` says, or succeed again with `None`.
+    pub fn fail(&self, failure: Option<Failure>) {
+        *lock(&self.failure) = failure;
+    }
+
+    fn check(&self) -> Result<()> {
+        match *lock(&self.failure) {
+            Some(failure) => Err(failure.error(Dependency::Postgres)),
+            None => Ok(()),
+        }
+    }
+
+    fn matches(template: &Template, key: &TemplateKey) -> bool {
+        match key {
+            TemplateKey::Id(id) => template.id == *id,
+            TemplateKey::Name(name) => template.name == *name,
+        }
+    }
+}
+
+#[async_trait]
+impl TemplateStore for MemoryTemplates {
+    async fn create(
+        &self,
+        id: Uuid,
+        name: &str,
+        content: &TemplateContent,
+    ) -> Result<TemplateSaved> {
+        self.check()?;
+        let mut versions = lock(&self.versions);
+        if versions.iter().any(|t| t.name == name) {
+            return Ok(TemplateSaved::NameTaken);
+        }
+        let now = Utc::now();
+        let template = Template {
+            id,
+            name: name.to_owned(),
+            version: 1,
+            latest_version: 1,
+            content: content.clone(),
+            created_at: now,
+            updated_at: now,
+        };
+        versions.push(template.clone());
+        Ok(TemplateSaved::Saved(template))
+    }
+
+    async fn add_version(
+        &self,
+        key: &TemplateKey,
+        content: &TemplateContent,
+    ) -> Result<TemplateSaved> {
+        self.check()?;
+        let mut versions = lock(&self.versions);
+        let Some(latest) = versions
+            .iter()
+            .rev()
+            .find(|t| Self::matches(t, key))
+            .cloned()
+        else {
+            return Ok(TemplateSaved::Missing);
+        };
+        let version = latest.version + 1;
+        for template in versions.iter_mut().filter(|t| t.id == latest.id) {
+            template.latest_version = version;
+        }
+        let template = Template {
+            version,
+            latest_version: version,
+            content: content.clone(),
+            updated_at: Utc::now(),
+            ..latest
+        };
+        versions.push(template.clone());
+        Ok(TemplateSaved::Saved(template))
+    }
+
+    async fn get(&self, key: &TemplateKey, version: Option<i32>) -> Result<Option<Template>> {
+        self.check()?;
+        Ok(lock(&self.versions)
+            .iter()
+            .filter(|t| Self::matches(t, key))
+            .find(|t| t.version == version.unwrap_or(t.latest_version))
+            .cloned())
+    }
+
+    async fn list(
+        &self,
+        _cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Template>, Option<Cursor>)> {
+        self.check()?;
+        let mut latest: Vec<Template> = lock(&self.versions)
+            .iter()
+            .filter(|t| t.version == t.latest_version)
+            .cloned()
+            .collect();
+        latest.reverse();
+        latest.truncate(limit as usize);
+        Ok((latest, None))
+    }
+
+    async fn delete(&self, key: &TemplateKey) -> Result<bool> {
+        self.check()?;
+        let mut versions = lock(&self.versions);
+        let before = versions.len();
+        versions.retain(|t| !Self::matches(t, key));
+        Ok(versions.len() < before)
+    }
+}
+
 impl Harness {
     pub fn new() -> Self {
         let store = Arc::new(MemoryStore::default());
         let cache = Arc::new(MemoryCache::default());
         let bus = Arc::new(MemoryBus::default());
         let mailer = Arc::new(ScriptedMailer::default());
+        let templates = Arc::new(MemoryTemplates::default());
         let ports = Ports {
             store: store.clone(),
             cache: cache.clone(),
             bus: bus.clone(),
             mailer: mailer.clone(),
+            templates: templates.clone(),
         };
         // The local tier off: every read goes through the ports.
         let local = LocalCache::new(Duration::ZERO, 0, 0);
@@ -753,6 +877,7 @@ impl Harness {
             cache,
             bus,
             mailer,
+            templates,
         }
     }
 }

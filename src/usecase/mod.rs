@@ -13,6 +13,7 @@ mod reconcile;
 #[cfg(test)]
 mod scenarios;
 mod sending;
+mod templates;
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,12 +23,13 @@ pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
 pub use local_cache::LocalCache;
 pub use sending::BatchCreated;
+pub use templates::TemplateDraft;
 
 use crate::{
     domain::{DeadLetter, Email, Rules, StatusEvent},
     error::Result,
     metrics::Metrics,
-    ports::{EmailCache, EmailStore, EventBus, Mailer},
+    ports::{EmailCache, EmailStore, EventBus, Mailer, TemplateStore},
 };
 
 /// The adapters the use cases run on.
@@ -37,6 +39,7 @@ pub struct Ports {
     pub cache: Arc<dyn EmailCache>,
     pub bus: Arc<dyn EventBus>,
     pub mailer: Arc<dyn Mailer>,
+    pub templates: Arc<dyn TemplateStore>,
 }
 
 /// The use-case layer; cheap to clone.

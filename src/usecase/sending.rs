@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use crate::{
     domain::{
         Email, EmailDraft, EmailId, Field, FieldPath, ListPage, ListQuery,
-        MAX_IDEMPOTENCY_KEY_CHARS, NewEmail, Rejected, Violation, Violations,
+        MAX_IDEMPOTENCY_KEY_CHARS, NewEmail, Violation, Violations,
     },
     error::{Error, Result},
     ports::{AttemptRecord, BatchInserted, BatchKey, Change},
@@ -78,13 +78,16 @@ impl Mailroom {
                     "a batch has one idempotency key, for all of its emails",
                 ));
             }
-            match self.rules.new_email(EmailDraft {
-                idempotency_key: None,
-                ..draft
-            }) {
+            match self
+                .new_email(EmailDraft {
+                    idempotency_key: None,
+                    ..draft
+                })
+                .await
+            {
                 Ok(email) => emails.push(email),
-                Err(Rejected::Invalid(invalid)) => violations.extend(invalid.within(&at)),
-                Err(Rejected::TooLarge(too_large)) => violations.push(Violation::new(
+                Err(Error::Validation(invalid)) => violations.extend(invalid.within(&at)),
+                Err(Error::MessageTooLarge(too_large)) => violations.push(Violation::new(
                     at,
                     "message_too_large",
                     format!(
@@ -92,6 +95,8 @@ impl Mailroom {
                         too_large.size, too_large.limit
                     ),
                 )),
+                // A template could not be read (PostgreSQL is down).
+                Err(other) => return Err(other),
             }
         }
         Violations::check(violations)?;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Delivery, DeliveryAttempt, DeliveryStatus, Webhook};
 use crate::{
     adapters::postgres::db_error,
-    domain::{Cursor, EmailId, EventSelection, WebhookSecret},
+    domain::{Cursor, EventSelection, WebhookSecret},
     error::{Error, Result},
 };
 
@@ -592,14 +592,7 @@ impl WebhookStore {
             .into_iter()
             .map(Delivery::try_from)
             .collect::<Result<_>>()?;
-        let next = (deliveries.len() > limit as usize).then(|| {
-            deliveries.truncate(limit as usize);
-            let last = deliveries.last().expect("a full page");
-            Cursor {
-                created_at: last.created_at,
-                id: EmailId::from(last.id),
-            }
-        });
+        let next = Cursor::page(&mut deliveries, limit, |d| (d.created_at, d.id));
         let ids: Vec<Uuid> = deliveries.iter().map(|d| d.id).collect();
         let attempts: Vec<AttemptRow> = sqlx::query_as(
             "SELECT delivery_id, attempt, at, http_status, error, duration_ms \

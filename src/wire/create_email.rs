@@ -15,7 +15,7 @@ use serde::{
 use utoipa::ToSchema;
 
 use crate::domain::{
-    AddressList, AttachmentDraft, ContentInput, EmailDraft, NewEmail, format_list,
+    AddressList, AttachmentDraft, ContentInput, EmailDraft, NewEmail, TemplateUse, format_list,
 };
 
 /// A new email.
@@ -89,6 +89,45 @@ pub struct CreateEmail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = true, format = DateTime, example = "2026-12-24T09:00:00+01:00")]
     pub scheduled_at: Option<String>,
+    /// A stored template to render `subject`, `message` and `html` from, in place of
+    /// them (giving both is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = true)]
+    pub template: Option<TemplateInput>,
+}
+
+/// The stored template an email is rendered from, and its variables.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"name": "welcome", "variables": {"user": {"name": "Alice"}}}))]
+pub struct TemplateInput {
+    /// The template's name; or give its `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9_-]{0,63}$", example = "welcome")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = Uuid)]
+    pub id: Option<String>,
+    /// The version to render; the newest when missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub version: Option<i64>,
+    /// What the template's variables are: any JSON values, nested as deep as the
+    /// template reads them. A variable the template needs and this lacks is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub variables: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl From<TemplateInput> for TemplateUse {
+    fn from(input: TemplateInput) -> Self {
+        TemplateUse {
+            name: input.name,
+            id: input.id,
+            version: input.version,
+            variables: input.variables.unwrap_or_default(),
+        }
+    }
 }
 
 /// An attachment; `contentId` makes it an inline part of the HTML (`cid:` + the id).
@@ -230,6 +269,8 @@ impl CreateEmail {
             idempotency_key: None,
             idempotency_client: None,
             id: None,
+            template: self.template.map(Into::into),
+            rendered_from: None,
         }
     }
 
@@ -280,6 +321,8 @@ impl CreateEmail {
             scheduled_at: email
                 .scheduled_at
                 .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            // Already rendered: the event carries the parts (and says where from).
+            template: None,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The `mail:create` event: what any producer (or the REST API's asynchronous path)
 //! publishes to have an email created. The same JSON as a REST create body, plus the id
-//! the email must get (`emailID`) and its idempotency key (`idempotencyKey`);
+//! the email must get (`emailID`), its idempotency key (`idempotencyKey`) and, when the
+//! parts were rendered already, the template they come from (`renderedFrom`);
 //! `createdAt`, which the original service's events carried, is accepted and ignored.
 
 use std::fmt;
@@ -14,7 +15,7 @@ use serde::{
 };
 
 use super::CreateEmail;
-use crate::domain::{EmailDraft, EmailId, Field, NewEmail, Violation, Violations};
+use crate::domain::{EmailDraft, EmailId, Field, NewEmail, TemplateRef, Violation, Violations};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,6 +26,10 @@ pub struct CreateEvent {
     pub email_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The template the parts were rendered from, when the REST API's asynchronous path
+    /// rendered them (recorded with the email; a producer sends `template` instead).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rendered_from: Option<TemplateRef>,
     #[serde(flatten)]
     pub email: CreateEmail,
 }
@@ -34,6 +39,7 @@ impl CreateEvent {
         CreateEvent {
             email_id: Some(email.id.to_string()),
             idempotency_key: email.idempotency_key.clone(),
+            rendered_from: email.template.clone(),
             email: CreateEmail::from_new_email(email),
         }
     }
@@ -45,9 +51,18 @@ impl CreateEvent {
             .as_deref()
             .map(|raw| EmailId::parse(raw, Field::EmailId))
             .transpose()?;
+        if self.rendered_from.is_some() && self.email.template.is_some() {
+            return Err(Violations::one(Violation::new(
+                Field::Template,
+                "template_conflict",
+                "an event is rendered from a template already (renderedFrom) or names one \
+                 to render (template), not both",
+            )));
+        }
         Ok(EmailDraft {
             id,
             idempotency_key: self.idempotency_key,
+            rendered_from: self.rendered_from,
             ..self.email.into_draft()
         })
     }
@@ -80,7 +95,7 @@ impl CreateEvent {
     }
 }
 
-/// An event is a create body with three more fields: those are taken out as the map
+/// An event is a create body with four more fields: those are taken out as the map
 /// goes by, and the rest is read as a [`CreateEmail`] (which refuses unknown fields),
 /// in the order written, so repeated names and error paths stay as they were sent.
 impl<'de> Deserialize<'de> for CreateEvent {
@@ -103,6 +118,7 @@ impl<'de> Deserialize<'de> for CreateEvent {
                 Ok(CreateEvent {
                     email_id: extra.email_id,
                     idempotency_key: extra.idempotency_key,
+                    rendered_from: extra.rendered_from,
                     email,
                 })
             }
@@ -117,6 +133,7 @@ impl<'de> Deserialize<'de> for CreateEvent {
 struct Extra {
     email_id: Option<String>,
     idempotency_key: Option<String>,
+    rendered_from: Option<TemplateRef>,
 }
 
 /// A map without the event's own fields, which it keeps aside.
@@ -139,6 +156,7 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for Filtered<'_, A> {
             match key.as_str() {
                 "emailID" => self.extra.email_id = self.inner.next_value()?,
                 "idempotencyKey" => self.extra.idempotency_key = self.inner.next_value()?,
+                "renderedFrom" => self.extra.rendered_from = self.inner.next_value()?,
                 // The original service's events carried it; it says nothing mailroom needs.
                 "createdAt" => {
                     self.inner.next_value::<IgnoredAny>()?;

@@ -51,6 +51,13 @@ pub fn json_name(field: Field) -> &'static str {
         Field::Search => "search",
         Field::Page => "page",
         Field::Size => "size",
+        Field::Template => "template",
+        Field::TemplateName => "template.name",
+        Field::TemplateId => "template.id",
+        Field::TemplateVersion => "template.version",
+        Field::TemplateVariables => "template.variables",
+        Field::Name => "name",
+        Field::Version => "version",
         Field::Body => "body",
     }
 }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    domain::{EmailId, NewEmail, Rejected},
+    domain::{EmailDraft, EmailId, NewEmail, Rejected},
     error::Error,
     usecase::{Mailroom, backoff},
     wire::{self, CreateEvent},
@@ -46,8 +46,30 @@ fn idempotency_key(
 }
 
 impl CreateHandler {
-    /// The email an event asks for, or why it never can be one.
-    fn email_of(&self, message: &Inbound) -> Result<NewEmail, String> {
+    /// The email an event asks for; or why it never can be one (a dead letter), or, when
+    /// its template could not be read, a retry.
+    async fn email_of(&self, message: &Inbound) -> Result<NewEmail, Verdict> {
+        let mut draft = self
+            .draft_of(message)
+            .map_err(|reason| Verdict::dead(message, reason))?;
+        if draft.template.is_some() {
+            draft = match self.mailroom.render_template(draft).await {
+                Ok(rendered) => rendered,
+                Err(Error::Validation(violations)) => {
+                    return Err(Verdict::dead(
+                        message,
+                        format!("invalid create event: {}", wire::describe(&violations)),
+                    ));
+                }
+                Err(err) => return Err(self.failed(message, &err)),
+            };
+        }
+        self.check(draft)
+            .map_err(|reason| Verdict::dead(message, reason))
+    }
+
+    /// The draft an event holds, its id and idempotency key settled.
+    fn draft_of(&self, message: &Inbound) -> Result<EmailDraft, String> {
         if message.payload.len() > self.max_event_bytes {
             return Err(format!(
                 "event of {} bytes exceeds the limit of {} bytes",
@@ -74,6 +96,12 @@ impl CreateHandler {
                 message.published,
             )
         });
+        Ok(draft)
+    }
+
+    /// The rules of every email.
+    fn check(&self, draft: EmailDraft) -> Result<NewEmail, String> {
+        let invalid = |violations| format!("invalid create event: {}", wire::describe(&violations));
         self.mailroom
             .check(draft)
             .map_err(|rejected| match rejected {
@@ -118,9 +146,9 @@ impl Handler for CreateHandler {
         let mut verdicts: Vec<Option<Verdict>> = vec![None; batch.len()];
         let mut valid = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
-            match self.email_of(message) {
+            match self.email_of(message).await {
                 Ok(email) => valid.push((index, email)),
-                Err(reason) => verdicts[index] = Some(Verdict::dead(message, reason)),
+                Err(verdict) => verdicts[index] = Some(verdict),
             }
         }
         let (indexes, emails): (Vec<usize>, Vec<NewEmail>) = valid.into_iter().unzip();
@@ -204,6 +232,53 @@ mod tests {
         assert!(reason.starts_with("invalid create event: to: "), "{reason}");
         assert_eq!(dedup_key, "seq:8");
         assert_eq!(harness.store.len(), 2);
+    }
+
+    fn templated_event(variables: serde_json::Value) -> Inbound {
+        let payload = json!({
+            "from": "sender@example.com",
+            "to": "alice@example.com",
+            "template": {"name": "hello", "variables": variables},
+        });
+        Inbound::for_test("mail:create", serde_json::to_vec(&payload).unwrap(), 1)
+    }
+
+    #[tokio::test]
+    async fn a_templated_event_is_rendered_and_one_it_cannot_render_is_dead_lettered() {
+        let harness = Harness::new();
+        harness
+            .mailroom
+            .create_template(crate::usecase::TemplateDraft {
+                name: Some("hello".into()),
+                subject: Some("Hi {{ name }}".into()),
+                message: Some("Hello".into()),
+                html: None,
+            })
+            .await
+            .unwrap();
+        let handler = handler(&harness);
+        assert_eq!(
+            handler
+                .handle(&templated_event(json!({"name": "Al"})))
+                .await,
+            Verdict::Ack
+        );
+        let Verdict::DeadLetter { reason, .. } = handler.handle(&templated_event(json!({}))).await
+        else {
+            panic!("a missing variable never renders");
+        };
+        assert!(reason.contains("template.variables"), "{reason}");
+        assert!(reason.contains("`name`"), "{reason}");
+
+        // The templates cannot be read: again later, not a dead letter.
+        harness.templates.fail(Some(Failure::Outage));
+        assert_eq!(
+            handler
+                .handle(&templated_event(json!({"name": "Al"})))
+                .await,
+            Verdict::Retry(Duration::from_secs(1))
+        );
+        assert_eq!(harness.store.len(), 1);
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use mail_parser::{MessageParser, MimeHeaders, PartType};
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, email_body,
+    TestApp, email_body, problem_fields,
     smtp::{Behaviour, Delivery, FakeSmtp},
     spawn_app_with, unique_recipient, wait_for,
 };
@@ -363,21 +363,7 @@ async fn refused(app: &TestApp, body: &Value) -> (u16, Vec<(String, String)>) {
     let response = app.post_email(body).await;
     let status = response.status().as_u16();
     let problem: Value = response.json().await.unwrap();
-    let fields = problem["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| {
-                    (
-                        e["field"].as_str().unwrap().to_owned(),
-                        e["code"].as_str().unwrap().to_owned(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    (status, fields)
+    (status, problem_fields(&problem))
 }
 
 #[tokio::test]

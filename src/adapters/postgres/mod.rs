@@ -3,6 +3,9 @@
 
 mod rows;
 mod sending;
+mod templates;
+
+pub use templates::PgTemplateStore;
 
 use rows::{Columns, EmailRow, columns};
 
@@ -766,17 +769,19 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
     let sql = concat!(
         "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
              reply_to, subject, message, html, headers, tags, attachments, message_id, \
-             idempotency_key, idempotency_client, scheduled_at, status, next_attempt_at) \
+             idempotency_key, idempotency_client, scheduled_at, template, status, \
+             next_attempt_at) \
          SELECT u.id, u.from_, u.to_, u.cc, u.bcc, u.reply_to, u.subject, u.message, u.html, \
              u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.client, \
-             u.scheduled_at, \
+             u.scheduled_at, u.template, \
              CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'queued' END, \
              greatest(u.scheduled_at, now()) \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
-             $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::timestamptz[]) \
+             $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::timestamptz[], \
+             $17::jsonb[]) \
              AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
-                  attachments, message_id, idempotency_key, client, scheduled_at) \
+                  attachments, message_id, idempotency_key, client, scheduled_at, template) \
          ON CONFLICT DO NOTHING RETURNING ",
         columns!()
     );
@@ -798,6 +803,7 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
         .bind(&columns.idempotency_key)
         .bind(&columns.idempotency_client)
         .bind(&columns.scheduled_at)
+        .bind(&columns.template)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;

@@ -8,7 +8,10 @@ use sqlx::types::Json;
 use uuid::Uuid;
 
 use crate::{
-    domain::{AttachmentMeta, Email, Header, Mailbox, NewEmail, Tags, format_list, parse_list},
+    domain::{
+        AttachmentMeta, Email, Header, Mailbox, NewEmail, Tags, TemplateRef, format_list,
+        parse_list,
+    },
     error::{Error, Result},
 };
 
@@ -18,7 +21,7 @@ macro_rules! columns {
         "email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
          message, html, headers, tags, attachments, message_id, scheduled_at, status, attempts, \
          retry_base, last_error, idempotency_key, idempotency_client, created_at, updated_at, \
-         sent_at, next_attempt_at"
+         sent_at, next_attempt_at, template"
     };
 }
 pub(super) use columns;
@@ -49,6 +52,7 @@ pub(super) struct EmailRow {
     updated_at: DateTime<Utc>,
     sent_at: Option<DateTime<Utc>>,
     next_attempt_at: Option<DateTime<Utc>>,
+    template: Option<Json<TemplateRef>>,
 }
 
 impl EmailRow {
@@ -96,6 +100,7 @@ impl TryFrom<EmailRow> for Email {
                 .message_id
                 .unwrap_or_else(|| format!("<{}@mailroom>", row.email_id)),
             scheduled_at: row.scheduled_at,
+            template: row.template.map(|j| j.0),
             status: row.status.parse().map_err(corrupt)?,
             attempts: row.attempts,
             retry_base: row.retry_base,
@@ -129,6 +134,7 @@ pub(super) struct Columns {
     pub scheduled_at: Vec<Option<DateTime<Utc>>>,
     pub idempotency_key: Vec<Option<String>>,
     pub idempotency_client: Vec<String>,
+    pub template: Vec<Option<Json<TemplateRef>>>,
 }
 
 impl Columns {
@@ -161,6 +167,7 @@ impl Columns {
             columns
                 .idempotency_client
                 .push(email.idempotency_client.clone());
+            columns.template.push(email.template.clone().map(Json));
         }
         columns
     }

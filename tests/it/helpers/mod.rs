@@ -713,6 +713,24 @@ where
 }
 
 /// The value of one series (`name{labels}` exactly as rendered) in Prometheus' text format.
+/// The `(field, code)` pairs of a problem document's violations, in order.
+pub fn problem_fields(problem: &Value) -> Vec<(String, String)> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| {
+                    (
+                        e["field"].as_str().unwrap().to_owned(),
+                        e["code"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
         let value = line.strip_prefix(series)?.strip_prefix(' ')?;

@@ -1,0 +1,3 @@
+ALTER TABLE emails DROP COLUMN template;
+DROP TABLE template_versions;
+DROP TABLE templates;
