@@ -7,18 +7,46 @@ is never reached (schemathesis' `validation_mismatch` warning). POST /api/v1/ema
 fuzzes those fields one email at a time; here each generated email keeps its subject,
 bodies, tags and time, and gets valid addresses, so the batch handling is what gets
 fuzzed.
+
+Template names are unique, and a template keeps its name: a generated name that is well
+formed is made unique for POST /api/v1/templates (else nearly every save after the
+first is a 409), and is the fixture's own for PUT (else every change is a rename, a
+400). Malformed names are left as generated, for the checks of names.
 """
+
+import re
+import uuid
 
 import schemathesis
 
 BATCH = ("POST", "/api/v1/email/batch")
 KEPT = ("subject", "message", "html", "tags", "scheduledAt")
+SAVE_TEMPLATE = ("POST", "/api/v1/templates")
+CHANGE_TEMPLATE = ("PUT", "/api/v1/templates/{idOrName}")
+# scripts/fuzz.sh makes it, and scripts/schemathesis.toml points PUT at it.
+FIXTURE_TEMPLATE = "welcome"
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def template_body(key, body):
+    if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+        return body
+    if not NAME.fullmatch(body["name"]):
+        return body
+    if key == SAVE_TEMPLATE:
+        return {**body, "name": body["name"][:50] + "-" + uuid.uuid4().hex[:8]}
+    return {**body, "name": FIXTURE_TEMPLATE}
 
 
 @schemathesis.hook
 def map_body(context, body):
     operation = context.operation
-    if operation is None or (operation.method.upper(), operation.path) != BATCH:
+    if operation is None:
+        return body
+    key = (operation.method.upper(), operation.path)
+    if key in (SAVE_TEMPLATE, CHANGE_TEMPLATE):
+        return template_body(key, body)
+    if key != BATCH:
         return body
     if not isinstance(body, dict) or not isinstance(body.get("emails"), list):
         return body

@@ -13,7 +13,7 @@ use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::{Field, FieldPath, MAX_MESSAGE_BYTES, Violation, Violations};
+use super::{Field, FieldPath, MAX_MESSAGE_BYTES, Violation, Violations, validation::body_problem};
 
 /// The longest name.
 pub const MAX_TEMPLATE_NAME_CHARS: usize = 64;
@@ -143,7 +143,7 @@ impl TemplateContent {
     ) -> Result<Self, Violations> {
         let mut violations = Vec::new();
         let subject = match subject {
-            Some(subject) if !subject.trim().is_empty() => Some(subject),
+            Some(subject) if !subject.is_empty() => Some(subject),
             _ => {
                 violations.push(Violation::new(
                     Field::Subject,
@@ -169,12 +169,9 @@ impl TemplateContent {
             (Field::Html, html.as_deref()),
         ] {
             let Some(source) = source else { continue };
-            if source.len() > MAX_MESSAGE_BYTES {
-                violations.push(Violation::new(
-                    field,
-                    "length",
-                    format!("must be at most {MAX_MESSAGE_BYTES} bytes"),
-                ));
+            // The limits of an email's bodies: at most 1 MiB, no NUL characters.
+            if let Some((code, message)) = body_problem(source) {
+                violations.push(Violation::new(field, code, message));
             } else if let Err(err) = env.template_from_named_str(part_name(field), source) {
                 violations.push(Violation::new(field, "template_syntax", describe(&err)));
             }
@@ -469,6 +466,28 @@ mod tests {
             violation.message.contains("line 3"),
             "{}",
             violation.message
+        );
+    }
+
+    #[test]
+    fn parts_keep_the_limits_of_an_email_body() {
+        let err = TemplateContent::check(
+            Some("a\0b".into()),
+            Some("x".repeat(MAX_MESSAGE_BYTES + 1)),
+            Some("<p>\0</p>".into()),
+        )
+        .unwrap_err();
+        let codes: Vec<(Field, String)> = err
+            .iter()
+            .map(|v| (v.field(), v.code.to_string()))
+            .collect();
+        assert_eq!(
+            codes,
+            [
+                (Field::Subject, "nul_character".to_owned()),
+                (Field::Message, "too_large".to_owned()),
+                (Field::Html, "nul_character".to_owned()),
+            ]
         );
     }
 

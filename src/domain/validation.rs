@@ -602,7 +602,7 @@ fn header_text_problem(value: &str) -> Option<(&'static str, &'static str)> {
 
 /// A message body: at least one character, at most 1 MiB, and no NUL (PostgreSQL text
 /// cannot hold it and no mail should carry it).
-fn body_problem(value: &str) -> Option<(&'static str, &'static str)> {
+pub(super) fn body_problem(value: &str) -> Option<(&'static str, &'static str)> {
     if value.is_empty() {
         return Some(("length", "must not be empty"));
     }

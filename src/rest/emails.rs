@@ -67,7 +67,7 @@ fn prefers_async(headers: &HeaderMap) -> bool {
 /// stored right away instead (201). The same `Idempotency-Key` with the same
 /// content returns the first email (header `Idempotent-Replayed: true`); with other
 /// content, 409.
-#[utoipa::path(post, path = "/api/v1/email", tag = "emails",
+#[utoipa::path(post, path = "/api/v1/email", operation_id = "createEmail", tag = "emails",
     security(("api_key" = ["send"])),
     request_body = CreateEmail,
     params(
@@ -144,7 +144,7 @@ fn created(created: Created) -> Response {
 }
 
 /// Get an email by id, with its delivery status.
-#[utoipa::path(get, path = "/api/v1/email/{emailID}", tag = "emails",
+#[utoipa::path(get, path = "/api/v1/email/{emailID}", operation_id = "getEmail", tag = "emails",
     security(("api_key" = ["read"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
@@ -182,7 +182,7 @@ pub async fn get_by_id(
 }
 
 /// Download one attachment of an email, by its index (from 0) in `attachments`.
-#[utoipa::path(get, path = "/api/v1/email/{emailID}/attachments/{index}", tag = "emails",
+#[utoipa::path(get, path = "/api/v1/email/{emailID}/attachments/{index}", operation_id = "getAttachment", tag = "emails",
     security(("api_key" = ["read"])),
     params(
         ("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid),
@@ -257,7 +257,7 @@ fn content_disposition(filename: &str) -> HeaderValue {
 }
 
 /// Search emails: full text over recipient, subject and message, newest first.
-#[utoipa::path(get, path = "/api/v1/email/search", tag = "emails",
+#[utoipa::path(get, path = "/api/v1/email/search", operation_id = "searchEmails", tag = "emails",
     security(("api_key" = ["read"])),
     params(SearchParams),
     responses(

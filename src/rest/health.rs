@@ -40,14 +40,14 @@ fn response(report: &HealthReport) -> HealthResponse {
 
 /// Liveness: answers 200 while the process runs, and reports every dependency,
 /// the SMTP server included.
-#[utoipa::path(get, path = "/health", tag = "health",
+#[utoipa::path(get, path = "/health", operation_id = "health", tag = "health",
     responses((status = 200, description = "The process is alive", body = HealthResponse)))]
 pub async fn health(State(state): State<AppState>) -> Json<HealthResponse> {
     Json(response(&state.mailroom.health(true).await))
 }
 
 /// Readiness: 200 when PostgreSQL and NATS answer, 503 otherwise.
-#[utoipa::path(get, path = "/ready", tag = "health",
+#[utoipa::path(get, path = "/ready", operation_id = "ready", tag = "health",
     responses(
         (status = 200, description = "Ready to serve", body = HealthResponse),
         (status = 503, description = "A required dependency is down", body = HealthResponse),

@@ -36,7 +36,7 @@ fn email_id(raw: &str) -> Result<EmailId, Problem> {
 /// the order given. An `Idempotency-Key` covers the whole batch: the same key with the
 /// same emails answers the emails of the first request again (`Idempotent-Replayed:
 /// true`); with other emails, 409.
-#[utoipa::path(post, path = "/api/v1/email/batch", tag = "emails",
+#[utoipa::path(post, path = "/api/v1/email/batch", operation_id = "createEmailBatch", tag = "emails",
     security(("api_key" = ["send"])),
     request_body = BatchRequest,
     params(
@@ -89,7 +89,7 @@ pub async fn create_batch(
 /// Every filter is optional and they combine. Pages follow one another by cursor: pass
 /// `nextCursor` as `cursor` for the next page (it is null on the last one); a cursor not
 /// made by this service is a 400.
-#[utoipa::path(get, path = "/api/v1/email", tag = "emails",
+#[utoipa::path(get, path = "/api/v1/email", operation_id = "listEmails", tag = "emails",
     security(("api_key" = ["read"])),
     params(ListParams),
     responses(
@@ -132,7 +132,7 @@ pub async fn list(
 ///
 /// A worker taking the email at the same moment either wins (the email is sent, and this
 /// is a 409) or loses (the email is never sent).
-#[utoipa::path(post, path = "/api/v1/email/{emailID}/cancel", tag = "emails",
+#[utoipa::path(post, path = "/api/v1/email/{emailID}/cancel", operation_id = "cancelEmail", tag = "emails",
     security(("api_key" = ["send"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(
@@ -157,7 +157,7 @@ pub async fn cancel(
 }
 
 /// Move a scheduled email to another time.
-#[utoipa::path(patch, path = "/api/v1/email/{emailID}", tag = "emails",
+#[utoipa::path(patch, path = "/api/v1/email/{emailID}", operation_id = "rescheduleEmail", tag = "emails",
     security(("api_key" = ["send"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     request_body = RescheduleRequest,
@@ -193,7 +193,7 @@ pub async fn reschedule(
 }
 
 /// Every delivery attempt of an email, oldest first, with what the SMTP server said.
-#[utoipa::path(get, path = "/api/v1/email/{emailID}/attempts", tag = "emails",
+#[utoipa::path(get, path = "/api/v1/email/{emailID}/attempts", operation_id = "listAttempts", tag = "emails",
     security(("api_key" = ["read"])),
     params(("emailID" = String, Path, description = "The email's id (a UUID)", format = Uuid)),
     responses(

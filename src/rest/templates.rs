@@ -9,7 +9,13 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{
+    ToSchema,
+    openapi::{
+        RefOr, Schema,
+        schema::{AllOfBuilder, AnyOfBuilder, ObjectBuilder, Ref},
+    },
+};
 use uuid::Uuid;
 
 use crate::{
@@ -26,9 +32,11 @@ use super::{
 
 /// A template to save. Subject, message and html are minijinja templates
 /// (`{{ user.name }}`, `{% if %}`, `{% for %}`, filters); the HTML part is escaped.
+/// Message, html or both are required: the document says so in
+/// [`SaveTemplateBody`], which requests name.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({
+#[schema(as = TemplateFields, example = json!({
     "name": "welcome",
     "subject": "Welcome, {{ user.name }}",
     "message": "Hello {{ user.name }}, welcome aboard.",
@@ -39,12 +47,43 @@ pub struct SaveTemplateRequest {
     #[schema(value_type = String, required = true, pattern = "^[a-z0-9][a-z0-9_-]{0,63}$")]
     pub name: Option<String>,
     /// Renders to the email's subject (1 to 255 characters, one line).
-    #[schema(value_type = String, required = true, min_length = 1)]
+    #[schema(value_type = String, required = true, min_length = 1, pattern = r"^[^\u0000]*$")]
     pub subject: Option<String>,
-    /// Renders to the text part. Required unless `html` is given.
+    /// Renders to the text part, at most 1 MiB. Required unless `html` is given.
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub message: Option<String>,
-    /// Renders to the HTML part, with every variable HTML-escaped.
+    /// Renders to the HTML part, with every variable HTML-escaped; at most 1 MiB.
+    #[schema(pattern = r"^[^\u0000]*$")]
     pub html: Option<String>,
+}
+
+/// The schema of a save: [`SaveTemplateRequest`]'s fields, with `message`, `html` or
+/// both given (`allOf` the fields, `anyOf` the two `required`), which a derived schema
+/// cannot say.
+pub struct SaveTemplateBody;
+
+impl utoipa::PartialSchema for SaveTemplateBody {
+    fn schema() -> RefOr<Schema> {
+        let requiring = |field: &str| ObjectBuilder::new().required(field).build();
+        AllOfBuilder::new()
+            .item(Ref::from_schema_name(SaveTemplateRequest::name()))
+            .item(
+                AnyOfBuilder::new()
+                    .item(requiring("message"))
+                    .item(requiring("html")),
+            )
+            .description(Some("A template to save: message, html or both."))
+            .into()
+    }
+}
+
+impl ToSchema for SaveTemplateBody {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((
+            SaveTemplateRequest::name().into(),
+            <SaveTemplateRequest as utoipa::PartialSchema>::schema(),
+        ));
+    }
 }
 
 impl From<SaveTemplateRequest> for TemplateDraft {
@@ -145,9 +184,9 @@ fn version_of(raw: &str) -> Result<i32, Problem> {
 /// Save a new template, as version 1.
 ///
 /// Each part is compiled: a syntax error is a 400 naming the part and the line.
-#[utoipa::path(post, path = "/api/v1/templates", tag = "templates",
+#[utoipa::path(post, path = "/api/v1/templates", operation_id = "createTemplate", tag = "templates",
     security(("api_key" = ["admin"])),
-    request_body = SaveTemplateRequest,
+    request_body = SaveTemplateBody,
     responses(
         (status = 201, description = "Saved", body = TemplateResponse,
             headers(("Location" = String, description = "The template's URL"))),
@@ -176,7 +215,7 @@ pub async fn create(
 }
 
 /// Every template at its newest version, newest first.
-#[utoipa::path(get, path = "/api/v1/templates", tag = "templates",
+#[utoipa::path(get, path = "/api/v1/templates", operation_id = "listTemplates", tag = "templates",
     security(("api_key" = ["admin"])),
     params(PageParams),
     responses(
@@ -205,7 +244,7 @@ pub async fn list(
 }
 
 /// A template at its newest version.
-#[utoipa::path(get, path = "/api/v1/templates/{idOrName}", tag = "templates",
+#[utoipa::path(get, path = "/api/v1/templates/{idOrName}", operation_id = "getTemplate", tag = "templates",
     security(("api_key" = ["admin"])),
     params(("idOrName" = String, Path, description = "The template's id or name")),
     responses(
@@ -234,10 +273,11 @@ pub async fn get(
 ///
 /// The body is the same as for creating one; `name`, if given, must be the template's.
 /// The versions before stay readable, and emails made from them keep their content.
-#[utoipa::path(put, path = "/api/v1/templates/{idOrName}", tag = "templates",
+#[utoipa::path(put, path = "/api/v1/templates/{idOrName}", operation_id = "updateTemplate", tag = "templates",
     security(("api_key" = ["admin"])),
     params(("idOrName" = String, Path, description = "The template's id or name")),
-    request_body = SaveTemplateRequest,
+    request_body(content = SaveTemplateBody, description = "The new version; `name` may be left out",
+        example = json!({"subject": "Welcome back, {{ user.name }}", "message": "Hello again {{ user.name }}."})),
     responses(
         (status = 200, description = "The new version", body = TemplateResponse),
         (status = 400, description = "A missing part, a syntax error, or another name", body = Problem, content_type = "application/problem+json"),
@@ -266,7 +306,7 @@ pub async fn update(
 /// Delete a template and every version of it.
 ///
 /// Emails made from it keep their content; sending from it is refused from now on.
-#[utoipa::path(delete, path = "/api/v1/templates/{idOrName}", tag = "templates",
+#[utoipa::path(delete, path = "/api/v1/templates/{idOrName}", operation_id = "deleteTemplate", tag = "templates",
     security(("api_key" = ["admin"])),
     params(("idOrName" = String, Path, description = "The template's id or name")),
     responses(
@@ -292,7 +332,7 @@ pub async fn delete(
 }
 
 /// One version of a template.
-#[utoipa::path(get, path = "/api/v1/templates/{idOrName}/versions/{version}", tag = "templates",
+#[utoipa::path(get, path = "/api/v1/templates/{idOrName}/versions/{version}", operation_id = "getTemplateVersion", tag = "templates",
     security(("api_key" = ["admin"])),
     params(
         ("idOrName" = String, Path, description = "The template's id or name"),
@@ -324,7 +364,7 @@ pub async fn version(
 
 /// Render a template with variables, storing nothing: the subject, text and HTML an
 /// email made from it would hold.
-#[utoipa::path(post, path = "/api/v1/templates/{idOrName}/render", tag = "templates",
+#[utoipa::path(post, path = "/api/v1/templates/{idOrName}/render", operation_id = "renderTemplate", tag = "templates",
     security(("api_key" = ["admin"])),
     params(("idOrName" = String, Path, description = "The template's id or name")),
     request_body = RenderRequest,

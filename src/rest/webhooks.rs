@@ -214,7 +214,7 @@ fn uuid_of(raw: &str, what: &str) -> Result<Uuid, Problem> {
 /// Register an endpoint for the events it names.
 ///
 /// The answer holds the signing secret, shown only here (and after a rotation).
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks", operation_id = "createWebhook", tag = "webhooks",
     security(("api_key" = ["admin"])),
     request_body = CreateWebhookRequest,
     responses(
@@ -251,7 +251,7 @@ pub async fn create(
 }
 
 /// Every registered endpoint, oldest first.
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks",
+#[utoipa::path(get, path = "/api/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks",
     security(("api_key" = ["admin"])),
     responses(
         (status = 200, description = "The endpoints", body = WebhookList),
@@ -273,7 +273,7 @@ pub async fn list(
 }
 
 /// One endpoint.
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(("id" = String, Path, description = "The endpoint's id", format = Uuid)),
     responses(
@@ -297,7 +297,7 @@ pub async fn get(
 }
 
 /// Change an endpoint's URL, events, description or whether it is enabled.
-#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(("id" = String, Path, description = "The endpoint's id", format = Uuid)),
     request_body = UpdateWebhookRequest,
@@ -336,7 +336,7 @@ pub async fn update(
 }
 
 /// Delete an endpoint and its delivery log; pending deliveries are dropped.
-#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(("id" = String, Path, description = "The endpoint's id", format = Uuid)),
     responses(
@@ -362,7 +362,7 @@ pub async fn delete(
 /// Replace the signing secret. For `webhooks.rotation_overlap` (24 hours) requests
 /// carry a signature by the old secret too, so receivers can switch without missing
 /// an event.
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", operation_id = "rotateWebhookSecret", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(("id" = String, Path, description = "The endpoint's id", format = Uuid)),
     responses(
@@ -389,7 +389,7 @@ pub async fn rotate_secret(
 }
 
 /// An endpoint's deliveries, newest first, each with its attempts.
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", operation_id = "listWebhookDeliveries", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(("id" = String, Path, description = "The endpoint's id", format = Uuid), PageParams),
     responses(
@@ -432,7 +432,7 @@ pub async fn deliveries(
 
 /// Attempt a delivery once more, now, with the same `webhook-id` (for one that
 /// succeeded or failed; a pending one is attempted on its schedule).
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{deliveryId}/retry", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{deliveryId}/retry", operation_id = "retryWebhookDelivery", tag = "webhooks",
     security(("api_key" = ["admin"])),
     params(
         ("id" = String, Path, description = "The endpoint's id", format = Uuid),

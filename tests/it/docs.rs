@@ -15,6 +15,29 @@ fn the_committed_openapi_document_is_up_to_date() {
     );
 }
 
+#[test]
+fn every_operation_has_an_operation_id_of_its_own() {
+    // OpenAPI requires it, and tools key operations by it: schemathesis chained a
+    // template's Location to the webhook operations while both were called `get`.
+    let spec: Value = serde_json::from_str(&mailroom::rest::openapi_json()).unwrap();
+    let mut ids: Vec<String> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|path| path.as_object().unwrap().values())
+        .map(|operation| {
+            operation["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("an operation without an id: {operation}"))
+                .to_owned()
+        })
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "repeated operation ids among {ids:?}");
+}
+
 #[tokio::test]
 async fn the_openapi_document_is_served_and_lists_every_operation() {
     let app = spawn_app().await;
