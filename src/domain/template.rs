@@ -285,6 +285,10 @@ pub fn check_name(name: &str) -> Result<(), Violation> {
 fn environment<'source>() -> Environment<'source> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    // Track where undefined values come from, so that a missing variable is named
+    // (`user.name` is undefined). minijinja does so by default in debug builds only:
+    // the release service said just "undefined value" until this was set.
+    env.set_debug(true);
     env.set_fuel(Some(RENDER_FUEL));
     env.set_auto_escape_callback(|name| {
         if name == part_name(Field::Html) {

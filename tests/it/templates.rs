@@ -227,6 +227,11 @@ async fn bad_templates_are_refused_naming_the_field_and_the_line() {
             "subject",
             "template_syntax",
         ),
+        (
+            json!({"name": "a", "subject": "s", "message": "a\0b"}),
+            "message",
+            "nul_character",
+        ),
     ];
     for (body, field, code) in cases {
         let (status, problem) = post(&app, "/api/v1/templates", &body).await;
