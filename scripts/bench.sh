@@ -336,10 +336,21 @@ pgbench_limits() { # phase-name-suffix
 
 # SMTP: the sink stays up for the service's deliveries.
 if [ "$(id -u)" -eq 0 ]; then sink_user=(-u nobody); else sink_user=(); fi
-smtp-sink "${sink_user[@]}" 127.0.0.1:"$SMTP_PORT" 1000 >"$WORK/smtp-sink.log" 2>&1 &
-SINK_PID=$!
-for ((i = 0; i < 150; i++)); do port_open "$SMTP_PORT" && break; sleep 0.1; done
-port_open "$SMTP_PORT" || fail "smtp-sink did not start on port $SMTP_PORT: $(tail -n 5 "$WORK/smtp-sink.log")"
+# A free port can be taken between free_port and the bind (seen: "Address already in
+# use"), so a sink that cannot bind is started again on another one.
+for ((try = 1; ; try++)); do
+  smtp-sink "${sink_user[@]}" 127.0.0.1:"$SMTP_PORT" 1000 >"$WORK/smtp-sink.log" 2>&1 &
+  SINK_PID=$!
+  for ((i = 0; i < 150; i++)); do
+    kill -0 "$SINK_PID" 2>/dev/null || break
+    port_open "$SMTP_PORT" && break
+    sleep 0.1
+  done
+  kill -0 "$SINK_PID" 2>/dev/null && port_open "$SMTP_PORT" && break
+  kill "$SINK_PID" 2>/dev/null || true
+  ((try < 5)) || fail "smtp-sink did not start on port $SMTP_PORT: $(tail -n 5 "$WORK/smtp-sink.log")"
+  SMTP_PORT="$(free_port)"
+done
 smtp_run() { # extra flags...
   local result
   result="$(seconds_of smtp-source "$@" -s "$SMTP_SESSIONS" -m "$SMTP_MESSAGES" -l 400 \
