@@ -830,6 +830,8 @@ impl TemplateStore for MemoryTemplates {
             .cloned())
     }
 
+    /// One page only (no cursor): the use-case tests list a handful of templates, and
+    /// paging is PostgreSQL's, tested in tests/it/templates.rs.
     async fn list(
         &self,
         _cursor: Option<Cursor>,

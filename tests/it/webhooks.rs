@@ -584,7 +584,28 @@ async fn a_kill_between_two_attempts_loses_no_delivery() {
         .await
         .unwrap();
     let refused = receiver.wait_for(1, PATIENCE, |_| true).await;
-    // Killed while the retry waits.
+    // Killed while the retry waits: once the refusal is recorded. (Killed before that,
+    // the attempt is still leased and comes again only when the lease, webhooks.timeout
+    // plus ack_wait, runs out: longer than this test waits.)
+    let deliveries = format!(
+        "{}/api/v1/webhooks/{}/deliveries",
+        first.base,
+        webhook["id"].as_str().unwrap()
+    );
+    wait_for(PATIENCE, "the refused attempt is recorded", || async {
+        let log: Value = client
+            .get(&deliveries)
+            .bearer_auth(TEST_API_KEY)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let attempts = log["deliveries"][0]["attempts"].as_array()?.len();
+        (attempts == 1 && log["deliveries"][0]["status"] == "pending").then_some(())
+    })
+    .await;
     first.kill();
 
     let second = Service::start(&isolation, &env);
