@@ -25,7 +25,8 @@ use axum::{
     extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::{IntoResponse, Redirect, Response},
+    routing::get,
 };
 use tower::ServiceBuilder;
 use tower_http::{
@@ -223,6 +224,10 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
                 )),
         )
         .merge(swagger)
+        // Where the original service served Swagger UI (swaggo's paths).
+        .route("/swagger", get(to_swagger_ui))
+        .route("/swagger/", get(to_swagger_ui))
+        .route("/swagger/index.html", get(to_swagger_ui))
         .fallback(|| async { Problem::from_status(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async {
             Problem::from_status(StatusCode::METHOD_NOT_ALLOWED)
@@ -230,6 +235,11 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .layer(middleware)
         .with_state(state)
+}
+
+/// Users of the original service open `/swagger/index.html`; Swagger UI is here.
+async fn to_swagger_ui() -> Redirect {
+    Redirect::permanent("/swagger-ui/")
 }
 
 fn cors(origins: &[String]) -> CorsLayer {

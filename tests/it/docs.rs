@@ -92,3 +92,21 @@ async fn swagger_ui_is_served_without_the_network() {
             .contains("/api-docs/openapi.json")
     );
 }
+
+#[tokio::test]
+async fn the_original_services_swagger_paths_lead_to_swagger_ui() {
+    let app = spawn_app().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for path in ["/swagger", "/swagger/", "/swagger/index.html"] {
+        let response = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 308, "{path}");
+        assert_eq!(response.headers()["location"], "/swagger-ui/", "{path}");
+    }
+    // Followed, the redirect ends on the page.
+    let page = reqwest::get(app.url("/swagger/index.html")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("swagger-ui"));
+}
