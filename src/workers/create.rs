@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use crate::{
-    domain::{EmailDraft, EmailId, NewEmail, Rejected},
+    domain::{EmailDraft, EmailId, NewEmail, Rejected, Violations},
     error::Error,
     usecase::{Mailroom, backoff},
     wire::{self, CreateEvent},
@@ -45,6 +45,11 @@ fn idempotency_key(
     })
 }
 
+/// Why an event can never be an email, as its dead letter says.
+fn invalid_event(violations: &Violations) -> String {
+    format!("invalid create event: {}", wire::describe(violations))
+}
+
 impl CreateHandler {
     /// The email an event asks for; or why it never can be one (a dead letter), or, when
     /// its template could not be read, a retry.
@@ -56,10 +61,7 @@ impl CreateHandler {
             draft = match self.mailroom.render_template(draft).await {
                 Ok(rendered) => rendered,
                 Err(Error::Validation(violations)) => {
-                    return Err(Verdict::dead(
-                        message,
-                        format!("invalid create event: {}", wire::describe(&violations)),
-                    ));
+                    return Err(Verdict::dead(message, invalid_event(&violations)));
                 }
                 Err(err) => return Err(self.failed(message, &err)),
             };
@@ -77,10 +79,9 @@ impl CreateHandler {
                 self.max_event_bytes
             ));
         }
-        let invalid = |violations| format!("invalid create event: {}", wire::describe(&violations));
         let mut draft = CreateEvent::decode(&message.payload)
             .and_then(CreateEvent::into_draft)
-            .map_err(invalid)?;
+            .map_err(|violations| invalid_event(&violations))?;
         draft.idempotency_key = idempotency_key(
             draft.idempotency_key.take(),
             message.msg_id.as_deref(),
@@ -101,11 +102,10 @@ impl CreateHandler {
 
     /// The rules of every email.
     fn check(&self, draft: EmailDraft) -> Result<NewEmail, String> {
-        let invalid = |violations| format!("invalid create event: {}", wire::describe(&violations));
         self.mailroom
             .check(draft)
             .map_err(|rejected| match rejected {
-                Rejected::Invalid(violations) => invalid(violations),
+                Rejected::Invalid(violations) => invalid_event(&violations),
                 Rejected::TooLarge(too_large) => format!(
                     "invalid create event: the message would take at least {} bytes as delivered; \
                  limits.max_message_bytes allows {}",

@@ -68,10 +68,6 @@ fn key_condition(key: &TemplateKey) -> &'static str {
     }
 }
 
-fn key_text(key: &TemplateKey) -> String {
-    key.to_string()
-}
-
 #[async_trait]
 impl TemplateStore for PgTemplateStore {
     async fn create(
@@ -81,22 +77,29 @@ impl TemplateStore for PgTemplateStore {
         content: &TemplateContent,
     ) -> Result<TemplateSaved> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let inserted = sqlx::query(
+        let created_at: Option<DateTime<Utc>> = sqlx::query_scalar(
             "INSERT INTO templates (template_id, name, version) VALUES ($1, $2, 1) \
-             ON CONFLICT (name) DO NOTHING",
+             ON CONFLICT (name) DO NOTHING RETURNING created_at",
         )
         .bind(id)
         .bind(name)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        if inserted.rows_affected() == 0 {
+        let Some(created_at) = created_at else {
             return Ok(TemplateSaved::NameTaken);
-        }
-        insert_version(&mut tx, id, 1, content).await?;
+        };
+        let updated_at = insert_version(&mut tx, id, 1, content).await?;
         tx.commit().await.map_err(db_error)?;
-        let saved = self.get(&TemplateKey::Id(id), Some(1)).await?;
-        Ok(saved.map_or(TemplateSaved::Missing, TemplateSaved::Saved))
+        Ok(TemplateSaved::Saved(Template {
+            id,
+            name: name.to_owned(),
+            version: 1,
+            latest_version: 1,
+            content: content.clone(),
+            created_at,
+            updated_at,
+        }))
     }
 
     async fn add_version(
@@ -108,21 +111,28 @@ impl TemplateStore for PgTemplateStore {
         // The row lock orders two concurrent saves: each gets its own number.
         let sql = format!(
             "UPDATE templates t SET version = version + 1, updated_at = now() WHERE {} \
-             RETURNING template_id, version",
+             RETURNING template_id, name, version, created_at",
             key_condition(key)
         );
-        let bumped: Option<(Uuid, i32)> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(key_text(key))
+        let bumped: Option<(Uuid, String, i32, DateTime<Utc>)> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(key.to_string())
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
-        let Some((id, version)) = bumped else {
+        let Some((id, name, version, created_at)) = bumped else {
             return Ok(TemplateSaved::Missing);
         };
-        insert_version(&mut tx, id, version, content).await?;
+        let updated_at = insert_version(&mut tx, id, version, content).await?;
         tx.commit().await.map_err(db_error)?;
-        let saved = self.get(&TemplateKey::Id(id), Some(version)).await?;
-        Ok(saved.map_or(TemplateSaved::Missing, TemplateSaved::Saved))
+        Ok(TemplateSaved::Saved(Template {
+            id,
+            name,
+            version,
+            latest_version: version,
+            content: content.clone(),
+            created_at,
+            updated_at,
+        }))
     }
 
     async fn get(&self, key: &TemplateKey, version: Option<i32>) -> Result<Option<Template>> {
@@ -131,7 +141,7 @@ impl TemplateStore for PgTemplateStore {
             key_condition(key)
         );
         let row: Option<TemplateRow> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(key_text(key))
+            .bind(key.to_string())
             .bind(version)
             .fetch_optional(&self.pool)
             .await
@@ -163,7 +173,7 @@ impl TemplateStore for PgTemplateStore {
     async fn delete(&self, key: &TemplateKey) -> Result<bool> {
         let sql = format!("DELETE FROM templates t WHERE {}", key_condition(key));
         let deleted = sqlx::query(AssertSqlSafe(sql))
-            .bind(key_text(key))
+            .bind(key.to_string())
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
@@ -171,23 +181,23 @@ impl TemplateStore for PgTemplateStore {
     }
 }
 
+/// Stores one version's parts, answering when it was saved.
 async fn insert_version(
     tx: &mut sqlx::PgConnection,
     id: Uuid,
     version: i32,
     content: &TemplateContent,
-) -> Result<()> {
-    sqlx::query(
+) -> Result<DateTime<Utc>> {
+    sqlx::query_scalar(
         "INSERT INTO template_versions (template_id, version, subject, message, html) \
-         VALUES ($1, $2, $3, $4, $5)",
+         VALUES ($1, $2, $3, $4, $5) RETURNING created_at",
     )
     .bind(id)
     .bind(version)
     .bind(&content.subject)
     .bind(&content.message)
     .bind(&content.html)
-    .execute(tx)
+    .fetch_one(tx)
     .await
-    .map_err(db_error)?;
-    Ok(())
+    .map_err(db_error)
 }
