@@ -51,14 +51,8 @@ fn of_email<'a>(id: &'a str, kind: &'a str) -> impl Fn(&Received) -> bool + 'a {
 }
 
 async fn deliveries(app: &TestApp, webhook: &str) -> Value {
-    app.client
-        .get(app.url(&format!("/api/v1/webhooks/{webhook}/deliveries")))
-        .send()
+    app.get_json(&format!("/api/v1/webhooks/{webhook}/deliveries"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -73,7 +67,7 @@ async fn emails_created_over_rest_grpc_and_nats_reach_the_endpoint_signed() {
 
     let mut body = email_body(&unique_recipient("hook-rest"));
     body["tags"] = json!({ "category": "welcome" });
-    let rest: Value = app.post_email(&body).await.json().await.unwrap();
+    let rest = app.create_email(&body).await;
     let rest_id = rest["emailID"].as_str().unwrap().to_owned();
     let grpc_id = app
         .grpc_client()
@@ -139,12 +133,9 @@ async fn an_endpoint_that_refuses_twice_gets_the_event_a_third_time_with_one_web
     let app = spawn_app().await;
     let webhook = register(&app, &receiver.url(), &["email.queued"]).await;
     let secret = webhook["secret"].as_str().unwrap();
-    let created: Value = app
-        .post_email(&email_body(&unique_recipient("refused-twice")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created = app
+        .create_email(&email_body(&unique_recipient("refused-twice")))
+        .await;
     let id = created["emailID"].as_str().unwrap();
 
     let requests = receiver
@@ -246,12 +237,9 @@ async fn each_endpoint_gets_only_the_events_it_subscribed_to() {
     register(&app, &sent_only.url(), &["email.sent"]).await;
     register(&app, &everything.url(), &["*"]).await;
     register(&app, &failed_only.url(), &["email.failed", "email.bounced"]).await;
-    let created: Value = app
-        .post_email(&email_body(&unique_recipient("filtered")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let created = app
+        .create_email(&email_body(&unique_recipient("filtered")))
+        .await;
     let id = created["emailID"].as_str().unwrap();
 
     everything
@@ -290,15 +278,9 @@ async fn an_endpoint_failing_for_longer_than_disable_after_is_disabled() {
     app.post_email(&email_body(&unique_recipient("disabled")))
         .await;
     let endpoint = wait_for(PATIENCE, "the endpoint is disabled", || async {
-        let endpoint: Value = app
-            .client
-            .get(app.url(&format!("/api/v1/webhooks/{webhook_id}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let endpoint = app
+            .get_json(&format!("/api/v1/webhooks/{webhook_id}"))
+            .await;
         (endpoint["enabled"] == false).then_some(endpoint)
     })
     .await;
@@ -467,15 +449,7 @@ async fn the_endpoints_are_managed_over_rest_and_need_the_admin_scope() {
 
     let created = register(&app, &receiver.url(), &["email.sent"]).await;
     let id = created["id"].as_str().unwrap();
-    let list: Value = app
-        .client
-        .get(app.url("/api/v1/webhooks"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = app.get_json("/api/v1/webhooks").await;
     assert_eq!(list["webhooks"][0]["id"], id);
     assert!(
         list["webhooks"][0].get("secret").is_none(),
@@ -728,22 +702,16 @@ async fn the_dispatcher_reads_status_events_only_while_an_endpoint_is_enabled() 
     assert!(!exists().await, "no endpoint, no dispatcher consumer");
 
     // An email from before the endpoint is not for it.
-    let before: Value = app
-        .post_email(&email_body(&unique_recipient("before")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let before = app
+        .create_email(&email_body(&unique_recipient("before")))
+        .await;
     app.wait_for_status(before["emailID"].as_str().unwrap(), "sent", PATIENCE)
         .await;
     let webhook = register(&app, &receiver.url(), &["*"]).await;
     assert!(exists().await, "an enabled endpoint, a dispatcher consumer");
-    let after: Value = app
-        .post_email(&email_body(&unique_recipient("after")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let after = app
+        .create_email(&email_body(&unique_recipient("after")))
+        .await;
     let after_id = after["emailID"].as_str().unwrap();
     receiver
         .wait_for(1, PATIENCE, of_email(after_id, "email.sent"))
@@ -769,12 +737,9 @@ async fn the_dispatcher_reads_status_events_only_while_an_endpoint_is_enabled() 
         !exists().await,
         "no endpoint enabled, no dispatcher consumer"
     );
-    let meanwhile: Value = app
-        .post_email(&email_body(&unique_recipient("while-disabled")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let meanwhile = app
+        .create_email(&email_body(&unique_recipient("while-disabled")))
+        .await;
     app.wait_for_status(meanwhile["emailID"].as_str().unwrap(), "sent", PATIENCE)
         .await;
     app.client
@@ -784,12 +749,9 @@ async fn the_dispatcher_reads_status_events_only_while_an_endpoint_is_enabled() 
         .await
         .unwrap();
     assert!(exists().await);
-    let again: Value = app
-        .post_email(&email_body(&unique_recipient("enabled-again")))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let again = app
+        .create_email(&email_body(&unique_recipient("enabled-again")))
+        .await;
     let again_id = again["emailID"].as_str().unwrap();
     receiver
         .wait_for(1, PATIENCE, of_email(again_id, "email.sent"))

@@ -449,6 +449,18 @@ impl TestApp {
     }
 
     /// Creates an email and returns its JSON.
+    /// GET `path` with the test key, answering the JSON body (whatever the status).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn create_email(&self, body: &Value) -> Value {
         let response = self.post_email(body).await;
         assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
