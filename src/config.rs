@@ -12,7 +12,7 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::api_keys::ApiKeys;
+use crate::{api_keys::ApiKeys, domain::ReturnPath};
 
 /// The profiles shipped in `config/`, with their built-in copies.
 const BUILT_IN: &[(&str, &str)] = &[
@@ -308,6 +308,20 @@ pub struct SmtpSettings {
     pub timeout: Duration,
     pub pool_max_size: u32,
     pub hello_name: String,
+    /// A VERP envelope sender holding `{emailID}`; empty: the From address.
+    pub return_path: String,
+}
+
+impl SmtpSettings {
+    /// `smtp.return_path`, read; `None` when it is not set.
+    pub fn return_path(&self) -> anyhow::Result<Option<ReturnPath>> {
+        if self.return_path.is_empty() {
+            return Ok(None);
+        }
+        ReturnPath::parse(&self.return_path)
+            .map(Some)
+            .map_err(|why| anyhow::anyhow!("smtp.return_path {:?} {why}", self.return_path))
+    }
 }
 
 /// What one email may hold.
@@ -524,6 +538,7 @@ impl Settings {
         if self.smtp.pool_max_size == 0 {
             bail!("smtp.pool_max_size must be at least 1");
         }
+        self.smtp.return_path()?;
         if self.search.count_limit == 0 {
             bail!("search.count_limit must be at least 1");
         }
@@ -829,6 +844,10 @@ mod tests {
             ),
             ("search:\n  count_limit: 0\n", "search.count_limit"),
             ("smtp:\n  pool_max_size: 0\n", "smtp.pool_max_size"),
+            (
+                "smtp:\n  return_path: bounces@x.example\n",
+                "smtp.return_path",
+            ),
         ] {
             let err = local_with(yaml).unwrap_err();
             assert!(format!("{err:#}").contains(key), "{yaml}: {err:#}");

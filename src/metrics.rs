@@ -11,7 +11,10 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::{domain::EmailStatus, ports::AttemptOutcome};
+use crate::{
+    domain::{EmailStatus, SuppressionReason},
+    ports::AttemptOutcome,
+};
 
 const NAMESPACE: &str = "mailroom";
 
@@ -42,6 +45,9 @@ impl Deref for Metrics {
     }
 }
 
+/// The kinds of `mailroom_reports_total`.
+pub const REPORT_KINDS: [&str; 5] = ["bounce", "delay", "complaint", "other", "unmatched"];
+
 /// The outcomes of `mailroom_webhook_deliveries_total`.
 pub const WEBHOOK_OUTCOMES: [&str; 4] = ["succeeded", "retry", "failed", "refused"];
 
@@ -62,6 +68,9 @@ pub struct Registered {
     pub webhook_deliveries: IntCounterVec,
     pub webhook_duration: HistogramVec,
     pub webhooks_disabled: IntCounterVec,
+    pub suppressed_recipients: IntCounterVec,
+    pub suppressions_added: IntCounterVec,
+    pub reports: IntCounterVec,
     /// The series of `cache_requests` by [`CacheResult`], and of `local_cache_requests`
     /// (hit, miss), resolved once: reads count on every request.
     cache_series: [IntCounter; 3],
@@ -229,6 +238,24 @@ impl Metrics {
                  webhooks.disable_after.",
                 &[],
             ),
+            suppressed_recipients: counter(
+                "suppressed_recipients_total",
+                "Recipients left out of a send because they are on the suppression list.",
+                &[],
+            ),
+            suppressions_added: counter(
+                "suppressions_added_total",
+                "Addresses added to the suppression list, by reason (hard_bounce, \
+                 complaint, manual).",
+                &["reason"],
+            ),
+            reports: counter(
+                "reports_total",
+                "Bounce and complaint reports received (POST /api/v1/bounces), by what they \
+                 said: bounce (a recipient failed), delay, complaint, other (nothing to do), \
+                 unmatched (no email of ours).",
+                &["kind"],
+            ),
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -243,8 +270,19 @@ impl Metrics {
         for status in EmailStatus::ALL {
             metrics.emails.with_label_values(&[status.as_str()]);
         }
-        for outcome in AttemptOutcome::ALL {
+        for outcome in AttemptOutcome::SMTP {
             metrics.smtp_sends.with_label_values(&[outcome.as_str()]);
+        }
+        metrics
+            .suppressed_recipients
+            .with_label_values(&[] as &[&str]);
+        for reason in SuppressionReason::ALL {
+            metrics
+                .suppressions_added
+                .with_label_values(&[reason.as_str()]);
+        }
+        for kind in REPORT_KINDS {
+            metrics.reports.with_label_values(&[kind]);
         }
         metrics.smtp_duration.with_label_values(&[] as &[&str]);
         for outcome in WEBHOOK_OUTCOMES {

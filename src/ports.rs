@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Cursor, DeadLetter, Email, EmailId, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery,
-        StatusEvent, Template, TemplateContent, TemplateKey,
+        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail,
+        NewSuppression, SearchPage, SearchQuery, StatusEvent, SuppressedAddress, Suppression,
+        SuppressionReason, Template, TemplateContent, TemplateKey, Verdict,
     },
     error::Result,
 };
@@ -44,10 +45,20 @@ pub enum AttemptOutcome {
     Sent,
     Transient,
     Permanent,
+    /// Every recipient was on the suppression list: no SMTP conversation at all.
+    Suppressed,
 }
 
 impl AttemptOutcome {
-    pub const ALL: [AttemptOutcome; 3] = [
+    pub const ALL: [AttemptOutcome; 4] = [
+        AttemptOutcome::Sent,
+        AttemptOutcome::Transient,
+        AttemptOutcome::Permanent,
+        AttemptOutcome::Suppressed,
+    ];
+
+    /// The outcomes of an SMTP conversation (`mailroom_smtp_sends_total`).
+    pub const SMTP: [AttemptOutcome; 3] = [
         AttemptOutcome::Sent,
         AttemptOutcome::Transient,
         AttemptOutcome::Permanent,
@@ -58,7 +69,12 @@ impl AttemptOutcome {
             AttemptOutcome::Sent => "sent",
             AttemptOutcome::Transient => "transient",
             AttemptOutcome::Permanent => "permanent",
+            AttemptOutcome::Suppressed => "suppressed",
         }
+    }
+
+    pub fn parse(raw: &str) -> Option<AttemptOutcome> {
+        AttemptOutcome::ALL.into_iter().find(|o| o.as_str() == raw)
     }
 }
 
@@ -70,24 +86,33 @@ pub struct AttemptRecord {
     pub outcome: AttemptOutcome,
     pub smtp_code: Option<u16>,
     pub smtp_text: String,
-    /// Recipients the server refused in this attempt, with what it said.
+    /// Recipients the server refused in this attempt, with what it said, and those
+    /// left out because they are suppressed.
     pub refused: Vec<RefusedRecipient>,
 }
 
-/// A recipient the SMTP server would not take.
+/// A recipient the SMTP server would not take, or one mailroom did not send to because
+/// it is on the suppression list (`suppressed` set, no code).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RefusedRecipient {
     pub address: String,
     pub code: Option<u16>,
     pub text: String,
+    /// Why it is on the suppression list, when that is why it was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<String>,
 }
 
 /// Where an email goes after an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterAttempt {
     Sent,
-    Deferred { next_attempt_at: DateTime<Utc> },
+    Deferred {
+        next_attempt_at: DateTime<Utc>,
+    },
     Failed,
+    /// Every recipient is suppressed.
+    Suppressed,
 }
 
 /// An attempt made, and where it leaves its email.
@@ -97,6 +122,9 @@ pub struct FinishedAttempt {
     pub record: AttemptRecord,
     pub after: AfterAttempt,
     pub error: Option<String>,
+    /// Recipients whose refusal means they can never be mailed: added to the suppression
+    /// list in the transaction that records the attempt.
+    pub suppress: Vec<NewSuppression>,
 }
 
 /// What asking to cancel or reschedule an email found.
@@ -177,6 +205,67 @@ pub trait TemplateStore: Send + Sync + 'static {
     ) -> Result<(Vec<Template>, Option<Cursor>)>;
     /// Deletes a template and its versions; false when there was none.
     async fn delete(&self, key: &TemplateKey) -> Result<bool>;
+}
+
+/// A report about one email, to record: one row per recipient it names, the status it
+/// moves the email to, and the addresses it suppresses, in one transaction.
+#[derive(Debug, Clone)]
+pub struct ReportToRecord {
+    pub email_id: EmailId,
+    /// Of the raw report: posting the same report again records nothing.
+    pub digest: String,
+    pub recipients: Vec<ReportedRow>,
+    /// The status the email moves to, from one of `from`; `error` becomes its last error.
+    pub status_change: Option<StatusChange>,
+    pub suppress: Vec<NewSuppression>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReportedRow {
+    pub recipient: String,
+    pub verdict: Verdict,
+    pub status: Option<String>,
+    pub diagnostic: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StatusChange {
+    pub from: Vec<EmailStatus>,
+    pub to: EmailStatus,
+    pub error: String,
+}
+
+/// What recording a report found.
+#[derive(Debug, Clone)]
+pub enum ReportRecorded {
+    /// Recorded; the email as it is now, and whether its status changed.
+    Recorded { email: Email, changed: bool },
+    /// This very report was recorded before: nothing changed.
+    Duplicate(Email),
+    /// The email is gone.
+    Missing,
+}
+
+/// The suppression list, and the reports that feed it.
+#[async_trait]
+pub trait SuppressionStore: Send + Sync + 'static {
+    /// Adds an entry; an address already there keeps its entry, which is answered with
+    /// `false`.
+    async fn add(&self, entry: &NewSuppression) -> Result<(Suppression, bool)>;
+    async fn get(&self, address: &SuppressedAddress) -> Result<Option<Suppression>>;
+    /// Removes an entry; false when there was none.
+    async fn delete(&self, address: &SuppressedAddress) -> Result<bool>;
+    /// Entries newest first, from the cursor on, of one reason or all; and where the
+    /// next page starts.
+    async fn list(
+        &self,
+        reason: Option<SuppressionReason>,
+        cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Suppression>, Option<Cursor>)>;
+    /// The entries of those of `addresses` that are suppressed.
+    async fn suppressed(&self, addresses: &[SuppressedAddress]) -> Result<Vec<Suppression>>;
+    async fn record_report(&self, report: &ReportToRecord) -> Result<ReportRecorded>;
 }
 
 #[async_trait]
@@ -325,10 +414,13 @@ impl SendFailure {
 
 #[async_trait]
 pub trait Mailer: Send + Sync + 'static {
-    /// Sends the email, whose attachments' bytes are `attachments` (in order).
+    /// Sends the email to `recipients` (its envelope: the email's recipients less the
+    /// suppressed ones, each once), whose attachments' bytes are `attachments` (in
+    /// order). The headers name every recipient but Bcc, as the email does.
     async fn send(
         &self,
         email: &Email,
+        recipients: &[Address],
         attachments: &[Bytes],
     ) -> std::result::Result<SmtpReply, SendFailure>;
     /// Whether the SMTP server answers.

@@ -89,6 +89,7 @@ impl Core {
         );
         let ports = Ports {
             templates: Arc::new(postgres::PgTemplateStore::new(pool.clone())),
+            suppressions: Arc::new(postgres::PgSuppressionStore::new(pool.clone())),
             store: Arc::new(postgres::PgEmailStore::new(
                 pool,
                 settings.search.count_limit,
@@ -122,7 +123,8 @@ impl Core {
                 name => name.to_owned(),
             },
         };
-        let mut mailroom = Mailroom::new(ports, rules, local, policy, metrics.clone());
+        let mut mailroom = Mailroom::new(ports, rules, local, policy, metrics.clone())
+            .with_return_path(settings.smtp.return_path()?);
         let group_commit = &settings.database.group_commit;
         if group_commit.max_batch > 1 {
             mailroom = mailroom.with_group_commit(GroupCommitSettings {

@@ -78,7 +78,10 @@ impl fmt::Display for EmailId {
 
 /// Where an email is in its life: `scheduled` until its time, then `queued → sending →
 /// sent`; a transient failure makes it `deferred` until its next attempt; a permanent
-/// failure or exhausted retries make it `failed`; `canceled` before it was sent.
+/// failure or exhausted retries make it `failed`; `canceled` before it was sent;
+/// `suppressed` when every recipient is on the suppression list. After `sent`, a report
+/// coming back makes it `bounced` (a recipient's mail failed after all) or `complained`
+/// (a recipient reported it as spam).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
@@ -89,10 +92,13 @@ pub enum EmailStatus {
     Failed,
     Scheduled,
     Canceled,
+    Suppressed,
+    Bounced,
+    Complained,
 }
 
 impl EmailStatus {
-    pub const ALL: [EmailStatus; 7] = [
+    pub const ALL: [EmailStatus; 10] = [
         EmailStatus::Queued,
         EmailStatus::Sending,
         EmailStatus::Sent,
@@ -100,6 +106,9 @@ impl EmailStatus {
         EmailStatus::Failed,
         EmailStatus::Scheduled,
         EmailStatus::Canceled,
+        EmailStatus::Suppressed,
+        EmailStatus::Bounced,
+        EmailStatus::Complained,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +120,9 @@ impl EmailStatus {
             EmailStatus::Failed => "failed",
             EmailStatus::Scheduled => "scheduled",
             EmailStatus::Canceled => "canceled",
+            EmailStatus::Suppressed => "suppressed",
+            EmailStatus::Bounced => "bounced",
+            EmailStatus::Complained => "complained",
         }
     }
 
@@ -118,7 +130,12 @@ impl EmailStatus {
     pub fn is_final(self) -> bool {
         matches!(
             self,
-            EmailStatus::Sent | EmailStatus::Failed | EmailStatus::Canceled
+            EmailStatus::Sent
+                | EmailStatus::Failed
+                | EmailStatus::Canceled
+                | EmailStatus::Suppressed
+                | EmailStatus::Bounced
+                | EmailStatus::Complained
         )
     }
 

@@ -9,7 +9,9 @@ mod mailbox;
 mod message;
 #[cfg(test)]
 pub(crate) mod properties;
+mod report;
 mod search;
+mod suppression;
 mod template;
 mod validation;
 mod violation;
@@ -23,8 +25,16 @@ pub use mailbox::{Mailbox, MailboxError, format_list, parse_list};
 pub use message::{
     Attachment, AttachmentMeta, Header, MAX_ATTACHMENTS, MAX_HEADERS, MAX_TAGS, Tags,
 };
+pub use report::{
+    EMAIL_ID_PLACEHOLDER, Report, ReportKind, ReportedRecipient, ReturnPath, Verdict,
+    email_of_message_id,
+};
 pub use search::{
     DEFAULT_PAGE_SIZE, MAX_PAGE, MAX_PAGE_SIZE, MAX_SEARCH_CHARS, SearchPage, SearchQuery,
+};
+pub use suppression::{
+    MAX_NOTE_CHARS, NewSuppression, SuppressedAddress, Suppression, SuppressionReason,
+    enhanced_code, is_hard_bounce,
 };
 pub use template::{
     MAX_TEMPLATE_NAME_CHARS, RENDER_FUEL, Template, TemplateContent, TemplateKey, TemplateRef,

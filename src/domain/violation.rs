@@ -59,6 +59,10 @@ pub enum Field {
     Name,
     /// Of a stored template, in a path.
     Version,
+    /// Of a suppression-list entry.
+    Address,
+    Reason,
+    Note,
     /// The request as a whole (malformed JSON, an unknown field).
     Body,
 }

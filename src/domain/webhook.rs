@@ -66,6 +66,9 @@ impl EventType {
             EmailStatus::Deferred => Some(EventType::Deferred),
             EmailStatus::Failed => Some(EventType::Failed),
             EmailStatus::Canceled => Some(EventType::Canceled),
+            EmailStatus::Suppressed => Some(EventType::Suppressed),
+            EmailStatus::Bounced => Some(EventType::Bounced),
+            EmailStatus::Complained => Some(EventType::Complained),
             EmailStatus::Sending => None,
         }
     }

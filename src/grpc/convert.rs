@@ -178,6 +178,9 @@ fn domain_status(status: pb::EmailStatus) -> EmailStatus {
         pb::EmailStatus::Failed => EmailStatus::Failed,
         pb::EmailStatus::Scheduled => EmailStatus::Scheduled,
         pb::EmailStatus::Canceled => EmailStatus::Canceled,
+        pb::EmailStatus::Suppressed => EmailStatus::Suppressed,
+        pb::EmailStatus::Bounced => EmailStatus::Bounced,
+        pb::EmailStatus::Complained => EmailStatus::Complained,
     }
 }
 
@@ -271,6 +274,9 @@ pub fn status(status: EmailStatus) -> pb::EmailStatus {
         EmailStatus::Failed => pb::EmailStatus::Failed,
         EmailStatus::Scheduled => pb::EmailStatus::Scheduled,
         EmailStatus::Canceled => pb::EmailStatus::Canceled,
+        EmailStatus::Suppressed => pb::EmailStatus::Suppressed,
+        EmailStatus::Bounced => pb::EmailStatus::Bounced,
+        EmailStatus::Complained => pb::EmailStatus::Complained,
     }
 }
 

@@ -173,6 +173,10 @@ pub fn proto_name(field: Field) -> &'static str {
         // Templates are managed over REST only.
         Field::Name => "name",
         Field::Version => "version",
+        // The suppression list is managed over REST only.
+        Field::Address => "address",
+        Field::Reason => "reason",
+        Field::Note => "note",
         Field::Body => "",
     }
 }

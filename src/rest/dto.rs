@@ -12,7 +12,9 @@ use crate::{
 
 /// Where an email is in its life: `scheduled` until its time, then `queued → sending →
 /// sent`; a transient failure makes it `deferred` until its next attempt; a permanent
-/// failure or exhausted retries make it `failed`; `canceled` before it was sent.
+/// failure or exhausted retries make it `failed`; `canceled` before it was sent;
+/// `suppressed` when every recipient is on the suppression list. After `sent`, a report
+/// coming back makes it `bounced` or `complained`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailStatus {
@@ -23,6 +25,9 @@ pub enum EmailStatus {
     Failed,
     Scheduled,
     Canceled,
+    Suppressed,
+    Bounced,
+    Complained,
 }
 
 impl From<domain::EmailStatus> for EmailStatus {
@@ -35,6 +40,9 @@ impl From<domain::EmailStatus> for EmailStatus {
             domain::EmailStatus::Failed => EmailStatus::Failed,
             domain::EmailStatus::Scheduled => EmailStatus::Scheduled,
             domain::EmailStatus::Canceled => EmailStatus::Canceled,
+            domain::EmailStatus::Suppressed => EmailStatus::Suppressed,
+            domain::EmailStatus::Bounced => EmailStatus::Bounced,
+            domain::EmailStatus::Complained => EmailStatus::Complained,
         }
     }
 }

@@ -9,6 +9,7 @@ mod health;
 pub mod problem;
 mod rendered;
 mod sending;
+mod suppressions;
 mod templates;
 mod trace;
 mod webhooks;
@@ -107,12 +108,13 @@ pub const API_KEY_SCHEME: &str = "api_key";
         (name = "emails", description = "Create, read and search emails"),
         (name = "webhooks", description = "Endpoints that receive signed status events"),
         (name = "templates", description = "Stored, versioned templates to send from"),
+        (name = "suppressions", description = "Addresses no longer mailed, and the bounce and complaint reports that add them"),
         (name = "health", description = "Liveness and readiness"),
     ),
 )]
 struct ApiDoc;
 
-/// The API routes (emails, webhooks, templates): behind an API key.
+/// The API routes (emails, webhooks, templates, suppressions): behind an API key.
 fn emails_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(emails::create, sending::list))
@@ -135,6 +137,9 @@ fn emails_router() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(templates::version))
         .routes(routes!(templates::render))
+        .routes(routes!(suppressions::list, suppressions::add))
+        .routes(routes!(suppressions::get, suppressions::delete))
+        .routes(routes!(suppressions::receive_report))
 }
 
 /// Liveness and readiness: open to probes.

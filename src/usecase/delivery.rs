@@ -8,18 +8,24 @@
 //! concurrently, each in the span of the event that asked for it, so every email keeps
 //! its own trace.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
 use futures::future::join_all;
 use tracing::Instrument;
 
 use crate::{
-    domain::{Email, EmailId, EmailStatus},
+    domain::{
+        Address, Email, EmailId, EmailStatus, NewSuppression, SuppressedAddress, Suppression,
+        SuppressionReason, is_hard_bounce,
+    },
     error::Result,
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, Claim, FailureKind, FinishedAttempt,
-        SendFailure,
+        RefusedRecipient, SendFailure,
     },
 };
 
@@ -49,6 +55,8 @@ pub enum Delivery {
     NotDue { after: Duration },
     /// The email has `failed` for good (a permanent failure or exhausted retries).
     Failed { email: Email, reason: String },
+    /// Every recipient is on the suppression list: nothing was sent, and nothing will be.
+    Suppressed(Email),
     /// No email has this id.
     Missing,
 }
@@ -71,15 +79,17 @@ impl Mailroom {
     pub async fn deliver_all(&self, batch: Vec<(EmailId, tracing::Span)>) -> Result<Vec<Delivery>> {
         let (ids, spans): (Vec<EmailId>, Vec<tracing::Span>) = batch.into_iter().unzip();
         let claims = self.ports.store.claim(&ids, self.policy.lease).await?;
+        let suppressed = self.suppressed_among(&claims).await?;
 
         let attempts: Vec<Option<FinishedAttempt>> =
             join_all(claims.iter().zip(&spans).map(|(claim, span)| {
+                let suppressed = &suppressed;
                 async move {
                     let Claim::Claimed(email) = claim else {
                         return None;
                     };
                     self.status_changed(email, None).await;
-                    Some(self.attempt(email).await)
+                    Some(self.attempt(email, suppressed).await)
                 }
                 .instrument(span.clone())
             }))
@@ -91,6 +101,13 @@ impl Mailroom {
             .finish_attempts(&finished)
             .await?
             .into_iter();
+        let bounced: usize = finished.iter().map(|f| f.suppress.len()).sum();
+        if bounced > 0 {
+            self.metrics
+                .suppressions_added
+                .with_label_values(&[SuppressionReason::HardBounce.as_str()])
+                .inc_by(bounced as u64);
+        }
 
         let mut deliveries = Vec::with_capacity(ids.len());
         let mut changed = Vec::new();
@@ -103,7 +120,8 @@ impl Mailroom {
                     // A lost lease changed nothing: the new holder announces its own.
                     if let Delivery::Sent(email)
                     | Delivery::Retry { email, .. }
-                    | Delivery::Failed { email, .. } = &delivery
+                    | Delivery::Failed { email, .. }
+                    | Delivery::Suppressed(email) = &delivery
                     {
                         changed.push((email.clone(), error, span));
                     }
@@ -124,9 +142,61 @@ impl Mailroom {
         Ok(deliveries)
     }
 
-    /// Sends one claimed email and decides where it goes next.
-    async fn attempt(&self, email: &Email) -> FinishedAttempt {
+    /// The suppression-list entries of every recipient of the claimed emails: one
+    /// lookup for the batch.
+    async fn suppressed_among(&self, claims: &[Claim]) -> Result<Suppressed> {
+        let mut addresses: Vec<SuppressedAddress> = claims
+            .iter()
+            .filter_map(|claim| match claim {
+                Claim::Claimed(email) => Some(email),
+                _ => None,
+            })
+            .flat_map(|email| email.recipients())
+            .map(|mailbox| SuppressedAddress::of(&mailbox.address))
+            .collect();
+        if addresses.is_empty() {
+            return Ok(Suppressed::new());
+        }
+        addresses.sort_unstable();
+        addresses.dedup();
+        let entries = self.ports.suppressions.suppressed(&addresses).await?;
+        Ok(entries
+            .into_iter()
+            .map(|entry| (entry.address.clone(), entry))
+            .collect())
+    }
+
+    /// Sends one claimed email to its recipients that are not suppressed, and decides
+    /// where it goes next.
+    async fn attempt(&self, email: &Email, suppressed: &Suppressed) -> FinishedAttempt {
         let started_at = Utc::now();
+        let Envelope {
+            recipients,
+            dropped,
+        } = envelope(email, suppressed);
+        if !dropped.is_empty() {
+            self.metrics
+                .suppressed_recipients
+                .with_label_values(&[] as &[&str])
+                .inc_by(dropped.len() as u64);
+        }
+        if recipients.is_empty() {
+            tracing::info!(email.id = %email.id, "every recipient is suppressed: not sent");
+            return FinishedAttempt {
+                id: email.id,
+                record: AttemptRecord {
+                    attempt: email.attempts,
+                    started_at,
+                    outcome: AttemptOutcome::Suppressed,
+                    smtp_code: None,
+                    smtp_text: String::new(),
+                    refused: dropped,
+                },
+                after: AfterAttempt::Suppressed,
+                error: Some(SUPPRESSED_ERROR.to_owned()),
+                suppress: Vec::new(),
+            };
+        }
         let result = match self.attachment_contents(email).await {
             Ok(attachments) => {
                 let timer = self
@@ -134,7 +204,11 @@ impl Mailroom {
                     .smtp_duration
                     .with_label_values(&[] as &[&str])
                     .start_timer();
-                let result = self.ports.mailer.send(email, &attachments).await;
+                let result = self
+                    .ports
+                    .mailer
+                    .send(email, &recipients, &attachments)
+                    .await;
                 timer.observe_duration();
                 result
             }
@@ -148,7 +222,13 @@ impl Mailroom {
         let attempt = email.attempts;
         // Attempts in the current retry budget (a redriven email starts a new one).
         let round = (attempt - email.retry_base).max(1) as u32;
-        let finished = match &result {
+        let refused = match &result {
+            Ok(reply) => &reply.refused,
+            Err(failure) => &failure.refused,
+        };
+        let suppress = hard_bounces(email.id, refused);
+        let refused: Vec<RefusedRecipient> = refused.iter().cloned().chain(dropped).collect();
+        let mut finished = match &result {
             Ok(reply) => FinishedAttempt {
                 id: email.id,
                 record: AttemptRecord {
@@ -157,10 +237,11 @@ impl Mailroom {
                     outcome: AttemptOutcome::Sent,
                     smtp_code: Some(reply.code),
                     smtp_text: reply.text.clone(),
-                    refused: reply.refused.clone(),
+                    refused: Vec::new(),
                 },
                 after: AfterAttempt::Sent,
                 error: None,
+                suppress: Vec::new(),
             },
             Err(failure) => {
                 let outcome = match failure.kind {
@@ -191,13 +272,16 @@ impl Mailroom {
                         outcome,
                         smtp_code: failure.code,
                         smtp_text: failure.text.clone(),
-                        refused: failure.refused.clone(),
+                        refused: Vec::new(),
                     },
                     after,
                     error: Some(error),
+                    suppress: Vec::new(),
                 }
             }
         };
+        finished.record.refused = refused;
+        finished.suppress = suppress;
         self.metrics
             .smtp_sends
             .with_label_values(&[finished.record.outcome.as_str()])
@@ -223,6 +307,66 @@ impl Mailroom {
     }
 }
 
+/// The last error of an email none of whose recipients could be sent to.
+const SUPPRESSED_ERROR: &str = "every recipient is on the suppression list";
+
+/// The suppression-list entries of a batch's recipients, by address.
+type Suppressed = HashMap<SuppressedAddress, Suppression>;
+
+/// Who an attempt sends to, and who it leaves out.
+struct Envelope {
+    /// The email's recipients (to, cc, bcc) that are not suppressed, each once.
+    recipients: Vec<Address>,
+    /// The suppressed ones, as the attempt records them.
+    dropped: Vec<RefusedRecipient>,
+}
+
+fn envelope(email: &Email, suppressed: &Suppressed) -> Envelope {
+    let mut seen = HashSet::new();
+    let (mut recipients, mut dropped) = (Vec::new(), Vec::new());
+    for mailbox in email.recipients() {
+        let key = SuppressedAddress::of(&mailbox.address);
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        match suppressed.get(&key) {
+            Some(entry) => dropped.push(RefusedRecipient {
+                address: mailbox.address.ascii(),
+                code: None,
+                text: format!(
+                    "not sent: on the suppression list ({}) since {}",
+                    entry.reason,
+                    entry.created_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+                ),
+                suppressed: Some(entry.reason.as_str().to_owned()),
+            }),
+            None => recipients.push(mailbox.address.clone()),
+        }
+    }
+    Envelope {
+        recipients,
+        dropped,
+    }
+}
+
+/// The refused recipients whose mailbox does not exist, to suppress from now on.
+fn hard_bounces(id: EmailId, refused: &[RefusedRecipient]) -> Vec<NewSuppression> {
+    refused
+        .iter()
+        .filter(|r| is_hard_bounce(r.code, &r.text))
+        .filter_map(|r| {
+            let address = Address::parse(&r.address).ok()?;
+            Some(NewSuppression {
+                address: SuppressedAddress::of(&address),
+                reason: SuppressionReason::HardBounce,
+                email_id: Some(id),
+                smtp_text: Some(r.text.clone()),
+                note: None,
+            })
+        })
+        .collect()
+}
+
 /// The delivery an attempt amounts to, given the email as recorded afterwards.
 fn outcome(attempt: FinishedAttempt, email: Email) -> Delivery {
     // The store moves an email on only for the attempt holding its lease.
@@ -237,6 +381,9 @@ fn outcome(attempt: FinishedAttempt, email: Email) -> Delivery {
             reason: attempt.error.unwrap_or_default(),
             email,
         },
+        (AfterAttempt::Suppressed, EmailStatus::Suppressed) if recorded => {
+            Delivery::Suppressed(email)
+        }
         // The lease was lost to another worker, which now owns the email.
         _ => Delivery::AlreadyDone(email),
     }

@@ -16,15 +16,17 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, Rules,
-        SearchPage, SearchQuery, StatusEvent, Template, TemplateContent, TemplateKey, format_list,
+        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail,
+        NewSuppression, Rules, SearchPage, SearchQuery, StatusEvent, SuppressedAddress,
+        Suppression, SuppressionReason, Template, TemplateContent, TemplateKey, format_list,
     },
     error::{Dependency, Error, Result},
     metrics::Metrics,
     ports::{
         AfterAttempt, AttemptRecord, BatchInserted, BatchKey, Change, Claim, CreateRequest,
-        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, Released, SendFailure,
-        SendReason, SmtpReply, TemplateSaved, TemplateStore,
+        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, Released,
+        ReportRecorded, ReportToRecord, SendFailure, SendReason, SmtpReply, SuppressionStore,
+        TemplateSaved, TemplateStore,
     },
 };
 use uuid::Uuid;
@@ -76,6 +78,10 @@ struct StoreState {
     /// How long a key lives (`idempotency.ttl`; 24 hours, as by default).
     key_ttl: chrono::Duration,
     attempts: Vec<(EmailId, AttemptRecord)>,
+    /// The suppression list, by address.
+    suppressions: HashMap<SuppressedAddress, Suppression>,
+    /// Reports recorded: (email, digest, recipient).
+    reports: HashSet<(EmailId, String, String)>,
     /// How far the store's clock is ahead of the wall clock.
     ahead: chrono::Duration,
     failure: Option<Failure>,
@@ -91,6 +97,26 @@ impl StoreState {
             Some(failure) => Err(failure.error(Dependency::Postgres)),
             None => Ok(()),
         }
+    }
+
+    /// Adds an entry unless the address has one; answers whether it was added.
+    fn suppress(&mut self, entry: &NewSuppression, now: DateTime<Utc>) -> bool {
+        if self.suppressions.contains_key(&entry.address) {
+            return false;
+        }
+        self.suppressions.insert(
+            entry.address.clone(),
+            Suppression {
+                id: Uuid::now_v7(),
+                address: entry.address.clone(),
+                reason: entry.reason,
+                email_id: entry.email_id,
+                smtp_text: entry.smtp_text.clone(),
+                note: entry.note.clone(),
+                created_at: now,
+            },
+        );
+        true
     }
 }
 
@@ -418,6 +444,9 @@ impl EmailStore for MemoryStore {
         let mut state = lock(&self.state);
         state.check()?;
         let now = state.now();
+        for entry in finished.iter().flat_map(|f| &f.suppress) {
+            state.suppress(entry, now);
+        }
         let mut answers = Vec::with_capacity(finished.len());
         for attempt in finished {
             let recorded = state
@@ -439,6 +468,7 @@ impl EmailStore for MemoryStore {
                         (EmailStatus::Deferred, Some(next_attempt_at))
                     }
                     AfterAttempt::Failed => (EmailStatus::Failed, None),
+                    AfterAttempt::Suppressed => (EmailStatus::Suppressed, None),
                 };
                 email.status = status;
                 email.next_attempt_at = next;
@@ -649,6 +679,8 @@ impl EventBus for MemoryBus {
 pub struct ScriptedMailer {
     replies: Mutex<VecDeque<std::result::Result<SmtpReply, SendFailure>>>,
     sent: Mutex<Vec<EmailId>>,
+    /// The envelope recipients of each send, in order.
+    envelopes: Mutex<Vec<Vec<String>>>,
     hold: Mutex<Option<Arc<Hold>>>,
 }
 
@@ -679,6 +711,11 @@ impl ScriptedMailer {
     pub fn sent(&self) -> Vec<EmailId> {
         lock(&self.sent).clone()
     }
+
+    /// The envelope recipients of each send, in order.
+    pub fn envelopes(&self) -> Vec<Vec<String>> {
+        lock(&self.envelopes).clone()
+    }
 }
 
 pub fn transient(text: &str) -> std::result::Result<SmtpReply, SendFailure> {
@@ -694,9 +731,11 @@ impl Mailer for ScriptedMailer {
     async fn send(
         &self,
         email: &Email,
+        recipients: &[Address],
         _attachments: &[Bytes],
     ) -> std::result::Result<SmtpReply, SendFailure> {
         lock(&self.sent).push(email.id);
+        lock(&self.envelopes).push(recipients.iter().map(|a| a.as_str().to_owned()).collect());
         let hold = lock(&self.hold).take();
         if let Some(hold) = hold {
             hold.entered.notify_one();
@@ -713,6 +752,99 @@ impl Mailer for ScriptedMailer {
 
     async fn ping(&self) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+/// The suppression list, on the store's state (an attempt adds entries in the same
+/// step that records it, as the PostgreSQL transaction does).
+#[async_trait]
+impl SuppressionStore for MemoryStore {
+    async fn add(&self, entry: &NewSuppression) -> Result<(Suppression, bool)> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let added = state.suppress(entry, now);
+        Ok((state.suppressions[&entry.address].clone(), added))
+    }
+
+    async fn get(&self, address: &SuppressedAddress) -> Result<Option<Suppression>> {
+        let state = lock(&self.state);
+        state.check()?;
+        Ok(state.suppressions.get(address).cloned())
+    }
+
+    async fn delete(&self, address: &SuppressedAddress) -> Result<bool> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        Ok(state.suppressions.remove(address).is_some())
+    }
+
+    /// One page only (no cursor): paging is PostgreSQL's, tested in
+    /// tests/it/suppressions.rs.
+    async fn list(
+        &self,
+        reason: Option<SuppressionReason>,
+        _cursor: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(Vec<Suppression>, Option<Cursor>)> {
+        let state = lock(&self.state);
+        state.check()?;
+        let mut entries: Vec<Suppression> = state
+            .suppressions
+            .values()
+            .filter(|entry| reason.is_none_or(|reason| entry.reason == reason))
+            .cloned()
+            .collect();
+        entries.sort_by_key(|entry| std::cmp::Reverse((entry.created_at, entry.id)));
+        entries.truncate(limit as usize);
+        Ok((entries, None))
+    }
+
+    async fn suppressed(&self, addresses: &[SuppressedAddress]) -> Result<Vec<Suppression>> {
+        let state = lock(&self.state);
+        state.check()?;
+        Ok(addresses
+            .iter()
+            .filter_map(|address| state.suppressions.get(address).cloned())
+            .collect())
+    }
+
+    async fn record_report(&self, report: &ReportToRecord) -> Result<ReportRecorded> {
+        let mut state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let Some(email) = state.emails.get(&report.email_id).cloned() else {
+            return Ok(ReportRecorded::Missing);
+        };
+        let keys: Vec<(EmailId, String, String)> = report
+            .recipients
+            .iter()
+            .map(|r| (report.email_id, report.digest.clone(), r.recipient.clone()))
+            .collect();
+        if !keys.is_empty() && keys.iter().all(|key| state.reports.contains(key)) {
+            return Ok(ReportRecorded::Duplicate(email));
+        }
+        state.reports.extend(keys);
+        for entry in &report.suppress {
+            state.suppress(entry, now);
+        }
+        let email = state
+            .emails
+            .get_mut(&report.email_id)
+            .expect("looked up above");
+        let changed = match &report.status_change {
+            Some(change) if change.from.contains(&email.status) => {
+                email.status = change.to;
+                email.last_error = Some(change.error.clone());
+                email.updated_at = now;
+                true
+            }
+            _ => false,
+        };
+        Ok(ReportRecorded::Recorded {
+            email: email.clone(),
+            changed,
+        })
     }
 }
 
@@ -870,6 +1002,7 @@ impl Harness {
             bus: bus.clone(),
             mailer: mailer.clone(),
             templates: templates.clone(),
+            suppressions: store.clone(),
         };
         // The local tier off: every read goes through the ports.
         let local = LocalCache::new(Duration::ZERO, 0, 0);

@@ -13,6 +13,7 @@ mod reconcile;
 #[cfg(test)]
 mod scenarios;
 mod sending;
+mod suppressions;
 mod templates;
 
 use std::{sync::Arc, time::Duration};
@@ -23,13 +24,14 @@ pub use group_commit::GroupCommitSettings;
 pub use health::{DependencyCheck, HealthReport};
 pub use local_cache::LocalCache;
 pub use sending::BatchCreated;
+pub use suppressions::{ReportOutcome, SuppressionAdded};
 pub use templates::TemplateDraft;
 
 use crate::{
-    domain::{DeadLetter, Email, Rules, StatusEvent},
+    domain::{DeadLetter, Email, ReturnPath, Rules, StatusEvent},
     error::Result,
     metrics::Metrics,
-    ports::{EmailCache, EmailStore, EventBus, Mailer, TemplateStore},
+    ports::{EmailCache, EmailStore, EventBus, Mailer, SuppressionStore, TemplateStore},
 };
 
 /// The adapters the use cases run on.
@@ -40,6 +42,7 @@ pub struct Ports {
     pub bus: Arc<dyn EventBus>,
     pub mailer: Arc<dyn Mailer>,
     pub templates: Arc<dyn TemplateStore>,
+    pub suppressions: Arc<dyn SuppressionStore>,
 }
 
 /// The use-case layer; cheap to clone.
@@ -54,6 +57,8 @@ pub struct Mailroom {
     metrics: Metrics,
     /// Groups synchronous creates into shared transactions; `None`: one each.
     group_commit: Option<group_commit::GroupCommit>,
+    /// `smtp.return_path`, which reports are matched by besides the Message-ID.
+    return_path: Option<Arc<ReturnPath>>,
 }
 
 impl Mailroom {
@@ -71,7 +76,14 @@ impl Mailroom {
             policy: Arc::new(policy),
             metrics,
             group_commit: None,
+            return_path: None,
         }
+    }
+
+    /// Matches reports by this VERP return path too (`smtp.return_path`).
+    pub fn with_return_path(mut self, return_path: Option<ReturnPath>) -> Self {
+        self.return_path = return_path.map(Arc::new);
+        self
     }
 
     /// Stores synchronous creates that arrive together in one transaction (see

@@ -654,3 +654,383 @@ async fn cancel_and_reschedule_work_until_it_is_too_late() {
         Err(Error::NotFound(_))
     ));
 }
+
+// --- suppression and reports -----------------------------------------------------------
+
+mod suppression {
+    use crate::{
+        domain::{
+            Address, AddressList, EmailDraft, EmailId, EmailStatus, Report, ReportKind,
+            ReportedRecipient, Rules, SuppressedAddress, SuppressionReason, Verdict,
+        },
+        error::Error,
+        ports::{AttemptOutcome, RefusedRecipient, SendFailure, SmtpReply, SuppressionStore},
+        usecase::{Delivery, ReportOutcome, SuppressionAdded, memory::Harness},
+    };
+
+    /// An email to alice and bob, cc carol, bcc dave (all at example.com).
+    async fn to_four(harness: &Harness) -> EmailId {
+        let new = Rules::default()
+            .new_email(EmailDraft {
+                from: Some("sender@example.com".into()),
+                to: Some(AddressList::Text(
+                    "alice@example.com, Bob <BOB@example.com>".into(),
+                )),
+                cc: Some(AddressList::Text("carol@example.com".into())),
+                bcc: Some(AddressList::Text("dave@example.com".into())),
+                subject: Some("Hi".into()),
+                message: Some("Hello".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        let created = harness
+            .mailroom
+            .create_all(vec![(new, tracing::Span::none())])
+            .await
+            .unwrap();
+        created.into_iter().next().unwrap().unwrap().email.id
+    }
+
+    async fn add(harness: &Harness, address: &str) {
+        let added = harness.mailroom.add_suppression(address, None).await;
+        assert!(
+            matches!(added, Ok(SuppressionAdded::Created(_))),
+            "{added:?}"
+        );
+    }
+
+    fn key(address: &str) -> SuppressedAddress {
+        SuppressedAddress::of(&Address::parse(address).unwrap())
+    }
+
+    fn refusal(address: &str, code: u16, text: &str) -> RefusedRecipient {
+        RefusedRecipient {
+            address: address.into(),
+            code: Some(code),
+            text: text.into(),
+            suppressed: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn suppressed_recipients_are_left_out_and_recorded_on_the_attempt() {
+        let harness = Harness::new();
+        // Any case: the list compares addresses case-insensitively.
+        add(&harness, "bob@EXAMPLE.com").await;
+        add(&harness, "Dave@example.com").await;
+        let id = to_four(&harness).await;
+
+        assert!(matches!(
+            harness.mailroom.deliver(id).await.unwrap(),
+            Delivery::Sent(_)
+        ));
+        assert_eq!(
+            harness.mailer.envelopes(),
+            [vec!["alice@example.com", "carol@example.com"]]
+        );
+        let attempt = &harness.store.attempts_of(id)[0];
+        let dropped: Vec<(&str, Option<&str>)> = attempt
+            .refused
+            .iter()
+            .map(|r| (r.address.as_str(), r.suppressed.as_deref()))
+            .collect();
+        assert_eq!(
+            dropped,
+            [
+                ("BOB@example.com", Some("manual")),
+                ("dave@example.com", Some("manual"))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_email_whose_every_recipient_is_suppressed_ends_suppressed_unsent() {
+        let harness = Harness::new();
+        for address in [
+            "alice@example.com",
+            "bob@example.com",
+            "carol@example.com",
+            "dave@example.com",
+        ] {
+            add(&harness, address).await;
+        }
+        let id = to_four(&harness).await;
+
+        let Delivery::Suppressed(email) = harness.mailroom.deliver(id).await.unwrap() else {
+            panic!("nobody to send to");
+        };
+        assert_eq!(email.status, EmailStatus::Suppressed);
+        assert!(harness.mailer.sent().is_empty(), "no SMTP conversation");
+        let attempts = harness.store.attempts_of(id);
+        assert_eq!(attempts[0].outcome, AttemptOutcome::Suppressed);
+        assert_eq!(attempts[0].refused.len(), 4);
+        let statuses: Vec<EmailStatus> = harness
+            .bus
+            .published()
+            .statuses
+            .iter()
+            .filter(|e| e.email_id == id)
+            .map(|e| e.status)
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                EmailStatus::Queued,
+                EmailStatus::Sending,
+                EmailStatus::Suppressed
+            ]
+        );
+        // Final: a redelivered send event finds nothing to do.
+        assert!(matches!(
+            harness.mailroom.deliver(id).await.unwrap(),
+            Delivery::AlreadyDone(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn only_refusals_saying_the_mailbox_does_not_exist_suppress() {
+        let harness = Harness::new();
+        harness.mailer.script([Ok(SmtpReply {
+            code: 250,
+            text: "2.0.0 OK".into(),
+            refused: vec![
+                refusal(
+                    "BOB@example.com",
+                    550,
+                    "permanent error (550): 5.1.1 no such user",
+                ),
+                refusal(
+                    "carol@example.com",
+                    550,
+                    "permanent error (550): 5.7.1 policy",
+                ),
+                refusal(
+                    "dave@example.com",
+                    450,
+                    "transient error (450): 4.2.1 try later",
+                ),
+            ],
+        })]);
+        let id = to_four(&harness).await;
+        assert!(matches!(
+            harness.mailroom.deliver(id).await.unwrap(),
+            Delivery::Sent(_)
+        ));
+
+        let listed: Vec<(String, SuppressionReason, Option<EmailId>)> = harness
+            .mailroom
+            .suppressions(None, None, 100)
+            .await
+            .unwrap()
+            .0
+            .into_iter()
+            .map(|e| (e.address.to_string(), e.reason, e.email_id))
+            .collect();
+        assert_eq!(
+            listed,
+            [(
+                "bob@example.com".to_owned(),
+                SuppressionReason::HardBounce,
+                Some(id)
+            )]
+        );
+        let entry = harness
+            .mailroom
+            .suppression("Bob@Example.com")
+            .await
+            .unwrap();
+        assert!(entry.smtp_text.unwrap().contains("5.1.1"));
+    }
+
+    #[tokio::test]
+    async fn every_recipient_unknown_fails_the_email_with_its_entries_already_there() {
+        let harness = Harness::new();
+        let refused = vec![
+            refusal(
+                "alice@example.com",
+                550,
+                "permanent error (550): 5.1.1 unknown",
+            ),
+            refusal(
+                "BOB@example.com",
+                550,
+                "permanent error (550): no such user",
+            ),
+            refusal(
+                "carol@example.com",
+                553,
+                "permanent error (553): 5.1.10 null MX",
+            ),
+            refusal(
+                "dave@example.com",
+                550,
+                "permanent error (550): 5.1.2 no such host",
+            ),
+        ];
+        harness.mailer.script([Err(SendFailure {
+            refused,
+            ..SendFailure::permanent(Some(550), "every recipient was refused")
+        })]);
+        let id = to_four(&harness).await;
+        let Delivery::Failed { email, .. } = harness.mailroom.deliver(id).await.unwrap() else {
+            panic!("every recipient refused for good");
+        };
+        assert_eq!(email.status, EmailStatus::Failed);
+        let keys: Vec<SuppressedAddress> = ["alice", "bob", "carol", "dave"]
+            .iter()
+            .map(|name| key(&format!("{name}@example.com")))
+            .collect();
+        assert_eq!(
+            harness.store.suppressed(&keys).await.unwrap().len(),
+            4,
+            "the entries were written with the attempt"
+        );
+    }
+
+    fn dsn(email: EmailId, verdicts: &[(&str, Verdict, &str)], digest: &str) -> Report {
+        Report {
+            kind: ReportKind::DeliveryStatus,
+            message_id: Some(format!("{email}@example.com")),
+            return_paths: Vec::new(),
+            recipients: verdicts
+                .iter()
+                .map(|(address, verdict, status)| ReportedRecipient {
+                    address: Address::parse(address).unwrap(),
+                    verdict: *verdict,
+                    status: Some((*status).into()),
+                    diagnostic: None,
+                })
+                .collect(),
+            digest: digest.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_dsn_bounces_a_sent_email_and_suppresses_once() {
+        let harness = Harness::new();
+        let id = to_four(&harness).await;
+        harness.mailroom.deliver(id).await.unwrap();
+
+        // A delay first: recorded, nothing moves.
+        let delayed = dsn(
+            id,
+            &[("alice@example.com", Verdict::Delayed, "4.4.1")],
+            "d1",
+        );
+        let ReportOutcome::Matched {
+            email, suppressed, ..
+        } = harness.mailroom.ingest_report(&delayed).await.unwrap()
+        else {
+            panic!("matched by its Message-ID");
+        };
+        assert_eq!(email.status, EmailStatus::Sent);
+        assert!(suppressed.is_empty());
+
+        let failed = dsn(id, &[("Alice@example.com", Verdict::Failed, "5.1.1")], "f1");
+        let ReportOutcome::Matched {
+            email,
+            suppressed,
+            duplicate,
+        } = harness.mailroom.ingest_report(&failed).await.unwrap()
+        else {
+            panic!("matched");
+        };
+        assert_eq!(email.status, EmailStatus::Bounced);
+        assert!(!duplicate);
+        assert_eq!(suppressed, [key("alice@example.com")]);
+        assert!(email.last_error.unwrap().contains("alice@example.com"));
+
+        let ReportOutcome::Matched { duplicate, .. } =
+            harness.mailroom.ingest_report(&failed).await.unwrap()
+        else {
+            panic!("matched");
+        };
+        assert!(duplicate, "the same report twice changes nothing");
+        let bounced = harness
+            .bus
+            .published()
+            .statuses
+            .iter()
+            .filter(|e| e.email_id == id && e.status == EmailStatus::Bounced)
+            .count();
+        assert_eq!(bounced, 1, "one email.bounced event");
+    }
+
+    #[tokio::test]
+    async fn a_complaint_suppresses_and_marks_the_email_complained() {
+        let harness = Harness::new();
+        let id = to_four(&harness).await;
+        harness.mailroom.deliver(id).await.unwrap();
+        let mut report = dsn(
+            id,
+            &[("carol@example.com", Verdict::Complaint, "abuse")],
+            "c1",
+        );
+        report.kind = ReportKind::Complaint;
+        let ReportOutcome::Matched { email, .. } =
+            harness.mailroom.ingest_report(&report).await.unwrap()
+        else {
+            panic!("matched");
+        };
+        assert_eq!(email.status, EmailStatus::Complained);
+        let entry = harness
+            .mailroom
+            .suppression("carol@example.com")
+            .await
+            .unwrap();
+        assert_eq!(entry.reason, SuppressionReason::Complaint);
+    }
+
+    #[tokio::test]
+    async fn a_report_about_no_email_of_ours_is_unmatched() {
+        let harness = Harness::new();
+        let mut report = dsn(EmailId::generate(), &[], "u1");
+        assert!(matches!(
+            harness.mailroom.ingest_report(&report).await.unwrap(),
+            ReportOutcome::Unmatched
+        ));
+        // A Message-ID with our id in it but not the email's own is not a match either.
+        let id = to_four(&harness).await;
+        report.message_id = Some(format!("{id}@elsewhere.example"));
+        assert!(matches!(
+            harness.mailroom.ingest_report(&report).await.unwrap(),
+            ReportOutcome::Unmatched
+        ));
+    }
+
+    #[tokio::test]
+    async fn manual_entries_are_checked_and_kept_once() {
+        let harness = Harness::new();
+        let long = "x".repeat(1001);
+        for (address, note) in [("not an address", None), ("jo@example.com", Some(long))] {
+            let err = harness
+                .mailroom
+                .add_suppression(address, note)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, Error::Validation(_)), "{err:?}");
+        }
+        add(&harness, "jo@example.com").await;
+        assert!(matches!(
+            harness
+                .mailroom
+                .add_suppression("JO@example.com", Some("again".into()))
+                .await
+                .unwrap(),
+            SuppressionAdded::Existing(entry) if entry.note.is_none()
+        ));
+        harness
+            .mailroom
+            .delete_suppression("jo@EXAMPLE.com")
+            .await
+            .unwrap();
+        assert!(matches!(
+            harness.mailroom.delete_suppression("jo@example.com").await,
+            Err(Error::Missing { .. })
+        ));
+        assert!(matches!(
+            harness.mailroom.suppressions(Some("soft"), None, 10).await,
+            Err(Error::Validation(_))
+        ));
+    }
+}

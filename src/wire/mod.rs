@@ -58,6 +58,9 @@ pub fn json_name(field: Field) -> &'static str {
         Field::TemplateVariables => "template.variables",
         Field::Name => "name",
         Field::Version => "version",
+        Field::Address => "address",
+        Field::Reason => "reason",
+        Field::Note => "note",
         Field::Body => "body",
     }
 }

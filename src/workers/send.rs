@@ -38,7 +38,7 @@ fn dead_email(id: impl std::fmt::Display, reason: String) -> Verdict {
 impl SendHandler {
     fn verdict(message: &Inbound, id: EmailId, delivery: Delivery) -> Verdict {
         match delivery {
-            Delivery::Sent(_) => Verdict::Ack,
+            Delivery::Sent(_) | Delivery::Suppressed(_) => Verdict::Ack,
             // A failed email whose dead letter may not have gone out before a crash:
             // publish it again; the dedup key makes that a no-op when it did.
             Delivery::AlreadyDone(email) if email.status == EmailStatus::Failed => {

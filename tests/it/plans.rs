@@ -98,6 +98,7 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
             },
             after: AfterAttempt::Sent,
             error: None,
+            suppress: Vec::new(),
         })
         .collect();
     let sent = store.finish_attempts(&finished).await.unwrap();

@@ -3,8 +3,10 @@
 
 mod rows;
 mod sending;
+mod suppressions;
 mod templates;
 
+pub use suppressions::PgSuppressionStore;
 pub use templates::PgTemplateStore;
 
 use rows::{Columns, EmailRow, columns};
@@ -26,7 +28,10 @@ use uuid::Uuid;
 
 use crate::{
     config::DatabaseSettings,
-    domain::{Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, SearchPage, SearchQuery},
+    domain::{
+        Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, NewSuppression, SearchPage,
+        SearchQuery,
+    },
     error::{Dependency, Error, Result},
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, BatchInserted, BatchKey, Change, Claim,
@@ -194,14 +199,19 @@ impl PgEmailStore {
     }
 
     async fn fetch(&self, id: EmailId) -> Result<Option<Email>> {
-        let sql = concat!("SELECT ", columns!(), " FROM emails WHERE email_id = $1");
-        let row: Option<EmailRow> = sqlx::query_as(sql)
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
-        row.map(Email::try_from).transpose()
+        fetch_email(&self.pool, id).await
     }
+}
+
+/// One email, as stored.
+pub(super) async fn fetch_email(pool: &PgPool, id: EmailId) -> Result<Option<Email>> {
+    let sql = concat!("SELECT ", columns!(), " FROM emails WHERE email_id = $1");
+    let row: Option<EmailRow> = sqlx::query_as(sql)
+        .bind(id.as_uuid())
+        .fetch_optional(pool)
+        .await
+        .map_err(db_error)?;
+    row.map(Email::try_from).transpose()
 }
 
 /// PostgreSQL being unreachable, or refusing for a moment, is `Unavailable` (the caller
@@ -554,9 +564,16 @@ impl EmailStore for PgEmailStore {
                     (EmailStatus::Deferred.as_str(), Some(next_attempt_at))
                 }
                 AfterAttempt::Failed => (EmailStatus::Failed.as_str(), None),
+                AfterAttempt::Suppressed => (EmailStatus::Suppressed.as_str(), None),
             })
             .unzip();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Before the status changes: a reader who sees the email failed finds the entry.
+        let suppress: Vec<NewSuppression> = finished
+            .iter()
+            .flat_map(|f| f.suppress.iter().cloned())
+            .collect();
+        suppressions::insert_suppressions(&mut tx, &suppress).await?;
         sqlx::query(
             "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text, refused) \
              SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[], $7::jsonb[]) \
@@ -697,16 +714,9 @@ impl EmailStore for PgEmailStore {
         .map_err(db_error)?;
         rows.into_iter()
             .map(|(attempt, started_at, outcome, code, text, refused)| {
-                let outcome = match outcome.as_str() {
-                    "sent" => AttemptOutcome::Sent,
-                    "transient" => AttemptOutcome::Transient,
-                    "permanent" => AttemptOutcome::Permanent,
-                    other => {
-                        return Err(Error::Internal(anyhow::anyhow!(
-                            "unknown attempt outcome {other:?}"
-                        )));
-                    }
-                };
+                let outcome = AttemptOutcome::parse(&outcome).ok_or_else(|| {
+                    Error::Internal(anyhow::anyhow!("unknown attempt outcome {outcome:?}"))
+                })?;
                 Ok(AttemptRecord {
                     attempt,
                     started_at,

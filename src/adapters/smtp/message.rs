@@ -87,8 +87,15 @@ fn attachment_part(
     Ok(attachment.body(content.to_vec(), content_type))
 }
 
-/// Builds the message of `email`, whose attachments' bytes are `contents`.
-pub fn build(email: &domain::Email, contents: &[Bytes]) -> Result<Outgoing, SendFailure> {
+/// Builds the message of `email` for the envelope recipients `recipients`, whose
+/// attachments' bytes are `contents`. The envelope sender is `return_path` when set (a
+/// VERP address), else the From address.
+pub fn build(
+    email: &domain::Email,
+    recipients: &[domain::Address],
+    contents: &[Bytes],
+    return_path: Option<&domain::ReturnPath>,
+) -> Result<Outgoing, SendFailure> {
     if contents.len() != email.attachments.len() {
         return Err(SendFailure::transient(
             None,
@@ -118,14 +125,19 @@ pub fn build(email: &domain::Email, contents: &[Bytes]) -> Result<Outgoing, Send
             .map_err(|err| refuse(format!("header {:?}: {err}", header.name)))?;
         builder = builder.raw_header(HeaderValue::new(name, header.value.clone()));
     }
-    let mut recipients = Vec::new();
-    for recipient in email.recipients() {
-        let address = address(&recipient.address)?;
-        if !recipients.contains(&address) {
-            recipients.push(address);
+    let recipients = recipients
+        .iter()
+        .map(address)
+        .collect::<Result<Vec<_>, _>>()?;
+    let sender = match return_path {
+        Some(path) => {
+            let verp = path.for_email(email.id);
+            verp.parse::<Address>()
+                .map_err(|err| refuse(format!("smtp.return_path {verp}: {err}")))?
         }
-    }
-    let envelope = Envelope::new(Some(address(&email.from.address)?), recipients)
+        None => address(&email.from.address)?,
+    };
+    let envelope = Envelope::new(Some(sender), recipients)
         .map_err(|err| refuse(format!("the envelope: {err}")))?;
     builder = builder.envelope(envelope.clone());
 

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     config::{SmtpSecurity, SmtpSettings},
-    domain::Email,
+    domain::{Address, Email, ReturnPath},
     ports::{FailureKind, Mailer, RefusedRecipient, SendFailure, SmtpReply},
 };
 
@@ -39,6 +39,8 @@ pub struct SmtpMailer {
     /// For the `server.*` attributes of the send span.
     host: String,
     port: u16,
+    /// `smtp.return_path`: the VERP envelope sender, if set.
+    return_path: Option<ReturnPath>,
 }
 
 impl SmtpMailer {
@@ -83,6 +85,7 @@ impl SmtpMailer {
             timeout: settings.timeout,
             host: settings.host.clone(),
             port: settings.port,
+            return_path: settings.return_path()?,
         })
     }
 }
@@ -110,6 +113,7 @@ fn refusal(address: &lettre::Address, err: &lettre::transport::smtp::Error) -> R
         address: address.to_string(),
         code: reply_code(err),
         text: err.to_string(),
+        suppressed: None,
     }
 }
 
@@ -153,8 +157,13 @@ impl Mailer for SmtpMailer {
         ),
         err
     )]
-    async fn send(&self, email: &Email, attachments: &[Bytes]) -> Result<SmtpReply, SendFailure> {
-        let outgoing = message::build(email, attachments)?;
+    async fn send(
+        &self,
+        email: &Email,
+        recipients: &[Address],
+        attachments: &[Bytes],
+    ) -> Result<SmtpReply, SendFailure> {
+        let outgoing = message::build(email, recipients, attachments, self.return_path.as_ref())?;
         // lettre bounds each command; this bounds the whole exchange, so a server that
         // accepts the connection and never answers cannot hold a worker. The wait for a
         // connection counts too: the claim's lease covers one `smtp.timeout`.
