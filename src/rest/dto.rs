@@ -330,20 +330,27 @@ pub struct AttemptResponse {
     /// 1 for the first attempt.
     pub attempt: i32,
     pub started_at: DateTime<Utc>,
-    /// `sent`, `transient` (retried) or `permanent`.
+    /// `sent`, `transient` (retried), `permanent`, or `suppressed` (every recipient is on
+    /// the suppression list: nothing was sent).
     pub outcome: String,
     pub smtp_code: Option<u16>,
     pub smtp_text: String,
-    /// Recipients the server refused in this attempt.
+    /// Recipients the server refused in this attempt, and those left out because they
+    /// are on the suppression list.
     pub refused: Vec<RefusedResponse>,
 }
 
-/// A recipient the SMTP server refused.
+/// A recipient the SMTP server refused, or one left out because it is suppressed.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefusedResponse {
     pub address: String,
+    /// The server's reply code; null for a suppressed recipient.
     pub code: Option<u16>,
     pub text: String,
+    /// Why the recipient is on the suppression list (`hard_bounce`, `complaint`,
+    /// `manual`), when that is why it was left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed: Option<String>,
 }
 
 impl From<crate::ports::AttemptRecord> for AttemptResponse {
@@ -361,6 +368,7 @@ impl From<crate::ports::AttemptRecord> for AttemptResponse {
                     address: r.address,
                     code: r.code,
                     text: r.text,
+                    suppressed: r.suppressed,
                 })
                 .collect(),
         }

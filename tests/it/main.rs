@@ -25,6 +25,7 @@ mod resilience;
 mod security;
 mod sending;
 mod smtp_tls;
+mod suppressions;
 mod templates;
 mod traces;
 mod webhooks;
