@@ -160,8 +160,9 @@ say "mailroom is up on http://$addr (database $database); running schemathesis $
 # What the operations on one email or delivery need to get past 404 (scripts/
 # schemathesis.toml): an email with attachments, two scheduled emails (one to cancel,
 # one to reschedule), a webhook endpoint with a failed delivery (to retry; its URL
-# is a port nothing listens on, so every attempt fails at once), and two templates (one
-# to read, change and render, one to delete).
+# is a port nothing listens on, so every attempt fails at once), two templates (one
+# to read, change and render, one to delete) and two suppression-list entries (one to
+# read, one to delete).
 fixtures="$("$VENV/bin/python" - "http://$addr" "$API_KEY" "$smtp_port" <<'EOF'
 import json, sys, time, urllib.request
 base, key, closed_port = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -194,6 +195,10 @@ else:
 for name in ("welcome", "fuzz-delete"):
     call("POST", "/api/v1/templates", {"name": name, "subject": "fuzz {{ name | default('you') }}",
                                       "message": "hello {{ name | default('you') }}"})
+for address in ("fuzz-read@example.com", "fuzz-delete@example.com"):
+    call("POST", "/api/v1/suppressions", {"address": address, "reason": "manual"})
+print("FUZZ_SUPPRESSION=fuzz-read@example.com")
+print("FUZZ_SUPPRESSION_DELETE=fuzz-delete@example.com")
 print("FUZZ_TEMPLATE=welcome")
 print("FUZZ_TEMPLATE_DELETE=fuzz-delete")
 print("FUZZ_WEBHOOK=" + webhook["id"])
