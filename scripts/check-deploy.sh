@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 say() { printf 'check-deploy: %s\n' "$*"; }
 fail() { printf 'check-deploy: %s\n' "$*" >&2; exit 1; }
 
-for tool in promtool docker-compose; do
-  command -v "$tool" >/dev/null || fail "$tool is missing (Debian package $([ "$tool" = promtool ] && echo prometheus || echo docker-compose)); scripts/test-tools.sh installs it"
+package_of() {
+  case "$1" in promtool) echo prometheus ;; amtool) echo prometheus-alertmanager ;; *) echo "$1" ;; esac
+}
+for tool in promtool amtool docker-compose; do
+  command -v "$tool" >/dev/null || fail "$tool is missing (Debian package $(package_of "$tool")); scripts/test-tools.sh installs it"
 done
 
 promtool check config --lint=all --lint-fatal monitoring/prometheus.yml >/dev/null ||
@@ -20,7 +23,9 @@ promtool check rules --lint=all --lint-fatal monitoring/alerts.yml >/dev/null ||
   { promtool check rules --lint=all --lint-fatal monitoring/alerts.yml; fail "monitoring/alerts.yml is invalid"; }
 (cd monitoring && promtool test rules alerts.test.yml) >/dev/null ||
   { (cd monitoring && promtool test rules alerts.test.yml) || true; fail "the alert rules' unit tests fail"; }
-say "Prometheus configuration, alert rules and their tests pass"
+amtool check-config monitoring/alertmanager.yml >/dev/null ||
+  { amtool check-config monitoring/alertmanager.yml; fail "monitoring/alertmanager.yml is invalid"; }
+say "Prometheus and Alertmanager configurations, alert rules and their tests pass"
 
 for file in docker-compose.local.yml docker-compose.dev.yml; do
   docker-compose -f "$file" config -q || fail "$file is invalid"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the programs the deployment tests drive, when they are missing: promtool and
-# prometheus (Debian package `prometheus`), nginx, headless Chromium and docker-compose
+# prometheus (Debian package `prometheus`), Alertmanager and amtool
+# (`prometheus-alertmanager`), nginx, headless Chromium and docker-compose
 # (to validate the compose files without a Docker engine). Idempotent: with everything
 # present it only checks. apt never starts a daemon here; the tests start their own
 # nginx and Prometheus on free ports and stop them.
@@ -22,12 +23,14 @@ want() { # command package
 }
 want promtool prometheus
 want prometheus prometheus
+want prometheus-alertmanager prometheus-alertmanager
+want amtool prometheus-alertmanager
 want nginx nginx
 want chromium chromium
 want docker-compose docker-compose
 
 if [ "${#missing[@]}" -eq 0 ]; then
-  say "promtool, prometheus, nginx, chromium and docker-compose are installed"
+  say "promtool, prometheus, alertmanager, nginx, chromium and docker-compose are installed"
   exit 0
 fi
 
@@ -35,8 +38,8 @@ fi
 packages="$(printf '%s\n' "${missing[@]}" | sort -u | xargs)"
 command -v apt-get >/dev/null || fail "missing packages: $packages; install them, the tests need them"
 say "installing $packages with apt-get"
-# The tests start their own nginx and Prometheus on free ports; the packages' services
-# must not start (they would take ports 80 and 9090, or fail without an init system).
+# The tests start their own nginx, Prometheus and Alertmanager on free ports; the
+# packages' services must not start (they would take ports 80, 9090 and 9093, or fail without an init system).
 # A policy-rc.d that exits 101 is Debian's documented way to say so to maintainer
 # scripts. Only set for this install, and only when nobody has set a policy already.
 policy=/usr/sbin/policy-rc.d

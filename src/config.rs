@@ -108,6 +108,13 @@ pub struct GrpcSettings {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     pub addr: SocketAddr,
+    /// How often the queue gauges (`mailroom_emails_pending`, `…_oldest_pending_seconds`)
+    /// are counted again.
+    #[serde(with = "humantime_serde")]
+    pub queue_interval: Duration,
+    /// The most unfinished emails one count reads; past it the pending gauges are lower
+    /// bounds.
+    pub queue_count_limit: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -539,6 +546,9 @@ impl Settings {
             bail!("smtp.pool_max_size must be at least 1");
         }
         self.smtp.return_path()?;
+        if self.metrics.queue_interval.is_zero() || self.metrics.queue_count_limit < 1 {
+            bail!("metrics.queue_interval and metrics.queue_count_limit must be above zero");
+        }
         if self.search.count_limit == 0 {
             bail!("search.count_limit must be at least 1");
         }

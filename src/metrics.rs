@@ -8,7 +8,8 @@
 use std::{ops::Deref, sync::Arc};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::{
@@ -45,6 +46,13 @@ impl Deref for Metrics {
     }
 }
 
+/// The statuses of `mailroom_emails_pending`.
+pub const PENDING_STATUSES: [EmailStatus; 3] = [
+    EmailStatus::Queued,
+    EmailStatus::Deferred,
+    EmailStatus::Scheduled,
+];
+
 /// The kinds of `mailroom_reports_total`.
 pub const REPORT_KINDS: [&str; 5] = ["bounce", "delay", "complaint", "other", "unmatched"];
 
@@ -71,6 +79,8 @@ pub struct Registered {
     pub suppressed_recipients: IntCounterVec,
     pub suppressions_added: IntCounterVec,
     pub reports: IntCounterVec,
+    pub emails_pending: IntGaugeVec,
+    pub oldest_pending: Gauge,
     /// The series of `cache_requests` by [`CacheResult`], and of `local_cache_requests`
     /// (hit, miss), resolved once: reads count on every request.
     cache_series: [IntCounter; 3],
@@ -256,6 +266,33 @@ impl Metrics {
                  unmatched (no email of ours).",
                 &["kind"],
             ),
+            emails_pending: {
+                let opts = Opts::new(
+                    "emails_pending",
+                    "Emails waiting, by status (queued, deferred, scheduled), as counted every \
+                     metrics.queue_interval; past metrics.queue_count_limit unfinished emails, \
+                     a lower bound.",
+                )
+                .namespace(NAMESPACE);
+                let gauge = IntGaugeVec::new(opts, &["status"]).expect("a valid gauge");
+                registry
+                    .register(Box::new(gauge.clone()))
+                    .expect("a unique gauge");
+                gauge
+            },
+            oldest_pending: {
+                let opts = Opts::new(
+                    "emails_oldest_pending_seconds",
+                    "How long the most overdue email (queued, deferred past its retry time, \
+                     or scheduled past its time) has waited since it was due; 0 when none is.",
+                )
+                .namespace(NAMESPACE);
+                let gauge = Gauge::with_opts(opts).expect("a valid gauge");
+                registry
+                    .register(Box::new(gauge.clone()))
+                    .expect("a unique gauge");
+                gauge
+            },
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -283,6 +320,9 @@ impl Metrics {
         }
         for kind in REPORT_KINDS {
             metrics.reports.with_label_values(&[kind]);
+        }
+        for status in PENDING_STATUSES {
+            metrics.emails_pending.with_label_values(&[status.as_str()]);
         }
         metrics.smtp_duration.with_label_values(&[] as &[&str]);
         for outcome in WEBHOOK_OUTCOMES {

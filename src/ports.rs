@@ -207,6 +207,17 @@ pub trait TemplateStore: Send + Sync + 'static {
     async fn delete(&self, key: &TemplateKey) -> Result<bool>;
 }
 
+/// How many emails wait, and how long the most overdue one has.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Emails queued, deferred and scheduled, each counted up to the count's limit.
+    pub pending: Vec<(EmailStatus, i64)>,
+    /// How long the most overdue email that is queued, deferred or scheduled has waited
+    /// since it fell due (on the store's clock, which set the due times); zero when none
+    /// is due.
+    pub oldest_waited: Duration,
+}
+
 /// A report about one email, to record: one row per recipient it names, the status it
 /// moves the email to, and the addresses it suppresses, in one transaction.
 #[derive(Debug, Clone)]
@@ -307,6 +318,8 @@ pub trait EmailStore: Send + Sync + 'static {
     async fn requeue(&self, id: EmailId) -> Result<Option<Email>>;
     /// The attempts of an email, oldest first.
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>>;
+    /// Counts the emails waiting, reading at most `limit` unfinished ones.
+    async fn queue_stats(&self, limit: i64) -> Result<QueueStats>;
     /// The bytes of an email's attachments, in order (what sending it needs).
     async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>>;
     /// One attachment's bytes; `None` when the email or the attachment does not exist.

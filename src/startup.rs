@@ -26,7 +26,9 @@ use crate::{
         DispatcherConsumer, Webhooks, dispatch::DispatchHandler, retrier::Retrier,
         sender as webhook_sender, store::WebhookStore,
     },
-    workers::{ConsumerSource, CreateHandler, Reconciler, Scheduler, SendHandler, WorkerPool},
+    workers::{
+        ConsumerSource, CreateHandler, QueueGauges, Reconciler, Scheduler, SendHandler, WorkerPool,
+    },
 };
 
 pub struct Application {
@@ -394,6 +396,16 @@ impl Application {
                 Ok(())
             });
         }
+
+        let gauges = QueueGauges {
+            mailroom: mailroom.clone(),
+            settings: settings.metrics.clone(),
+        };
+        let stop_counting = shutdown.clone();
+        tasks.spawn(async move {
+            gauges.run(stop_counting).await;
+            Ok(())
+        });
 
         let scheduler = Scheduler {
             mailroom: mailroom.clone(),

@@ -24,7 +24,7 @@ use crate::{
     metrics::Metrics,
     ports::{
         AfterAttempt, AttemptRecord, BatchInserted, BatchKey, Change, Claim, CreateRequest,
-        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, Released,
+        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, QueueStats, Released,
         ReportRecorded, ReportToRecord, SendFailure, SendReason, SmtpReply, SuppressionStore,
         TemplateSaved, TemplateStore,
     },
@@ -528,6 +528,46 @@ impl EmailStore for MemoryStore {
     async fn attempts(&self, id: EmailId) -> Result<Vec<AttemptRecord>> {
         lock(&self.state).check()?;
         Ok(self.attempts_of(id))
+    }
+
+    async fn queue_stats(&self, limit: i64) -> Result<QueueStats> {
+        let state = lock(&self.state);
+        state.check()?;
+        let now = state.now();
+        let unfinished: Vec<&Email> = state
+            .emails
+            .values()
+            .filter(|email| email.next_attempt_at.is_some())
+            .take(limit.max(0) as usize)
+            .collect();
+        let mut pending: Vec<(EmailStatus, i64)> = Vec::new();
+        for email in &unfinished {
+            match pending
+                .iter_mut()
+                .find(|(status, _)| *status == email.status)
+            {
+                Some((_, count)) => *count += 1,
+                None => pending.push((email.status, 1)),
+            }
+        }
+        let oldest_due: Option<DateTime<Utc>> = state
+            .emails
+            .values()
+            .filter(|email| {
+                matches!(
+                    email.status,
+                    EmailStatus::Queued | EmailStatus::Deferred | EmailStatus::Scheduled
+                )
+            })
+            .filter_map(|email| email.next_attempt_at)
+            .filter(|due| *due <= now)
+            .min();
+        Ok(QueueStats {
+            pending,
+            oldest_waited: oldest_due
+                .and_then(|due| (now - due).to_std().ok())
+                .unwrap_or_default(),
+        })
     }
 
     async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>> {

@@ -93,6 +93,12 @@ impl Mailroom {
         self
     }
 
+    /// The metrics the use cases keep, for tests to read.
+    #[cfg(test)]
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Publishes a message that cannot be handled on the dead-letter subject, so nothing
     /// is dropped silently; `dedup_key` makes publishing the same letter again a no-op.
     #[tracing::instrument(name = "usecase.dead_letter", skip_all, fields(subject = %letter.subject))]

@@ -1034,3 +1034,44 @@ mod suppression {
         ));
     }
 }
+
+// --- queue gauges ----------------------------------------------------------------------
+
+#[tokio::test]
+async fn the_queue_gauges_count_what_waits_and_how_long_the_most_overdue_has() {
+    let harness = Harness::new();
+    let gauge = |status: &str| {
+        harness
+            .mailroom
+            .metrics()
+            .emails_pending
+            .with_label_values(&[status])
+            .get()
+    };
+    // Exported from the start, at zero.
+    harness.mailroom.observe_queue(1000).await.unwrap();
+    assert_eq!(
+        (gauge("queued"), gauge("deferred"), gauge("scheduled")),
+        (0, 0, 0)
+    );
+    assert_eq!(harness.mailroom.metrics().oldest_pending.get(), 0.0);
+
+    let first = stored(&harness).await;
+    stored(&harness).await;
+    harness.mailer.script([transient("451 4.3.0 busy")]);
+    deliver(&harness, first).await;
+    harness.store.advance(Duration::from_secs(10));
+    harness.mailroom.observe_queue(1000).await.unwrap();
+    assert_eq!((gauge("queued"), gauge("deferred")), (1, 1));
+    let waited = harness.mailroom.metrics().oldest_pending.get();
+    // The queued one was due when created, 10 s ago on the store's clock; the deferred
+    // one is not due for another 20 s, so it has not waited yet.
+    assert!((9.0..20.0).contains(&waited), "{waited}");
+
+    // Counting reads at most the limit: a lower bound past it.
+    harness.mailroom.observe_queue(1).await.unwrap();
+    assert_eq!(gauge("queued") + gauge("deferred"), 1);
+
+    harness.store.fail(Some(Failure::Outage));
+    assert!(harness.mailroom.observe_queue(1000).await.is_err());
+}

@@ -10,6 +10,7 @@
 //! a message at a time without a server and without sleeping through backoffs.
 
 mod create;
+mod queue_gauges;
 mod reconciler;
 mod scheduler;
 mod send;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, field::Empty};
 
 pub use create::CreateHandler;
+pub use queue_gauges::QueueGauges;
 pub use reconciler::Reconciler;
 pub use scheduler::{Pass, Scheduler, next_pass};
 pub use send::SendHandler;

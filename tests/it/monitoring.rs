@@ -173,6 +173,10 @@ async fn every_metric_the_dashboard_and_the_alert_rules_use_is_exported() {
         "mailroom_smtp_send_duration_seconds_bucket",
         "mailroom_cache_requests_total",
         "mailroom_emails_total",
+        "mailroom_emails_pending",
+        "mailroom_emails_oldest_pending_seconds",
+        "mailroom_suppressed_recipients_total",
+        "mailroom_reports_total",
     ] {
         assert!(charted.contains(family), "the dashboard charts no {family}");
     }
@@ -216,6 +220,57 @@ async fn every_metric_the_dashboard_and_the_alert_rules_use_is_exported() {
     for datasource in datasources {
         assert_eq!(datasource["uid"], uid, "{datasource}");
     }
+}
+
+#[tokio::test]
+async fn the_queue_gauges_are_exported_from_start_up_and_follow_the_queue() {
+    // SMTP down: a sent email is deferred and waits there.
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.metrics.queue_interval = Duration::from_millis(100);
+        s.smtp.port = crate::helpers::closed_port();
+        s.delivery.backoff = vec![Duration::from_secs(60)];
+    })
+    .await;
+    let metrics = app.metrics().await;
+    for series in [
+        "mailroom_emails_pending{status=\"queued\"}",
+        "mailroom_emails_pending{status=\"deferred\"}",
+        "mailroom_emails_pending{status=\"scheduled\"}",
+        "mailroom_emails_oldest_pending_seconds",
+    ] {
+        assert_eq!(
+            metric_value(&metrics, series),
+            Some(0.0),
+            "{series}: {metrics}"
+        );
+    }
+
+    let mut later = email_body(&unique_recipient("gauge-scheduled"));
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    later["scheduledAt"] = serde_json::json!(tomorrow.to_rfc3339());
+    app.create_email(&later).await;
+    let deferred = app
+        .create_email(&email_body(&unique_recipient("gauge-deferred")))
+        .await;
+    app.wait_for_status(
+        deferred["emailID"].as_str().unwrap(),
+        "deferred",
+        Duration::from_secs(15),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "the gauges count both", || async {
+        let metrics = app.metrics().await;
+        let scheduled = metric_value(&metrics, "mailroom_emails_pending{status=\"scheduled\"}");
+        let deferred = metric_value(&metrics, "mailroom_emails_pending{status=\"deferred\"}");
+        (scheduled == Some(1.0) && deferred == Some(1.0)).then_some(())
+    })
+    .await;
+    // Deferred for a minute and scheduled for tomorrow: neither is overdue.
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "mailroom_emails_oldest_pending_seconds"),
+        Some(0.0)
+    );
 }
 
 /// A dashboard query as Grafana sends it, with the dashboard's variables filled in.
@@ -342,5 +397,99 @@ async fn a_real_prometheus_scrapes_the_service_with_the_shipped_configuration() 
             .unwrap();
         assert_eq!(answer["status"], "success", "{query}\n{answer}");
     }
+    server.assert_running();
+}
+
+#[tokio::test]
+async fn alertmanager_holds_a_warning_back_while_its_critical_twin_fires() {
+    let alertmanager = require("prometheus-alertmanager", "prometheus-alertmanager");
+    let dir = ScratchDir::new("alertmanager");
+    dir.write("alertmanager.yml", monitoring_file("alertmanager.yml"));
+    let port = free_port();
+    let mut command = Command::new(alertmanager);
+    command.args([
+        format!("--config.file={}", dir.join("alertmanager.yml").display()),
+        format!("--storage.path={}", dir.join("data").display()),
+        format!("--web.listen-address=127.0.0.1:{port}"),
+        // No gossip with peers (it would listen on 9094 of every interface).
+        "--cluster.listen-address=".to_owned(),
+        "--log.level=warn".to_owned(),
+    ]);
+    let mut server = Daemon::spawn("alertmanager", command, &dir.join("alertmanager.log"));
+    server.wait_for_port(port, Duration::from_secs(30)).await;
+    let api = format!("http://127.0.0.1:{port}/api/v2/alerts");
+    let client = reqwest::Client::new();
+
+    let alert = |name: &str, severity: &str, family: Option<&str>, subject: Option<&str>| {
+        let mut labels = serde_json::json!({"alertname": name, "severity": severity});
+        if let Some(family) = family {
+            labels["family"] = family.into();
+        }
+        if let Some(subject) = subject {
+            labels["subject"] = subject.into();
+        }
+        serde_json::json!({"labels": labels, "annotations": {"summary": name}})
+    };
+    let alerts = serde_json::json!([
+        alert(
+            "MailroomDeadLettersHigh",
+            "critical",
+            Some("dead-letters"),
+            Some("mail:send")
+        ),
+        alert(
+            "MailroomDeadLettersRising",
+            "warning",
+            Some("dead-letters"),
+            Some("mail:send")
+        ),
+        // The same family on another subject: not the critical one's twin.
+        alert(
+            "MailroomDeadLettersRising",
+            "warning",
+            Some("dead-letters"),
+            Some("mail:create")
+        ),
+        // A warning without a family is never held back.
+        alert("NatsExporterDown", "warning", None, None),
+        // Another family, with no critical alert firing.
+        alert("MailroomEmailsWaiting", "warning", Some("queue-age"), None),
+    ]);
+    let posted = client.post(&api).json(&alerts).send().await.unwrap();
+    assert!(posted.status().is_success(), "{}", posted.status());
+
+    let states: Vec<(String, String, String)> =
+        wait_for(Duration::from_secs(10), "the alerts are listed", || async {
+            let listed: Value = client.get(&api).send().await.ok()?.json().await.ok()?;
+            let listed = listed.as_array()?.clone();
+            (listed.len() == 5).then(|| {
+                let mut states: Vec<(String, String, String)> = listed
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["labels"]["alertname"].as_str().unwrap().to_owned(),
+                            a["labels"]["subject"].as_str().unwrap_or("").to_owned(),
+                            a["status"]["state"].as_str().unwrap().to_owned(),
+                        )
+                    })
+                    .collect();
+                states.sort();
+                states
+            })
+        })
+        .await;
+    let expect = |name: &str, subject: &str, state: &str| {
+        (name.to_owned(), subject.to_owned(), state.to_owned())
+    };
+    assert_eq!(
+        states,
+        [
+            expect("MailroomDeadLettersHigh", "mail:send", "active"),
+            expect("MailroomDeadLettersRising", "mail:create", "active"),
+            expect("MailroomDeadLettersRising", "mail:send", "suppressed"),
+            expect("MailroomEmailsWaiting", "", "active"),
+            expect("NatsExporterDown", "", "active"),
+        ]
+    );
     server.assert_running();
 }

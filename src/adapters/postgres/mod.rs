@@ -35,7 +35,7 @@ use crate::{
     error::{Dependency, Error, Result},
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, BatchInserted, BatchKey, Change, Claim,
-        EmailStore, FinishedAttempt, Inserted, RefusedRecipient, Released,
+        EmailStore, FinishedAttempt, Inserted, QueueStats, RefusedRecipient, Released,
     },
 };
 
@@ -727,6 +727,42 @@ impl EmailStore for PgEmailStore {
                 })
             })
             .collect()
+    }
+
+    #[tracing::instrument(
+        name = "postgres.queue_stats",
+        skip_all,
+        fields(otel.kind = "client", db.system.name = "postgresql", db.operation.name = "SELECT"),
+        err
+    )]
+    async fn queue_stats(&self, limit: i64) -> Result<QueueStats> {
+        // Both read emails_due_idx, which holds the unfinished emails only: the counts
+        // read at most `limit` of them, the oldest one row.
+        let rows: Vec<(String, Option<i64>, Option<f64>)> = sqlx::query_as(
+            "WITH unfinished AS ( \
+                 SELECT status FROM emails WHERE next_attempt_at IS NOT NULL LIMIT $1) \
+             SELECT status, count(*), NULL::float8 FROM unfinished GROUP BY status \
+             UNION ALL \
+             SELECT '', NULL, (SELECT extract(epoch FROM now() - next_attempt_at)::float8 FROM emails \
+                 WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() \
+                   AND status IN ('queued', 'deferred', 'scheduled') \
+                 ORDER BY next_attempt_at LIMIT 1)",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let mut stats = QueueStats::default();
+        for (status, count, oldest) in rows {
+            match (status.parse::<EmailStatus>(), count) {
+                (Ok(status), Some(count)) => stats.pending.push((status, count)),
+                _ => {
+                    let waited = oldest.unwrap_or_default().max(0.0);
+                    stats.oldest_waited = Duration::from_secs_f64(waited);
+                }
+            }
+        }
+        Ok(stats)
     }
 
     #[tracing::instrument(
