@@ -19,8 +19,10 @@ use tracing_subscriber::{
 
 /// Keeps the OpenTelemetry SDK and exporter from flooding the log. With the collector
 /// down, every export attempt fails the same way; the first failure is worth a line,
-/// the next thousand are not. Each warning or error call site of an `opentelemetry*`
-/// target may log once per interval; everything else passes untouched.
+/// the next thousand are not. The exporter's reports of failed exports are left out
+/// altogether: the watched exporter (`exporter::Watched`) says once that the collector
+/// is away, with what to do. Each other warning or error call site of an
+/// `opentelemetry*` target may log once per interval; everything else passes untouched.
 pub(super) struct Throttle {
     interval: Duration,
     last_logged: Mutex<HashMap<callsite::Identifier, Instant>>,
@@ -38,6 +40,13 @@ impl Throttle {
         metadata.is_event()
             && *metadata.level() <= Level::WARN
             && metadata.target().starts_with("opentelemetry")
+    }
+
+    /// A failed export (`Export.Failed.Exhausted`, `….DeadlineExceeded`, …), which the
+    /// watched exporter reports instead.
+    fn reported_elsewhere(metadata: &Metadata<'_>) -> bool {
+        metadata.name().starts_with("Export.Failed")
+            || metadata.name() == "BatchSpanProcessor.ExportError"
     }
 
     /// Whether this call site may log now; if so, the interval starts again.
@@ -59,7 +68,7 @@ impl Throttle {
 
 impl<S> Filter<S> for Throttle {
     fn enabled(&self, metadata: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        !Self::applies_to(metadata) || self.admit(metadata)
+        !Self::applies_to(metadata) || (!Self::reported_elsewhere(metadata) && self.admit(metadata))
     }
 
     fn callsite_enabled(&self, metadata: &'static Metadata<'static>) -> Interest {

@@ -14,7 +14,8 @@
 //!
 //! A collector that is down never costs a request anything: spans wait in the batch
 //! processor's bounded queue (dropped when it is full) and are exported from its own
-//! thread, and the exporter's repeated complaints are throttled ([`filters`]).
+//! thread. That it is away is said once, at WARN, with what to do, and that it is back
+//! at INFO (`exporter::Watched`); the SDK's own complaints are throttled ([`filters`]).
 
 mod exporter;
 mod filters;

@@ -280,7 +280,7 @@ fn drain(mut output: impl Read + Send + 'static) -> std::thread::JoinHandle<Stri
 }
 
 #[tokio::test]
-async fn an_unreachable_collector_neither_delays_requests_nor_floods_the_log() {
+async fn an_unreachable_collector_is_said_once_and_neither_delays_requests_nor_floods_the_log() {
     let isolation = Isolation::new();
     let _cleanup = Cleanup(isolation.clone());
     let (http, grpc, metrics, collector) = (free_port(), free_port(), free_port(), closed_port());
@@ -358,6 +358,20 @@ async fn an_unreachable_collector_neither_delays_requests_nor_floods_the_log() {
         complaints.len(),
         complaints.join("\n")
     );
+    // A quiet first run: the absent collector is said once, at WARN, with what to do;
+    // no ERROR for a dependency that is optional.
+    let absent: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("no OpenTelemetry collector answers"))
+        .collect();
+    assert_eq!(absent.len(), 1, "{output}");
+    assert!(
+        absent[0].contains("WARN") && absent[0].contains("make local"),
+        "{}",
+        absent[0]
+    );
+    let errors: Vec<&str> = output.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "ERROR lines:\n{}", errors.join("\n"));
 }
 
 fn is_grpc_create(span: &ReceivedSpan) -> bool {
