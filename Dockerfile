@@ -4,7 +4,9 @@
 #   dev      the toolchain and cargo-watch: docker-compose.dev.yml mounts the source at
 #            /app and the service is rebuilt and restarted on every change
 #   builder  the release build
-#   runtime  (the default, last stage) the binary alone on slim Debian, unprivileged
+#   runtime  (the default, last stage) the binary alone on slim Debian, unprivileged, on
+#            the production profile: it refuses to start without API keys and the gRPC
+#            certificate (docs/operations.md#docker shows a `docker run` with them)
 #
 #   docker build -t mailroom .                 # the runtime image
 #   docker build --target dev -t mailroom-dev .
@@ -48,7 +50,9 @@ COPY --from=builder /usr/local/bin/mailroom /usr/local/bin/mailroom
 # overridden (MAILROOM_CONFIG_DIR, --config FILE).
 COPY config ./config
 USER mailroom
-ENV MAILROOM_ENV=docker
+# Safe by default: the compose files choose the `docker` profile (which takes the public
+# development key) themselves.
+ENV MAILROOM_ENV=production
 EXPOSE 5000 5007 7070
 ENTRYPOINT ["mailroom"]
 CMD ["serve"]

@@ -10,8 +10,14 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: run test fuzz bench bench-ab deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
-	local local-down develop develop-down
+.PHONY: help run test fuzz bench bench-ab deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
+	diagrams local local-down develop develop-down
+
+## help: list the targets with what each does
+help:
+	@awk '/^## [a-z_, -]+: / { line = substr($$0, 4); name = substr(line, 1, index(line, ": ") - 1); \
+		printf "  %-13s %s\n", name, substr(line, length(name) + 3); comment = 1; next } \
+		/^## / && comment { printf "  %-13s %s\n", "", substr($$0, 4); next } { comment = 0 }' $(MAKEFILE_LIST)
 
 ## run: dependencies up, database created and migrated, service in the foreground
 run: deps
@@ -39,7 +45,8 @@ bench:
 bench-ab:
 	scripts/bench-ab.sh
 
-## deps: check PostgreSQL, Redis and NATS, start what is installed, install and start maildev
+## deps: check PostgreSQL (and its login), Redis, NATS and maildev; say in one message what is
+## missing and how to install it; start what is installed; install and start maildev
 deps:
 	scripts/deps.sh
 
@@ -47,6 +54,7 @@ deps:
 deps-stop:
 	scripts/deps-stop.sh
 
+## build: the release binary
 build:
 	$(CARGO) build --release --bin mailroom
 
@@ -54,6 +62,8 @@ build:
 cert:
 	$(CARGO) run --quiet --bin mailroom -- certs $(if $(FORCE),--force)
 
+## migrate_up: bring the database schema up to date (migrate_down reverts the newest
+## migration, migrate_status lists them)
 migrate_up: deps
 	$(CARGO) run --quiet --bin mailroom -- migrate up
 
@@ -73,14 +83,21 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	scripts/deny.sh
 
+## fmt: format the code
 fmt:
 	$(CARGO) fmt --all
 
-## local: the dependencies and tooling in Docker (PostgreSQL, Redis, NATS, MailHog, Jaeger,
-## Prometheus, Grafana, node_exporter, nginx), for a service run with `make run`
+## diagrams: regenerate docs/*.svg from their Graphviz sources (docs/*.dot; needs graphviz)
+diagrams:
+	for source in docs/*.dot; do dot -Tsvg "$$source" -o "$${source%.dot}.svg"; done
+
+## local: the dependencies and tooling in Docker (PostgreSQL, Redis, NATS, maildev, Jaeger,
+## Prometheus, Alertmanager, Grafana, node_exporter, nginx), for a service run with `make run`
 local: certs/server.crt
 	$(COMPOSE) -p mailroom-local -f docker-compose.local.yml up -d --build
 
+## local-down: stop the containers of `make local` (develop-down: those of `make develop`;
+## the data volumes stay)
 local-down:
 	$(COMPOSE) -p mailroom-local -f docker-compose.local.yml down
 

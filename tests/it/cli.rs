@@ -262,3 +262,52 @@ fn api_key_hash_reads_the_key_from_stdin() {
         format!("ops:{}", mailroom::api_keys::hash_key("local-dev-key"))
     );
 }
+
+#[tokio::test]
+async fn certificates_made_with_openssl_alone_serve_grpc_for_the_compose_names() {
+    // What `docker compose run --rm certs` runs, for hosts without a Rust toolchain.
+    let dir = crate::helpers::tools::ScratchDir::new("dev-certs");
+    let certs = dir.join("certs");
+    let status = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dev-certs.sh"))
+        .arg(&certs)
+        .arg("mail.internal")
+        .stdout(Stdio::null())
+        .status()
+        .expect("scripts/dev-certs.sh runs");
+    assert!(status.success());
+    use std::os::unix::fs::PermissionsExt;
+    for key in ["ca.key", "server.key"] {
+        let mode = std::fs::metadata(certs.join(key))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key} is readable by its owner only");
+    }
+    let ca = std::fs::read_to_string(certs.join("ca.crt")).unwrap();
+    let app = crate::helpers::spawn_app_with(|s| {
+        s.grpc.tls_cert = certs.join("server.crt");
+        s.grpc.tls_key = certs.join("server.key");
+    })
+    .await;
+    // The client checks the name it dials against the certificate: each name the compose
+    // setup and the extra argument use must be in it.
+    let port = app.grpc_address.rsplit(':').next().unwrap().to_owned();
+    for name in ["localhost", "mailroom-1", "nginx", "mail.internal"] {
+        let channel = tonic::transport::Channel::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+                    .domain_name(name),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("TLS to {name}: {e:?}"));
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        health
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("a health check as {name}: {e:?}"));
+    }
+}

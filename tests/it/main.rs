@@ -15,6 +15,7 @@ mod faults;
 mod grpc;
 mod health;
 mod jetstream;
+mod links;
 mod listeners;
 mod messages;
 mod monitoring;
