@@ -12,6 +12,11 @@ Template names are unique, and a template keeps its name: a generated name that 
 formed is made unique for POST /api/v1/templates (else nearly every save after the
 first is a 409), and is the fixture's own for PUT (else every change is a rename, a
 400). Malformed names are left as generated, for the checks of names.
+
+A bounce report is a raw message (`message/rfc822`) that a JSON schema cannot describe:
+generated text alone is nearly always refused as not a report. Here it goes into the
+fields of a well-formed delivery status notification (the recipient, its status and
+diagnostic, the returned Message-ID), so what gets fuzzed is the reading of reports.
 """
 
 import re
@@ -19,13 +24,38 @@ import uuid
 
 import schemathesis
 
+# POST /api/v1/bounces takes a raw message: generated text goes as it is.
+schemathesis.serializer.alias("message/rfc822", "text/plain")
+
 BATCH = ("POST", "/api/v1/email/batch")
 KEPT = ("subject", "message", "html", "tags", "scheduledAt")
+BOUNCES = ("POST", "/api/v1/bounces")
 SAVE_TEMPLATE = ("POST", "/api/v1/templates")
 CHANGE_TEMPLATE = ("PUT", "/api/v1/templates/{idOrName}")
 # scripts/fuzz.sh makes it, and scripts/schemathesis.toml points PUT at it.
 FIXTURE_TEMPLATE = "welcome"
 NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def report_with(text):
+    """A DSN about one recipient, with the generated text in its fields."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if not isinstance(text, str):
+        return text
+    return (
+        "From: MAILER-DAEMON@mx.example\r\nTo: bounces@acme.example\r\n"
+        "Subject: Undelivered Mail\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nNot delivered.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\n"
+        "Reporting-MTA: dns; mx.example\r\n\r\n"
+        f"Final-Recipient: rfc822; {text or 'nobody'}@x.example\r\nAction: failed\r\n"
+        f"Status: 5.1.1\r\nDiagnostic-Code: smtp; 550 {text}\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\n"
+        f"Message-ID: <{text}@acme.example>\r\nSubject: {text}\r\n"
+        "--b--\r\n"
+    )
 
 
 def template_body(key, body):
@@ -44,6 +74,8 @@ def map_body(context, body):
     if operation is None:
         return body
     key = (operation.method.upper(), operation.path)
+    if key == BOUNCES:
+        return report_with(body)
     if key in (SAVE_TEMPLATE, CHANGE_TEMPLATE):
         return template_body(key, body)
     if key != BATCH:

@@ -257,6 +257,36 @@ pub struct ReportResponse {
     pub duplicate: bool,
 }
 
+/// A delivery status notification, as a relay sends one back (the example of the
+/// document).
+const EXAMPLE_DSN: &str = "From: MAILER-DAEMON@mx.example\r\n\
+To: bounces@acme.example\r\n\
+Subject: Undelivered Mail Returned to Sender\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\
+\r\n\
+--b\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+Your message could not be delivered.\r\n\
+--b\r\n\
+Content-Type: message/delivery-status\r\n\
+\r\n\
+Reporting-MTA: dns; mx.example\r\n\
+\r\n\
+Final-Recipient: rfc822; nobody@example.com\r\n\
+Action: failed\r\n\
+Status: 5.1.1\r\n\
+Diagnostic-Code: smtp; 550 5.1.1 <nobody@example.com>: User unknown\r\n\
+--b\r\n\
+Content-Type: text/rfc822-headers\r\n\
+\r\n\
+From: billing@acme.example\r\n\
+To: nobody@example.com\r\n\
+Message-ID: <0193a1b2-0000-7000-8000-000000000001@acme.example>\r\n\
+Subject: Invoice\r\n\
+--b--\r\n";
+
 /// The media type of a report: a whole message.
 const RFC822: &str = "message/rfc822";
 
@@ -270,7 +300,8 @@ const RFC822: &str = "message/rfc822";
 /// both put the recipient on the suppression list. A delay is recorded only.
 #[utoipa::path(post, path = "/api/v1/bounces", operation_id = "receiveReport", tag = "suppressions",
     security(("api_key" = ["admin"])),
-    request_body(content = String, content_type = "message/rfc822", description = "The report, as received"),
+    request_body(content = String, content_type = "message/rfc822", description = "The report, as received",
+        example = json!(EXAMPLE_DSN)),
     responses(
         (status = 200, description = "Matched to an email and acted on", body = ReportResponse),
         (status = 202, description = "A well-formed report about no email of ours", body = ReportResponse),
