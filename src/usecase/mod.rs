@@ -9,6 +9,7 @@ mod health;
 mod local_cache;
 #[cfg(test)]
 pub(crate) mod memory;
+mod queue;
 mod reconcile;
 #[cfg(test)]
 mod scenarios;
