@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::{
     adapters::reports,
-    domain::Suppression,
+    domain::{Field, Suppression, SuppressionReason, Violation},
     usecase::{ReportOutcome, SuppressionAdded},
 };
 
@@ -60,9 +60,9 @@ impl From<Suppression> for SuppressionResponse {
         SuppressionResponse {
             address: entry.address.to_string(),
             reason: match entry.reason {
-                crate::domain::SuppressionReason::HardBounce => Reason::HardBounce,
-                crate::domain::SuppressionReason::Complaint => Reason::Complaint,
-                crate::domain::SuppressionReason::Manual => Reason::Manual,
+                SuppressionReason::HardBounce => Reason::HardBounce,
+                SuppressionReason::Complaint => Reason::Complaint,
+                SuppressionReason::Manual => Reason::Manual,
             },
             email_id: entry.email_id.map(|id| id.as_uuid()),
             smtp_text: entry.smtp_text,
@@ -162,8 +162,8 @@ pub async fn add(
     ApiJson(request): ApiJson<AddSuppressionRequest>,
 ) -> Result<Response, Problem> {
     if request.reason != "manual" {
-        return Err(Problem::violation(crate::domain::Violation::new(
-            crate::domain::Field::Reason,
+        return Err(Problem::violation(Violation::new(
+            Field::Reason,
             "reason",
             "must be manual: hard_bounce and complaint entries come from bounces and complaints",
         )));
