@@ -10,6 +10,7 @@
 //! a message at a time without a server and without sleeping through backoffs.
 
 mod create;
+mod periodic;
 mod queue_gauges;
 mod reconciler;
 mod scheduler;

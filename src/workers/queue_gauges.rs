@@ -7,6 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::MetricsSettings, usecase::Mailroom};
 
+use super::periodic::every;
+
 pub struct QueueGauges {
     pub mailroom: Mailroom,
     pub settings: MetricsSettings,
@@ -15,13 +17,7 @@ pub struct QueueGauges {
 impl QueueGauges {
     /// Counts at once, then every interval, until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settings.queue_interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        every(self.settings.queue_interval, shutdown, || async {
             if let Err(err) = self
                 .mailroom
                 .observe_queue(self.settings.queue_count_limit)
@@ -32,6 +28,7 @@ impl QueueGauges {
                     "could not count the emails waiting"
                 );
             }
-        }
+        })
+        .await;
     }
 }

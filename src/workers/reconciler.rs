@@ -7,6 +7,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{config::ReconcilerSettings, usecase::Mailroom};
 
+use super::periodic::every;
+
 pub struct Reconciler {
     pub mailroom: Mailroom,
     pub settings: ReconcilerSettings,
@@ -15,13 +17,7 @@ pub struct Reconciler {
 impl Reconciler {
     /// Runs passes until `shutdown`; a pass in progress is finished first.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(self.settings.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        every(self.settings.interval, shutdown, || async {
             if let Err(err) = self
                 .mailroom
                 .reconcile(self.settings.overdue_age, self.settings.batch_size)
@@ -29,6 +25,7 @@ impl Reconciler {
             {
                 tracing::warn!(error = err.with_causes(), "reconciler pass failed");
             }
-        }
+        })
+        .await;
     }
 }
