@@ -683,12 +683,7 @@ mod suppression {
                 ..Default::default()
             })
             .unwrap();
-        let created = harness
-            .mailroom
-            .create_all(vec![(new, tracing::Span::none())])
-            .await
-            .unwrap();
-        created.into_iter().next().unwrap().unwrap().email.id
+        super::create_one(harness, new).await.unwrap().email.id
     }
 
     async fn add(harness: &Harness, address: &str) {
@@ -764,16 +759,8 @@ mod suppression {
         let attempts = harness.store.attempts_of(id);
         assert_eq!(attempts[0].outcome, AttemptOutcome::Suppressed);
         assert_eq!(attempts[0].refused.len(), 4);
-        let statuses: Vec<EmailStatus> = harness
-            .bus
-            .published()
-            .statuses
-            .iter()
-            .filter(|e| e.email_id == id)
-            .map(|e| e.status)
-            .collect();
         assert_eq!(
-            statuses,
+            super::statuses(&harness, id),
             [
                 EmailStatus::Queued,
                 EmailStatus::Sending,
@@ -946,12 +933,9 @@ mod suppression {
             panic!("matched");
         };
         assert!(duplicate, "the same report twice changes nothing");
-        let bounced = harness
-            .bus
-            .published()
-            .statuses
-            .iter()
-            .filter(|e| e.email_id == id && e.status == EmailStatus::Bounced)
+        let bounced = super::statuses(&harness, id)
+            .into_iter()
+            .filter(|status| *status == EmailStatus::Bounced)
             .count();
         assert_eq!(bounced, 1, "one email.bounced event");
     }

@@ -15,26 +15,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TEST_API_KEY, TestApp, email_body, problem_fields,
+    SEND_ONLY_KEY, TestApp, email_body, problem_fields,
     smtp::{Behaviour, Delivery, FakeSmtp},
-    spawn_app_with, unique_recipient, wait_for,
+    spawn_app_with, unique_recipient, with_send_only_key,
 };
 
 /// What the fake relay says to the unknown users (an address holding "nobody").
 const UNKNOWN_USER: &str = "550 5.1.1 <nobody>: Recipient address rejected: User unknown";
-
-async fn delivery_to(smtp: &FakeSmtp, address: &str) -> Delivery {
-    wait_for(
-        Duration::from_secs(20),
-        "the message is delivered",
-        || async {
-            smtp.deliveries()
-                .into_iter()
-                .find(|d| d.rcpt_to.iter().any(|r| r == address))
-        },
-    )
-    .await
-}
 
 async fn suppression(app: &TestApp, address: &str) -> reqwest::Response {
     app.client
@@ -217,17 +204,7 @@ async fn policy_refusals_fail_without_suppressing() {
 
 #[tokio::test]
 async fn the_list_is_managed_over_rest_with_the_admin_scope() {
-    let app = spawn_app_with(|s| {
-        let entries = [
-            format!("test:{}", mailroom::api_keys::hash_key(TEST_API_KEY)),
-            format!(
-                "sender:{}:send+read",
-                mailroom::api_keys::hash_key("sender-secret")
-            ),
-        ];
-        s.auth.api_keys = mailroom::api_keys::ApiKeys::parse(&entries).unwrap();
-    })
-    .await;
+    let app = spawn_app_with(with_send_only_key).await;
     let add = |body: Value| {
         let request = app.client.post(app.url("/api/v1/suppressions")).json(&body);
         async move { request.send().await.unwrap() }
@@ -337,7 +314,7 @@ async fn the_list_is_managed_over_rest_with_the_admin_scope() {
         sender.get(app.url("/api/v1/suppressions")),
         sender.post(app.url("/api/v1/bounces")),
     ] {
-        let refused = request.bearer_auth("sender-secret").send().await.unwrap();
+        let refused = request.bearer_auth(SEND_ONLY_KEY).send().await.unwrap();
         assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     }
 }
@@ -351,7 +328,7 @@ async fn a_dsn_bounces_the_sent_email_and_suppresses_its_recipient() {
     let id = created["emailID"].as_str().unwrap();
     app.wait_for_status(id, "sent", Duration::from_secs(20))
         .await;
-    let delivered = delivery_to(&smtp, &to).await;
+    let delivered = smtp.delivery_to(&to).await;
     let returned = Some(headers_of(&delivered));
 
     // A delay: recorded, the email stays sent, nobody is suppressed.
@@ -406,7 +383,7 @@ async fn a_complaint_marks_the_email_complained_and_suppresses_the_recipient() {
     let id = created["emailID"].as_str().unwrap();
     app.wait_for_status(id, "sent", Duration::from_secs(20))
         .await;
-    let delivered = delivery_to(&smtp, &to).await;
+    let delivered = smtp.delivery_to(&to).await;
     // The report carries the message whole; the MIME library wrote it as it liked.
     assert!(
         MessageParser::default()
@@ -439,7 +416,7 @@ async fn a_verp_return_path_matches_a_dsn_that_returns_no_headers() {
     let id = created["emailID"].as_str().unwrap();
     app.wait_for_status(id, "sent", Duration::from_secs(20))
         .await;
-    let delivered = delivery_to(&smtp, &to).await;
+    let delivered = smtp.delivery_to(&to).await;
     let verp = format!("bounces+{id}@bounce.acme.example");
     assert_eq!(
         delivered.mail_from, verp,

@@ -10,9 +10,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    TestApp, problem_fields as fields,
-    smtp::{Behaviour, Delivery, FakeSmtp},
-    spawn_app, spawn_app_with, unique_recipient, wait_for,
+    SEND_ONLY_KEY, TestApp, problem_fields as fields,
+    smtp::{Behaviour, FakeSmtp},
+    spawn_app, spawn_app_with, unique_recipient, wait_for, with_send_only_key,
 };
 
 /// Calls the API with the test key: the status and the JSON answer (null for none).
@@ -95,19 +95,6 @@ async fn save(app: &TestApp, template: &Value) -> Value {
 
 fn from_template(to: &str, template: Value) -> Value {
     json!({"from": "Acme <hello@acme.example>", "to": to, "template": template})
-}
-
-async fn delivery(smtp: &FakeSmtp, to: &str) -> Delivery {
-    wait_for(
-        Duration::from_secs(20),
-        "the message is delivered",
-        || async {
-            smtp.deliveries()
-                .into_iter()
-                .find(|d| d.rcpt_to.iter().any(|r| r == to))
-        },
-    )
-    .await
 }
 
 #[tokio::test]
@@ -286,7 +273,7 @@ async fn an_email_from_a_template_is_rendered_escaped_in_html_only_and_pinned_to
     );
 
     // As delivered, read by an independent parser.
-    let delivered = delivery(&smtp, &to).await;
+    let delivered = smtp.delivery_to(&to).await;
     let message = MessageParser::default().parse(&delivered.data).unwrap();
     assert_eq!(message.subject(), Some("Welcome, Tom & <Jerry>"));
     // Lines end in CRLF on the wire.
@@ -619,9 +606,7 @@ async fn templates_render_in_batches_on_the_asynchronous_path_over_grpc_and_in_n
 
 #[tokio::test]
 async fn templates_need_the_admin_scope() {
-    let hash = mailroom::api_keys::hash_key("sender-secret");
-    let keys = mailroom::api_keys::ApiKeys::parse(&[format!("sender:{hash}:send+read")]).unwrap();
-    let app = spawn_app_with(|s| s.auth.api_keys = keys).await;
+    let app = spawn_app_with(with_send_only_key).await;
     let client = reqwest::Client::new();
     for (method, path) in [
         (reqwest::Method::GET, "/api/v1/templates"),
@@ -631,7 +616,7 @@ async fn templates_need_the_admin_scope() {
     ] {
         let response = client
             .request(method.clone(), app.url(path))
-            .bearer_auth("sender-secret")
+            .bearer_auth(SEND_ONLY_KEY)
             .json(&welcome("welcome"))
             .send()
             .await

@@ -14,9 +14,10 @@ use standardwebhooks::Webhook as Verifier;
 use crate::{
     grpc::create_req,
     helpers::{
-        Cleanup, Isolation, Service, TEST_API_KEY, TestApp, email_body, eventually, metric_value,
+        Cleanup, Isolation, SEND_ONLY_KEY, Service, TEST_API_KEY, TestApp, email_body, eventually,
+        metric_value,
         receiver::{Received, Receiver, Reply},
-        spawn_app, spawn_app_with, unique_recipient, wait_for,
+        spawn_app, spawn_app_with, unique_recipient, wait_for, with_send_only_key,
     },
 };
 
@@ -418,22 +419,12 @@ async fn an_address_that_became_private_is_refused_when_connecting() {
 
 #[tokio::test]
 async fn the_endpoints_are_managed_over_rest_and_need_the_admin_scope() {
-    let app = spawn_app_with(|s| {
-        let entries = [
-            format!("test:{}", mailroom::api_keys::hash_key(TEST_API_KEY)),
-            format!(
-                "sender:{}:send+read",
-                mailroom::api_keys::hash_key("sender-secret")
-            ),
-        ];
-        s.auth.api_keys = mailroom::api_keys::ApiKeys::parse(&entries).unwrap();
-    })
-    .await;
+    let app = spawn_app_with(with_send_only_key).await;
     let receiver = Receiver::accepting().await;
     let sender = reqwest::Client::new();
     let refused = sender
         .post(app.url("/api/v1/webhooks"))
-        .bearer_auth("sender-secret")
+        .bearer_auth(SEND_ONLY_KEY)
         .json(&json!({ "url": receiver.url(), "events": ["*"] }))
         .send()
         .await
@@ -441,7 +432,7 @@ async fn the_endpoints_are_managed_over_rest_and_need_the_admin_scope() {
     assert_eq!(refused.status(), StatusCode::FORBIDDEN);
     let listed = sender
         .get(app.url("/api/v1/webhooks"))
-        .bearer_auth("sender-secret")
+        .bearer_auth(SEND_ONLY_KEY)
         .send()
         .await
         .unwrap();

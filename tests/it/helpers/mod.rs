@@ -50,6 +50,22 @@ pub fn api_key_headers() -> reqwest::header::HeaderMap {
     headers
 }
 
+/// A key with the `send` and `read` scopes only, which [`with_send_only_key`] adds.
+pub const SEND_ONLY_KEY: &str = "sender-secret";
+
+/// Accepts [`TEST_API_KEY`] (every scope) and [`SEND_ONLY_KEY`] (no `admin`), for the
+/// tests of what the `admin` scope guards.
+pub fn with_send_only_key(settings: &mut Settings) {
+    let entries = [
+        format!("test:{}", mailroom::api_keys::hash_key(TEST_API_KEY)),
+        format!(
+            "sender:{}:send+read",
+            mailroom::api_keys::hash_key(SEND_ONLY_KEY)
+        ),
+    ];
+    settings.auth.api_keys = mailroom::api_keys::ApiKeys::parse(&entries).unwrap();
+}
+
 /// maildev's web API (the SMTP sink at 127.0.0.1:1025).
 pub const MAILDEV_API: &str = "http://127.0.0.1:8025";
 

@@ -139,6 +139,20 @@ impl FakeSmtp {
         self.seen.deliveries.lock().unwrap().clone()
     }
 
+    /// The message taken for `address`, waited for up to 20 s.
+    pub async fn delivery_to(&self, address: &str) -> Delivery {
+        super::wait_for(
+            std::time::Duration::from_secs(20),
+            "the message is delivered",
+            || async {
+                self.deliveries()
+                    .into_iter()
+                    .find(|d| d.rcpt_to.iter().any(|r| r == address))
+            },
+        )
+        .await
+    }
+
     /// `RCPT TO` commands seen, accepted or not.
     pub fn recipients_seen(&self) -> usize {
         self.seen.recipients.load(Ordering::SeqCst)
