@@ -240,29 +240,6 @@ fn plan(report: &Report, email: &Email) -> ReportToRecord {
             diagnostic: r.diagnostic.clone(),
         })
         .collect();
-    let mut suppress: Vec<NewSuppression> = report
-        .recipients
-        .iter()
-        .filter_map(|r| {
-            let reason = match r.verdict {
-                Verdict::Failed => SuppressionReason::HardBounce,
-                Verdict::Complaint => SuppressionReason::Complaint,
-                Verdict::Delayed => return None,
-            };
-            let text = match (&r.status, &r.diagnostic) {
-                (_, Some(diagnostic)) => diagnostic.clone(),
-                (Some(status), None) => status.clone(),
-                (None, None) => r.verdict.as_str().to_owned(),
-            };
-            Some(NewSuppression {
-                address: SuppressedAddress::of(&r.address),
-                reason,
-                email_id: Some(email.id),
-                smtp_text: Some(text),
-                note: None,
-            })
-        })
-        .collect();
     let only_recipient: Vec<_> = email.recipients().collect();
     if report.kind == ReportKind::Complaint
         && recipients.is_empty()
@@ -274,36 +251,44 @@ fn plan(report: &Report, email: &Email) -> ReportToRecord {
             status: None,
             diagnostic: None,
         });
-        suppress.push(NewSuppression {
-            address: SuppressedAddress::of(&only.address),
-            reason: SuppressionReason::Complaint,
-            email_id: Some(email.id),
-            smtp_text: Some("complaint".to_owned()),
-            note: None,
-        });
     }
+    let suppress: Vec<NewSuppression> = recipients
+        .iter()
+        .filter_map(|r| {
+            let reason = match r.verdict {
+                Verdict::Failed => SuppressionReason::HardBounce,
+                Verdict::Complaint => SuppressionReason::Complaint,
+                Verdict::Delayed => return None,
+            };
+            Some(NewSuppression {
+                // Made canonical above.
+                address: SuppressedAddress::from_stored(r.recipient.clone()),
+                reason,
+                email_id: Some(email.id),
+                smtp_text: Some(said(r).unwrap_or(r.verdict.as_str()).to_owned()),
+                note: None,
+            })
+        })
+        .collect();
     let describe = |verdict: Verdict| {
         recipients
             .iter()
             .filter(|r| r.verdict == verdict)
-            .map(|r| match (&r.status, &r.diagnostic) {
-                (_, Some(diagnostic)) => format!("{}: {diagnostic}", r.recipient),
-                (Some(status), None) => format!("{}: {status}", r.recipient),
-                (None, None) => r.recipient.clone(),
+            .map(|r| match said(r) {
+                Some(text) => format!("{}: {text}", r.recipient),
+                None => r.recipient.clone(),
             })
             .collect::<Vec<_>>()
     };
+    // Only a feedback report has complaints; a not-spam one names nobody, so it changes
+    // nothing.
     let complaints = describe(Verdict::Complaint);
     let failures = describe(Verdict::Failed);
-    let status_change = if !complaints.is_empty() || report.kind == ReportKind::Complaint {
+    let status_change = if !complaints.is_empty() {
         Some(StatusChange {
             from: vec![EmailStatus::Sent, EmailStatus::Bounced],
             to: EmailStatus::Complained,
-            error: if complaints.is_empty() {
-                "a recipient complained".to_owned()
-            } else {
-                format!("complaint from {}", complaints.join("; "))
-            },
+            error: format!("complaint from {}", complaints.join("; ")),
         })
     } else if !failures.is_empty() {
         Some(StatusChange {
@@ -314,8 +299,6 @@ fn plan(report: &Report, email: &Email) -> ReportToRecord {
     } else {
         None
     };
-    // A not-spam feedback report is no complaint.
-    let status_change = status_change.filter(|_| !recipients.is_empty());
     ReportToRecord {
         email_id: email.id,
         digest: report.digest.clone(),
@@ -323,4 +306,9 @@ fn plan(report: &Report, email: &Email) -> ReportToRecord {
         status_change,
         suppress,
     }
+}
+
+/// What a report says of a recipient: the remote server's diagnostic, else the status.
+fn said(row: &ReportedRow) -> Option<&str> {
+    row.diagnostic.as_deref().or(row.status.as_deref())
 }
