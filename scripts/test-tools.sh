@@ -2,7 +2,9 @@
 # Installs the programs the deployment tests drive, when they are missing: promtool and
 # prometheus (Debian package `prometheus`), Alertmanager and amtool
 # (`prometheus-alertmanager`), nginx, headless Chromium and docker-compose
-# (to validate the compose files without a Docker engine). Idempotent: with everything
+# (to validate the compose files without a Docker engine), and dkimpy with PyNaCl
+# (python3-dkim, python3-nacl: the independent DKIM verifier of the signing tests,
+# scripts/dkim-verify.py). Idempotent: with everything
 # present it only checks. apt never starts a daemon here; the tests start their own
 # nginx and Prometheus on free ports and stop them.
 set -euo pipefail
@@ -28,9 +30,11 @@ want amtool prometheus-alertmanager
 want nginx nginx
 want chromium chromium
 want docker-compose docker-compose
+# Debian's Python (not whatever python3 is first on PATH) has Debian's modules.
+/usr/bin/python3 -c 'import dkim, nacl' 2>/dev/null || missing+=(python3-dkim python3-nacl)
 
 if [ "${#missing[@]}" -eq 0 ]; then
-  say "promtool, prometheus, alertmanager, nginx, chromium and docker-compose are installed"
+  say "promtool, prometheus, alertmanager, nginx, chromium, docker-compose and dkimpy are installed"
   exit 0
 fi
 
@@ -58,4 +62,5 @@ as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-re
 for tool in promtool prometheus nginx chromium docker-compose; do
   have "$tool" || fail "$tool is still missing after installing $packages"
 done
+/usr/bin/python3 -c 'import dkim, nacl' || fail "dkimpy is still missing after installing $packages"
 say "installed $packages"

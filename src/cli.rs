@@ -1,5 +1,6 @@
 //! The command line: `mailroom [serve]`, `mailroom migrate up|down|status`,
-//! `mailroom openapi`, `mailroom certs`, `mailroom events tail`, `mailroom dlq list|redrive`.
+//! `mailroom openapi`, `mailroom certs`, `mailroom api-key new|hash`, `mailroom dkim
+//! generate`, `mailroom events tail`, `mailroom dlq list|redrive`.
 
 use std::path::PathBuf;
 
@@ -8,9 +9,9 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    adapters::{jetstream::JetStream, postgres},
+    adapters::{jetstream::JetStream, postgres, smtp},
     api_keys, certs, commands,
-    config::{Settings, Sources},
+    config::{DkimAlgorithm, Settings, Sources, dkim_domain, is_dns_name},
     rest,
     startup::{Application, Core},
     telemetry,
@@ -64,6 +65,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ApiKeyAction,
     },
+    /// DKIM signing keys for dkim.keys.
+    Dkim {
+        #[command(subcommand)]
+        action: DkimAction,
+    },
     /// Read the event stream.
     Events {
         #[command(subcommand)]
@@ -73,6 +79,26 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DkimAction {
+    /// Write a new private key (mode 0600; an existing file is never replaced) and print
+    /// the DNS TXT record to publish: its name, then its value.
+    Generate {
+        /// The From domain the key signs for.
+        #[arg(long)]
+        domain: String,
+        /// The selector: the record is published at SELECTOR._domainkey.DOMAIN.
+        #[arg(long)]
+        selector: String,
+        /// Where to write the private key (PEM, PKCS#8).
+        #[arg(long, value_name = "PATH")]
+        key_file: PathBuf,
+        /// rsa-sha256 (2048-bit keys) or ed25519-sha256.
+        #[arg(long, default_value = "rsa-sha256")]
+        algorithm: DkimAlgorithm,
     },
 }
 
@@ -162,6 +188,7 @@ impl Cli {
                 force,
             }) => return write_certs(&dir, &extra_names, force),
             Some(Command::ApiKey { action }) => return api_key(action),
+            Some(Command::Dkim { action }) => return dkim(action),
             _ => {}
         }
         let settings = Settings::load(&Sources {
@@ -174,7 +201,10 @@ impl Cli {
         let outcome = match self.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(settings).await,
             Command::Migrate { action } => migrate(settings, action).await,
-            Command::Openapi | Command::Certs { .. } | Command::ApiKey { .. } => {
+            Command::Openapi
+            | Command::Certs { .. }
+            | Command::ApiKey { .. }
+            | Command::Dkim { .. } => {
                 unreachable!("handled before loading settings")
             }
             Command::Events { action } => events(settings, action).await,
@@ -184,6 +214,34 @@ impl Cli {
         telemetry.shutdown(flush_within).await;
         outcome
     }
+}
+
+fn dkim(action: DkimAction) -> anyhow::Result<()> {
+    let DkimAction::Generate {
+        domain,
+        selector,
+        key_file,
+        algorithm,
+    } = action;
+    let domain = dkim_domain(&domain)
+        .with_context(|| format!("--domain {domain:?} is not a domain name"))?;
+    anyhow::ensure!(
+        is_dns_name(&selector),
+        "--selector {selector:?} must be DNS labels (letters, digits, '-', dots)"
+    );
+    let public = smtp::generate_key(algorithm, &key_file)?;
+    println!(
+        "{}",
+        smtp::dns_record(&domain, &selector, algorithm, &public)
+    );
+    eprintln!(
+        "Wrote the private key to {} (mode 0600). Publish the record above, then add to \
+         dkim.keys: {{domain: {domain}, selector: {selector}, private_key_file: {}, algorithm: {}}}",
+        key_file.display(),
+        key_file.display(),
+        algorithm.as_str()
+    );
+    Ok(())
 }
 
 fn api_key(action: ApiKeyAction) -> anyhow::Result<()> {

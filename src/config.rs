@@ -12,7 +12,14 @@ use config::{Config, Environment, File, FileFormat};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::{api_keys::ApiKeys, domain::ReturnPath};
+mod smtp;
+
+pub use smtp::{
+    DEFAULT_RELAY_NAME, DkimAlgorithm, DkimKeySettings, DkimSettings, RelayEntry, RelaySettings,
+    SmtpSecurity, SmtpSettings, dkim_domain, is_dns_name,
+};
+
+use crate::api_keys::ApiKeys;
 
 /// The profiles shipped in `config/`, with their built-in copies.
 const BUILT_IN: &[(&str, &str)] = &[
@@ -34,6 +41,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub nats: NatsSettings,
     pub smtp: SmtpSettings,
+    pub dkim: DkimSettings,
+    pub lanes: LanesSettings,
     pub limits: LimitsSettings,
     pub delivery: DeliverySettings,
     pub reconciler: ReconcilerSettings,
@@ -245,6 +254,7 @@ fn name_prefix(prefix: &str) -> String {
 pub struct Subjects {
     pub create: String,
     pub send: String,
+    pub send_bulk: String,
     pub errors: String,
     pub status: String,
     pub webhook: String,
@@ -270,6 +280,7 @@ pub struct PublishSettings {
 pub struct ConsumersSettings {
     pub create: ConsumerSettings,
     pub send: ConsumerSettings,
+    pub send_bulk: ConsumerSettings,
     pub webhook_dispatch: ConsumerSettings,
     pub webhook: ConsumerSettings,
 }
@@ -300,35 +311,15 @@ pub enum DeliverPolicySetting {
     ByStartTime,
 }
 
+/// Transactional and bulk mail, queued and sent apart.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SmtpSettings {
-    pub host: String,
-    pub port: u16,
-    pub security: SmtpSecurity,
-    pub verify_certificates: bool,
-    /// PEM file of extra CAs to trust for the SMTP server (empty: the public roots only).
-    pub ca_file: String,
-    pub username: String,
-    pub password: SecretString,
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    pub pool_max_size: u32,
-    pub hello_name: String,
-    /// A VERP envelope sender holding `{emailID}`; empty: the From address.
-    pub return_path: String,
-}
-
-impl SmtpSettings {
-    /// `smtp.return_path`, read; `None` when it is not set.
-    pub fn return_path(&self) -> anyhow::Result<Option<ReturnPath>> {
-        if self.return_path.is_empty() {
-            return Ok(None);
-        }
-        ReturnPath::parse(&self.return_path)
-            .map(Some)
-            .map_err(|why| anyhow::anyhow!("smtp.return_path {:?} {why}", self.return_path))
-    }
+pub struct LanesSettings {
+    /// The lane of a batch's emails that name none.
+    pub batch_default: crate::domain::Lane,
+    /// Most SMTP sends of each lane in flight at once, per instance, over every relay.
+    pub transactional_send_slots: usize,
+    pub bulk_send_slots: usize,
 }
 
 /// What one email may hold.
@@ -340,14 +331,6 @@ pub struct LimitsSettings {
     pub max_batch: usize,
     #[serde(with = "humantime_serde")]
     pub max_schedule_ahead: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SmtpSecurity {
-    None,
-    Starttls,
-    Tls,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -545,7 +528,11 @@ impl Settings {
         if self.smtp.pool_max_size == 0 {
             bail!("smtp.pool_max_size must be at least 1");
         }
-        self.smtp.return_path()?;
+        self.smtp.check()?;
+        self.dkim.check()?;
+        if self.lanes.transactional_send_slots == 0 || self.lanes.bulk_send_slots == 0 {
+            bail!("lanes.transactional_send_slots and lanes.bulk_send_slots must be at least 1");
+        }
         if self.metrics.queue_interval.is_zero() || self.metrics.queue_count_limit < 1 {
             bail!("metrics.queue_interval and metrics.queue_count_limit must be above zero");
         }
@@ -573,6 +560,7 @@ impl Settings {
         for (name, consumer) in [
             ("create", &self.nats.consumers.create),
             ("send", &self.nats.consumers.send),
+            ("send_bulk", &self.nats.consumers.send_bulk),
             ("webhook_dispatch", &self.nats.consumers.webhook_dispatch),
             ("webhook", &self.nats.consumers.webhook),
         ] {
@@ -638,14 +626,20 @@ impl Settings {
             if self.http.cors_allowed_origins.iter().any(|o| o == "*") {
                 bail!("production refuses http.cors_allowed_origins \"*\"");
             }
-            let loopback = matches!(self.smtp.host.as_str(), "localhost" | "127.0.0.1" | "::1");
-            if self.smtp.security == SmtpSecurity::None && !loopback {
-                bail!(
-                    "production refuses smtp.security: none to a remote host (use starttls or tls)"
-                );
-            }
-            if self.smtp.security != SmtpSecurity::None && !self.smtp.verify_certificates {
-                bail!("production refuses smtp.verify_certificates: false");
+            for relay in self.smtp.relays() {
+                let loopback = matches!(relay.host.as_str(), "localhost" | "127.0.0.1" | "::1");
+                if relay.security == SmtpSecurity::None && !loopback {
+                    bail!(
+                        "production refuses smtp.security: none to a remote host (use starttls or tls; relay {})",
+                        relay.name
+                    );
+                }
+                if relay.security != SmtpSecurity::None && !relay.verify_certificates {
+                    bail!(
+                        "production refuses smtp.verify_certificates: false (relay {})",
+                        relay.name
+                    );
+                }
             }
         }
         Ok(())

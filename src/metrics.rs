@@ -69,6 +69,7 @@ pub struct Registered {
     pub nats_duration: HistogramVec,
     pub smtp_sends: IntCounterVec,
     pub smtp_duration: HistogramVec,
+    pub relay_failures: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub local_cache_requests: IntCounterVec,
     pub emails: IntCounterVec,
@@ -206,14 +207,22 @@ impl Metrics {
             ),
             smtp_sends: counter(
                 "smtp_sends_total",
-                "SMTP sends by outcome (sent, transient, permanent).",
-                &["outcome"],
+                "SMTP sends by outcome (sent, transient, permanent) and the relay that \
+                 answered or was tried last (none: no relay was reached).",
+                &["outcome", "relay"],
             ),
             smtp_duration: histogram(
                 "smtp_send_duration_seconds",
-                "Duration of one SMTP exchange.",
-                &[],
+                "Duration of one delivery attempt's SMTP work, by the relay that ended it \
+                 (failovers included).",
+                &["relay"],
                 DELIVERY_BUCKETS,
+            ),
+            relay_failures: counter(
+                "smtp_relay_failures_total",
+                "Connections to a relay that failed or timed out: the relay was left out \
+                 for smtp.relay_cooldown and the email went to the next one.",
+                &["relay"],
             ),
             cache_requests,
             local_cache_requests,
@@ -307,9 +316,6 @@ impl Metrics {
         for status in EmailStatus::ALL {
             metrics.emails.with_label_values(&[status.as_str()]);
         }
-        for outcome in AttemptOutcome::SMTP {
-            metrics.smtp_sends.with_label_values(&[outcome.as_str()]);
-        }
         metrics
             .suppressed_recipients
             .with_label_values(&[] as &[&str]);
@@ -324,7 +330,6 @@ impl Metrics {
         for status in PENDING_STATUSES {
             metrics.emails_pending.with_label_values(&[status.as_str()]);
         }
-        metrics.smtp_duration.with_label_values(&[] as &[&str]);
         for outcome in WEBHOOK_OUTCOMES {
             metrics.webhook_deliveries.with_label_values(&[outcome]);
         }
@@ -339,6 +344,21 @@ impl Metrics {
         self.webhook_duration
             .with_label_values(&[] as &[&str])
             .observe(duration.as_secs_f64());
+    }
+
+    /// Starts a relay's series at zero (see [`Metrics::new`]).
+    pub fn relay_registered(&self, relay: &str) {
+        for outcome in AttemptOutcome::SMTP {
+            self.smtp_sends
+                .with_label_values(&[outcome.as_str(), relay]);
+        }
+        self.smtp_duration.with_label_values(&[relay]);
+        self.relay_failures.with_label_values(&[relay]);
+    }
+
+    /// Counts a connection to `relay` that failed.
+    pub fn relay_failed(&self, relay: &str) {
+        self.relay_failures.with_label_values(&[relay]).inc();
     }
 
     /// Counts a lookup of the email cache as a whole.

@@ -10,9 +10,9 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail,
-        NewSuppression, SearchPage, SearchQuery, StatusEvent, SuppressedAddress, Suppression,
-        SuppressionReason, Template, TemplateContent, TemplateKey, Verdict,
+        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, Lane, ListPage, ListQuery,
+        NewEmail, NewSuppression, SearchPage, SearchQuery, StatusEvent, SuppressedAddress,
+        Suppression, SuppressionReason, Template, TemplateContent, TemplateKey, Verdict,
     },
     error::Result,
 };
@@ -89,6 +89,8 @@ pub struct AttemptRecord {
     /// Recipients the server refused in this attempt, with what it said, and those
     /// left out because they are suppressed.
     pub refused: Vec<RefusedRecipient>,
+    /// The relay that answered, or was tried last (`None`: no relay was reached).
+    pub relay: Option<String>,
 }
 
 /// A recipient the SMTP server would not take, or one mailroom did not send to because
@@ -311,8 +313,8 @@ pub trait EmailStore: Send + Sync + 'static {
     async fn finish_attempts(&self, finished: &[FinishedAttempt]) -> Result<Vec<Email>>;
     /// Emails whose delivery should have moved on more than `age` ago (a lost send event,
     /// a crashed worker). Each is returned to one caller only, then not again for `age`,
-    /// however many instances ask.
-    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>>;
+    /// however many instances ask. Each with its lane, where its send event goes.
+    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<(EmailId, Lane)>>;
     /// Queues a `failed` email again with a fresh retry budget; `None` when it is not
     /// failed (already queued, deferred, sending or sent).
     async fn requeue(&self, id: EmailId) -> Result<Option<Email>>;
@@ -363,8 +365,9 @@ pub enum CreateRequest {
 pub trait EventBus: Send + Sync + 'static {
     /// Asks for an email to be created asynchronously (the `mail:create` event).
     async fn request_create(&self, email: &NewEmail) -> Result<CreateRequest>;
-    /// Asks the send workers to deliver an email (the `mail:send` event).
-    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()>;
+    /// Asks the send workers of `lane` to deliver an email (the `mail:send` event, or
+    /// `mail:send.bulk` for bulk mail).
+    async fn request_send(&self, id: EmailId, lane: Lane, reason: SendReason) -> Result<()>;
     async fn publish_status(&self, event: &StatusEvent) -> Result<()>;
     /// Publishes a dead letter; `dedup_key` makes a repeated publish of the same letter
     /// a no-op.
@@ -379,6 +382,8 @@ pub struct SmtpReply {
     pub text: String,
     /// Recipients refused while the others were accepted: the message went to the rest.
     pub refused: Vec<RefusedRecipient>,
+    /// The relay that took it (`smtp.relays`).
+    pub relay: Option<String>,
 }
 
 /// Whether retrying a failed send can help.
@@ -399,6 +404,8 @@ pub struct SendFailure {
     pub text: String,
     /// When every recipient was refused: each of them, with the server's reply.
     pub refused: Vec<RefusedRecipient>,
+    /// The relay that answered, or was tried last; `None` when none was reached.
+    pub relay: Option<String>,
 }
 
 impl SendFailure {
@@ -408,6 +415,7 @@ impl SendFailure {
             code,
             text: text.into(),
             refused: Vec::new(),
+            relay: None,
         }
     }
 
@@ -417,12 +425,29 @@ impl SendFailure {
             code,
             text: text.into(),
             refused: Vec::new(),
+            relay: None,
         }
     }
 
     pub fn is_permanent(&self) -> bool {
         self.kind == FailureKind::Permanent
     }
+
+    /// This failure, said by `relay`.
+    pub fn via(mut self, relay: &str) -> Self {
+        self.relay = Some(relay.to_owned());
+        self
+    }
+}
+
+/// One relay as a health check sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayCheck {
+    pub name: String,
+    /// `None` when it answered.
+    pub error: Option<String>,
+    /// Left out of sends after failed connections (`smtp.relay_cooldown`).
+    pub cooling_down: bool,
 }
 
 #[async_trait]
@@ -436,6 +461,6 @@ pub trait Mailer: Send + Sync + 'static {
         recipients: &[Address],
         attachments: &[Bytes],
     ) -> std::result::Result<SmtpReply, SendFailure>;
-    /// Whether the SMTP server answers.
-    async fn ping(&self) -> anyhow::Result<()>;
+    /// Whether each relay answers within `within`, in the order they are configured.
+    async fn check(&self, within: std::time::Duration) -> Vec<RelayCheck>;
 }

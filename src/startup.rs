@@ -73,9 +73,13 @@ impl Core {
         }
         let cache = RedisCache::new(&settings.redis)?;
         let jetstream = JetStream::connect(&settings.nats, patience).await?;
-        let mailer = SmtpMailer::new(&settings.smtp)?;
-
         let metrics = Metrics::new();
+        let mailer = SmtpMailer::new(
+            &settings.smtp,
+            &settings.dkim,
+            &settings.lanes,
+            metrics.clone(),
+        )?;
         let webhooks = Webhooks::new(
             WebhookStore::new(pool.clone()),
             settings.webhooks.clone(),
@@ -104,9 +108,7 @@ impl Core {
         let policy = DeliveryPolicy {
             max_attempts: settings.delivery.max_attempts,
             backoff: settings.delivery.backoff.clone(),
-            // Covers a whole SMTP exchange plus the handling around it; the NATS message
-            // itself is kept alive by progress reports meanwhile.
-            lease: settings.smtp.timeout + settings.nats.consumers.send.ack_wait,
+            lease: delivery_lease(settings),
         };
         let local = LocalCache::new(
             settings.cache.local_ttl,
@@ -126,7 +128,8 @@ impl Core {
             },
         };
         let mut mailroom = Mailroom::new(ports, rules, local, policy, metrics.clone())
-            .with_return_path(settings.smtp.return_path()?);
+            .with_return_path(settings.smtp.return_path()?)
+            .with_batch_lane(settings.lanes.batch_default);
         let group_commit = &settings.database.group_commit;
         if group_commit.max_batch > 1 {
             mailroom = mailroom.with_group_commit(GroupCommitSettings {
@@ -172,9 +175,10 @@ impl Application {
         let nats = &settings.nats;
         let create = &nats.consumers.create;
         let send = &nats.consumers.send;
+        let send_bulk = &nats.consumers.send_bulk;
         let dispatch = &nats.consumers.webhook_dispatch;
         let webhook = &nats.consumers.webhook;
-        let pools = vec![
+        let mut pools = vec![
             WorkerPool {
                 label: nats.subjects.create.clone(),
                 consumer: ConsumerSource::Ready(Box::new(
@@ -196,28 +200,6 @@ impl Application {
                 workers: create.workers,
                 batch_size: create.batch_size,
                 ack_wait: create.ack_wait,
-                mailroom: mailroom.clone(),
-                metrics: metrics.clone(),
-            },
-            WorkerPool {
-                label: nats.subjects.send.clone(),
-                consumer: ConsumerSource::Ready(Box::new(
-                    jetstream
-                        .durable_consumer(
-                            &nats.durable_name(&send.durable),
-                            &jetstream.subjects.send,
-                            send,
-                        )
-                        .await?,
-                )),
-                handler: Arc::new(SendHandler {
-                    mailroom: mailroom.clone(),
-                    max_deliver: send.max_deliver,
-                    backoff: settings.delivery.outage_backoff.clone(),
-                }),
-                workers: send.workers,
-                batch_size: send.batch_size,
-                ack_wait: send.ack_wait,
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
             },
@@ -263,6 +245,35 @@ impl Application {
                 metrics: metrics.clone(),
             },
         ];
+        // One pool per lane: a bulk backlog waits in its own consumer, never in front
+        // of transactional mail.
+        for (label, consumer, subject) in [
+            (&nats.subjects.send, send, &jetstream.subjects.send),
+            (
+                &nats.subjects.send_bulk,
+                send_bulk,
+                &jetstream.subjects.send_bulk,
+            ),
+        ] {
+            pools.push(WorkerPool {
+                label: label.clone(),
+                consumer: ConsumerSource::Ready(Box::new(
+                    jetstream
+                        .durable_consumer(&nats.durable_name(&consumer.durable), subject, consumer)
+                        .await?,
+                )),
+                handler: Arc::new(SendHandler {
+                    mailroom: mailroom.clone(),
+                    max_deliver: consumer.max_deliver,
+                    backoff: settings.delivery.outage_backoff.clone(),
+                }),
+                workers: consumer.workers,
+                batch_size: consumer.batch_size,
+                ack_wait: consumer.ack_wait,
+                mailroom: mailroom.clone(),
+                metrics: metrics.clone(),
+            });
+        }
 
         let gate = Arc::new(Gate::new(&settings.auth, metrics.clone())?);
         let http = bind(settings.http.addr, "http.addr").await?;
@@ -482,4 +493,18 @@ fn limits(http: &HttpSettings) -> Limits {
         keep_alive_timeout: http.keep_alive_timeout,
         max_connections: http.max_connections,
     }
+}
+
+/// How long a worker holds an email it sends: one `smtp.timeout` per relay (a send may
+/// fail over through all of them), the longest wait for a paced relay's turn with every
+/// email this instance may hold in flight, and the handling around it. The NATS
+/// message itself is kept alive by progress reports meanwhile.
+fn delivery_lease(settings: &Settings) -> std::time::Duration {
+    let consumers = &settings.nats.consumers;
+    let (send, bulk) = (&consumers.send, &consumers.send_bulk);
+    let in_flight = send.workers * send.batch_size + bulk.workers * bulk.batch_size;
+    let relays = settings.smtp.relays().len().max(1) as u32;
+    settings.smtp.timeout * relays
+        + settings.smtp.longest_pace_wait(in_flight)
+        + send.ack_wait.max(bulk.ack_wait)
 }

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 use crate::{
     config::{ConsumerSettings, DeliverPolicySetting, NatsSettings, StreamStorage, redact_url},
-    domain::{DeadLetter, EmailId, NewEmail, SendEvent, StatusEvent},
+    domain::{DeadLetter, EmailId, Lane, NewEmail, SendEvent, StatusEvent},
     error::{Dependency, Error, Result},
     ports::{CreateRequest, EventBus, SendReason},
     retry,
@@ -34,6 +34,8 @@ use crate::{
 pub struct Subjects {
     pub create: String,
     pub send: String,
+    /// Send events of bulk mail, consumed apart from `send`.
+    pub send_bulk: String,
     pub errors: String,
     pub status: String,
     pub webhook: String,
@@ -44,9 +46,18 @@ impl Subjects {
         Subjects {
             create: settings.subject(&settings.subjects.create),
             send: settings.subject(&settings.subjects.send),
+            send_bulk: settings.subject(&settings.subjects.send_bulk),
             errors: settings.subject(&settings.subjects.errors),
             status: settings.subject(&settings.subjects.status),
             webhook: settings.subject(&settings.subjects.webhook),
+        }
+    }
+
+    /// Where the send events of `lane` go.
+    pub fn send_of(&self, lane: Lane) -> &str {
+        match lane {
+            Lane::Transactional => &self.send,
+            Lane::Bulk => &self.send_bulk,
         }
     }
 
@@ -54,6 +65,7 @@ impl Subjects {
         vec![
             self.create.clone(),
             self.send.clone(),
+            self.send_bulk.clone(),
             self.errors.clone(),
             self.status.clone(),
             self.webhook.clone(),
@@ -345,23 +357,27 @@ impl EventBus for JetStream {
         name = "nats.publish send",
         skip_all,
         fields(
-            otel.name = format!("publish {}", self.subjects.send),
+            otel.name = format!("publish {}", self.subjects.send_of(lane)),
             otel.kind = "producer",
             messaging.system = "nats",
-            messaging.destination.name = %self.subjects.send,
+            messaging.destination.name = %self.subjects.send_of(lane),
             email.id = %id,
         ),
         err
     )]
-    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
+    async fn request_send(&self, id: EmailId, lane: Lane, reason: SendReason) -> Result<()> {
         let msg_id = match reason {
             SendReason::Created => format!("send:{id}"),
             SendReason::Reconciled => {
                 format!("send:{id}:{}", chrono::Utc::now().timestamp_millis())
             }
         };
-        self.publish_json(&self.subjects.send, &SendEvent { email_id: id }, &msg_id)
-            .await
+        self.publish_json(
+            self.subjects.send_of(lane),
+            &SendEvent { email_id: id },
+            &msg_id,
+        )
+        .await
     }
 
     #[tracing::instrument(

@@ -123,7 +123,7 @@ async fn redrive_one(
     let letter = DeadLetter::from_json(&stored.payload)
         .with_context(|| format!("dead letter {sequence} cannot be read"))?;
     let subjects = &jetstream.subjects;
-    if letter.subject == subjects.send {
+    if letter.subject == subjects.send || letter.subject == subjects.send_bulk {
         if let Ok(event) = serde_json::from_slice::<SendEvent>(&letter.data)
             && mailroom.requeue(event.email_id).await?.is_some()
         {

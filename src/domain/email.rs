@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{
-    AttachmentMeta, Field, Header, Mailbox, NewEmail, Tags, TemplateRef, Violation, Violations,
+    AttachmentMeta, Field, Header, Lane, Mailbox, NewEmail, Tags, TemplateRef, Violation,
+    Violations,
 };
 
 /// An email's id: a UUID (v7 for emails mailroom creates, so ids sort by creation time).
@@ -193,6 +194,9 @@ pub struct Email {
     /// When it was to be sent, if it was scheduled.
     #[serde(default)]
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// The lane it is queued and sent in.
+    #[serde(default)]
+    pub lane: Lane,
     /// The template its subject and bodies were rendered from.
     #[serde(default)]
     pub template: Option<TemplateRef>,
@@ -237,6 +241,7 @@ impl Email {
             tags: new.tags.clone(),
             message_id: new.message_id.clone(),
             scheduled_at: new.scheduled_at,
+            lane: new.lane,
             template: new.template.clone(),
             status,
             attempts: 0,
@@ -266,6 +271,7 @@ impl Email {
             && self.headers == new.headers
             && self.tags == new.tags
             && self.scheduled_at == new.scheduled_at
+            && self.lane == new.lane
             && self.template == new.template
             && self.attachments.len() == new.attachments.len()
             && self

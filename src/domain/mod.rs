@@ -4,6 +4,7 @@
 mod address;
 mod email;
 mod events;
+mod lane;
 mod listing;
 mod mailbox;
 mod message;
@@ -20,6 +21,7 @@ mod webhook;
 pub use address::{Address, AddressError, MAX_ADDRESS_CHARS};
 pub use email::{Email, EmailId, EmailStatus};
 pub use events::{DeadLetter, SendEvent, StatusEvent};
+pub use lane::Lane;
 pub use listing::{Cursor, DEFAULT_LIST_LIMIT, ListPage, ListParams, ListQuery, MAX_LIST_LIMIT};
 pub use mailbox::{Mailbox, MailboxError, format_list, parse_list};
 pub use message::{

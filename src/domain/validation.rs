@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{
-    Address, Attachment, EmailId, Field, FieldPath, Header, Mailbox, MailboxError, Tags,
+    Address, Attachment, EmailId, Field, FieldPath, Header, Lane, Mailbox, MailboxError, Tags,
     TemplateRef, TemplateUse, Violation, Violations,
     mailbox::parse_list,
     message::{
@@ -72,6 +72,8 @@ pub struct EmailDraft {
     pub tags: Vec<(String, String)>,
     /// When to send it: RFC 3339 with an offset (`2026-12-24T09:00:00+01:00`).
     pub scheduled_at: Option<String>,
+    /// `transactional` or `bulk`; transactional when `None`.
+    pub lane: Option<String>,
     pub idempotency_key: Option<String>,
     /// Whose idempotency key it is: the name of the API key that sent it (none for
     /// producers on NATS). Two clients may use the same key.
@@ -108,6 +110,7 @@ pub struct NewEmail {
     pub message_id: String,
     /// When it is to be sent; at once when `None` or past.
     pub scheduled_at: Option<DateTime<Utc>>,
+    pub lane: Lane,
     pub idempotency_key: Option<String>,
     /// The client the key belongs to ('' for none).
     pub idempotency_client: String,
@@ -300,6 +303,14 @@ impl Rules {
             },
         };
 
+        let lane = match draft.lane.as_deref() {
+            None => Lane::default(),
+            Some(name) => Lane::parse(name).unwrap_or_else(|| {
+                check.fail(Field::Lane, "lane", "must be transactional or bulk");
+                Lane::default()
+            }),
+        };
+
         Violations::check(check.0)?;
         let from = from.expect("checked above");
         let message_id = self.message_id(id, &from.address);
@@ -318,6 +329,7 @@ impl Rules {
             tags,
             message_id,
             scheduled_at,
+            lane,
             idempotency_key: draft.idempotency_key,
             idempotency_client: draft.idempotency_client.unwrap_or_default(),
             template: draft.rendered_from,
@@ -653,6 +665,10 @@ impl NewEmail {
                 .unwrap_or_default()
                 .as_bytes(),
         );
+        // Only when not the default, so digests made before lanes existed still match.
+        if self.lane != Lane::default() {
+            field(self.lane.as_str().as_bytes());
+        }
         hex::encode(hash.finalize())
     }
 }

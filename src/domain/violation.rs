@@ -30,6 +30,7 @@ pub enum Field {
     Headers,
     Tags,
     ScheduledAt,
+    Lane,
     IdempotencyKey,
     /// The email's id, when the caller chooses it (or asks for one).
     EmailId,

@@ -61,6 +61,7 @@ pub fn draft(request: pb::CreateReq, client: Option<&Client>) -> EmailDraft {
         headers: pairs(request.headers),
         tags: pairs(request.tags),
         scheduled_at: request.scheduled_at.as_ref().map(rfc3339),
+        lane: present(request.lane),
         idempotency_key: present(request.idempotency_key),
         idempotency_client: client.map(|client| client.name.to_string()),
         id: None,
@@ -242,6 +243,7 @@ pub fn email(email: Email) -> pb::Email {
         tags: email.tags.into_iter().collect(),
         message_id: email.message_id,
         scheduled_at: email.scheduled_at.map(timestamp),
+        lane: email.lane.as_str().to_owned(),
         template_name: email
             .template
             .as_ref()

@@ -151,6 +151,7 @@ pub fn proto_name(field: Field) -> &'static str {
         Field::Headers => "Headers",
         Field::Tags => "Tags",
         Field::ScheduledAt => "ScheduledAt",
+        Field::Lane => "Lane",
         Field::Emails => "Emails",
         Field::Status => "Status",
         Field::Tag => "Tag",

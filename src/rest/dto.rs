@@ -76,6 +76,9 @@ pub struct EmailResponse {
     pub message_id: String,
     /// When it was to be sent, if it was scheduled.
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// `transactional` or `bulk`: the lane it is queued and sent in.
+    #[schema(pattern = "^(transactional|bulk)$", example = "transactional")]
+    pub lane: String,
     /// The stored template its subject and bodies were rendered from.
     pub template: Option<TemplateUsed>,
     pub created_at: DateTime<Utc>,
@@ -149,6 +152,7 @@ impl From<&Email> for EmailResponse {
             tags: email.tags.clone(),
             message_id: email.message_id.clone(),
             scheduled_at: email.scheduled_at,
+            lane: email.lane.as_str().to_owned(),
             template: email.template.as_ref().map(|t| TemplateUsed {
                 name: t.name.clone(),
                 version: t.version,
@@ -243,6 +247,21 @@ pub struct HealthResponse {
     /// `unavailable` when a required one is down.
     pub status: String,
     pub dependencies: Vec<DependencyHealth>,
+    /// Each SMTP relay (`/health` only; `/ready` does not connect to them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayHealth>,
+}
+
+/// One SMTP relay of `smtp.relays`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RelayHealth {
+    pub name: String,
+    /// `up` when it answered a connection test, else `down`.
+    #[schema(example = "up")]
+    pub status: String,
+    /// Left out of sends after failed connections, until `smtp.relay_cooldown` has passed.
+    #[serde(rename = "coolingDown")]
+    pub cooling_down: bool,
 }
 
 /// Several emails, stored together or not at all.
@@ -338,6 +357,10 @@ pub struct AttemptResponse {
     /// Recipients the server refused in this attempt, and those left out because they
     /// are on the suppression list.
     pub refused: Vec<RefusedResponse>,
+    /// The relay (`smtp.relays`) that answered, or was tried last when none took the
+    /// message; null when no relay was reached (or the attempt predates relays).
+    #[schema(example = "primary")]
+    pub relay: Option<String>,
 }
 
 /// A recipient the SMTP server refused, or one left out because it is suppressed.
@@ -371,6 +394,7 @@ impl From<crate::ports::AttemptRecord> for AttemptResponse {
                     suppressed: r.suppressed,
                 })
                 .collect(),
+            relay: record.relay,
         }
     }
 }

@@ -8,13 +8,18 @@ use crate::usecase::HealthReport;
 
 use super::{
     AppState,
-    dto::{DependencyHealth, HealthResponse},
+    dto::{DependencyHealth, HealthResponse, RelayHealth},
 };
 
 fn response(report: &HealthReport) -> HealthResponse {
     for check in &report.checks {
         if let Some(error) = &check.error {
             tracing::warn!(dependency = %check.dependency, %error, "dependency is down");
+        }
+    }
+    for relay in &report.relays {
+        if let Some(error) = &relay.error {
+            tracing::warn!(relay = %relay.name, %error, "SMTP relay is down");
         }
     }
     let status = if !report.ready() {
@@ -33,6 +38,15 @@ fn response(report: &HealthReport) -> HealthResponse {
                 name: check.dependency.to_string(),
                 status: if check.error.is_none() { "up" } else { "down" }.to_owned(),
                 required: check.required,
+            })
+            .collect(),
+        relays: report
+            .relays
+            .iter()
+            .map(|relay| RelayHealth {
+                name: relay.name.clone(),
+                status: if relay.error.is_none() { "up" } else { "down" }.to_owned(),
+                cooling_down: relay.cooling_down,
             })
             .collect(),
     }

@@ -25,7 +25,7 @@ use crate::{
     error::Result,
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, Claim, FailureKind, FinishedAttempt,
-        RefusedRecipient, SendFailure,
+        RefusedRecipient, SendFailure, SmtpReply,
     },
 };
 
@@ -59,6 +59,15 @@ pub enum Delivery {
     Suppressed(Email),
     /// No email has this id.
     Missing,
+}
+
+/// The relay label of a send's result: the relay that answered or was tried last.
+fn relay_of(result: &std::result::Result<SmtpReply, SendFailure>) -> &str {
+    match result {
+        Ok(reply) => reply.relay.as_deref(),
+        Err(failure) => failure.relay.as_deref(),
+    }
+    .unwrap_or("none")
 }
 
 impl Mailroom {
@@ -191,6 +200,7 @@ impl Mailroom {
                     smtp_code: None,
                     smtp_text: String::new(),
                     refused: dropped,
+                    relay: None,
                 },
                 after: AfterAttempt::Suppressed,
                 error: Some(SUPPRESSED_ERROR.to_owned()),
@@ -199,17 +209,16 @@ impl Mailroom {
         }
         let result = match self.attachment_contents(email).await {
             Ok(attachments) => {
-                let timer = self
-                    .metrics
-                    .smtp_duration
-                    .with_label_values(&[] as &[&str])
-                    .start_timer();
+                let started = std::time::Instant::now();
                 let result = self
                     .ports
                     .mailer
                     .send(email, &recipients, &attachments)
                     .await;
-                timer.observe_duration();
+                self.metrics
+                    .smtp_duration
+                    .with_label_values(&[relay_of(&result)])
+                    .observe(started.elapsed().as_secs_f64());
                 result
             }
             // Not sent, and worth another attempt once the store answers.
@@ -238,6 +247,7 @@ impl Mailroom {
                     smtp_code: Some(reply.code),
                     smtp_text: reply.text.clone(),
                     refused: Vec::new(),
+                    relay: reply.relay.clone(),
                 },
                 after: AfterAttempt::Sent,
                 error: None,
@@ -273,6 +283,7 @@ impl Mailroom {
                         smtp_code: failure.code,
                         smtp_text: failure.text.clone(),
                         refused: Vec::new(),
+                        relay: failure.relay.clone(),
                     },
                     after,
                     error: Some(error),
@@ -284,7 +295,7 @@ impl Mailroom {
         finished.suppress = suppress;
         self.metrics
             .smtp_sends
-            .with_label_values(&[finished.record.outcome.as_str()])
+            .with_label_values(&[finished.record.outcome.as_str(), relay_of(&result)])
             .inc();
         tracing::info!(
             email.id = %email.id,

@@ -107,7 +107,7 @@ impl Mailroom {
         if let Err(err) = self
             .ports
             .bus
-            .request_send(email.id, SendReason::Created)
+            .request_send(email.id, email.lane, SendReason::Created)
             .await
         {
             tracing::warn!(

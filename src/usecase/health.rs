@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 
-use crate::error::Dependency;
+use crate::{error::Dependency, ports::RelayCheck};
 
 use super::Mailroom;
 
@@ -24,6 +24,8 @@ pub struct DependencyCheck {
 #[derive(Debug, Clone)]
 pub struct HealthReport {
     pub checks: Vec<DependencyCheck>,
+    /// Each SMTP relay, when SMTP was checked: SMTP is up while any relay is.
+    pub relays: Vec<RelayCheck>,
 }
 
 impl HealthReport {
@@ -42,7 +44,7 @@ impl Mailroom {
     /// costs a connection, so readiness probes leave it out.
     pub async fn health(&self, with_smtp: bool) -> HealthReport {
         let ports = &self.ports;
-        let mut checks: Vec<(
+        let checks: Vec<(
             Dependency,
             bool,
             futures::future::BoxFuture<'_, anyhow::Result<()>>,
@@ -59,9 +61,13 @@ impl Mailroom {
             ),
             (Dependency::Redis, false, Box::pin(ports.cache.ping())),
         ];
-        if with_smtp {
-            checks.push((Dependency::Smtp, false, Box::pin(ports.mailer.ping())));
-        }
+        let relays = async {
+            if with_smtp {
+                ports.mailer.check(CHECK_TIMEOUT).await
+            } else {
+                Vec::new()
+            }
+        };
         let results = join_all(checks.into_iter().map(
             |(dependency, required, check)| async move {
                 let error = match tokio::time::timeout(CHECK_TIMEOUT, check).await {
@@ -75,8 +81,27 @@ impl Mailroom {
                     error,
                 }
             },
-        ))
-        .await;
-        HealthReport { checks: results }
+        ));
+        let (mut results, relays) = tokio::join!(results, relays);
+        if with_smtp {
+            let error = (!relays.iter().any(|relay| relay.error.is_none())).then(|| {
+                relays
+                    .iter()
+                    .map(|relay| {
+                        format!("{}: {}", relay.name, relay.error.as_deref().unwrap_or("up"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            results.push(DependencyCheck {
+                dependency: Dependency::Smtp,
+                required: false,
+                error,
+            });
+        }
+        HealthReport {
+            checks: results,
+            relays,
+        }
     }
 }

@@ -16,17 +16,17 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     domain::{
-        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail,
-        NewSuppression, Rules, SearchPage, SearchQuery, StatusEvent, SuppressedAddress,
+        Address, Cursor, DeadLetter, Email, EmailId, EmailStatus, Lane, ListPage, ListQuery,
+        NewEmail, NewSuppression, Rules, SearchPage, SearchQuery, StatusEvent, SuppressedAddress,
         Suppression, SuppressionReason, Template, TemplateContent, TemplateKey, format_list,
     },
     error::{Dependency, Error, Result},
     metrics::Metrics,
     ports::{
         AfterAttempt, AttemptRecord, BatchInserted, BatchKey, Change, Claim, CreateRequest,
-        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, QueueStats, Released,
-        ReportRecorded, ReportToRecord, SendFailure, SendReason, SmtpReply, SuppressionStore,
-        TemplateSaved, TemplateStore,
+        EmailCache, EmailStore, EventBus, FinishedAttempt, Inserted, Mailer, QueueStats,
+        RelayCheck, Released, ReportRecorded, ReportToRecord, SendFailure, SendReason, SmtpReply,
+        SuppressionStore, TemplateSaved, TemplateStore,
     },
 };
 use uuid::Uuid;
@@ -483,7 +483,7 @@ impl EmailStore for MemoryStore {
         Ok(answers)
     }
 
-    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>> {
+    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<(EmailId, Lane)>> {
         let mut state = lock(&self.state);
         state.check()?;
         let now = state.now();
@@ -504,7 +504,10 @@ impl EmailStore for MemoryStore {
                 .expect("listed above")
                 .next_attempt_at = Some(now);
         }
-        Ok(overdue.into_iter().map(|(_, id)| id).collect())
+        Ok(overdue
+            .into_iter()
+            .map(|(_, id)| (id, state.emails[&id].lane))
+            .collect())
     }
 
     async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
@@ -644,6 +647,8 @@ impl EmailCache for MemoryCache {
 pub struct Published {
     pub creates: Vec<NewEmail>,
     pub sends: Vec<(EmailId, SendReason)>,
+    /// The lane of each send event, in the same order.
+    pub send_lanes: Vec<Lane>,
     pub statuses: Vec<StatusEvent>,
     /// Dead letters by dedup key, each kept once as the server's duplicate window would.
     pub dead_letters: Vec<(String, DeadLetter)>,
@@ -681,9 +686,11 @@ impl EventBus for MemoryBus {
         Ok(CreateRequest::Published)
     }
 
-    async fn request_send(&self, id: EmailId, reason: SendReason) -> Result<()> {
+    async fn request_send(&self, id: EmailId, lane: Lane, reason: SendReason) -> Result<()> {
         self.check()?;
-        self.published().sends.push((id, reason));
+        let mut published = self.published();
+        published.sends.push((id, reason));
+        published.send_lanes.push(lane);
         Ok(())
     }
 
@@ -786,12 +793,17 @@ impl Mailer for ScriptedMailer {
                 code: 250,
                 text: "2.0.0 OK".into(),
                 refused: Vec::new(),
+                relay: Some("scripted".into()),
             })
         })
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
-        Ok(())
+    async fn check(&self, _within: std::time::Duration) -> Vec<RelayCheck> {
+        vec![RelayCheck {
+            name: "scripted".into(),
+            error: None,
+            cooling_down: false,
+        }]
     }
 }
 

@@ -29,7 +29,7 @@ pub use suppressions::{ReportOutcome, SuppressionAdded};
 pub use templates::TemplateDraft;
 
 use crate::{
-    domain::{DeadLetter, Email, ReturnPath, Rules, StatusEvent},
+    domain::{DeadLetter, Email, Lane, ReturnPath, Rules, StatusEvent},
     error::Result,
     metrics::Metrics,
     ports::{EmailCache, EmailStore, EventBus, Mailer, SuppressionStore, TemplateStore},
@@ -60,6 +60,8 @@ pub struct Mailroom {
     group_commit: Option<group_commit::GroupCommit>,
     /// `smtp.return_path`, which reports are matched by besides the Message-ID.
     return_path: Option<Arc<ReturnPath>>,
+    /// `lanes.batch_default`: the lane of a batch's emails that name none.
+    batch_lane: Lane,
 }
 
 impl Mailroom {
@@ -78,7 +80,14 @@ impl Mailroom {
             metrics,
             group_commit: None,
             return_path: None,
+            batch_lane: Lane::default(),
         }
+    }
+
+    /// Gives a batch's emails that name no lane this one (`lanes.batch_default`).
+    pub fn with_batch_lane(mut self, lane: Lane) -> Self {
+        self.batch_lane = lane;
+        self
     }
 
     /// Matches reports by this VERP return path too (`smtp.return_path`).

@@ -18,14 +18,14 @@ impl Mailroom {
     pub async fn reconcile(&self, age: Duration, limit: i64) -> Result<usize> {
         let stranded = self.ports.store.take_stranded(age, limit).await?;
         // Concurrently: the publishes share the connection and their acks overlap.
-        let results = join_all(
-            stranded
-                .iter()
-                .map(|id| self.ports.bus.request_send(*id, SendReason::Reconciled)),
-        )
+        let results = join_all(stranded.iter().map(|&(id, lane)| {
+            self.ports
+                .bus
+                .request_send(id, lane, SendReason::Reconciled)
+        }))
         .await;
         let mut published = 0;
-        for (id, result) in stranded.iter().zip(results) {
+        for ((id, _), result) in stranded.iter().zip(results) {
             match result {
                 Ok(()) => published += 1,
                 Err(err) => {

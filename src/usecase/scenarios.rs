@@ -181,6 +181,66 @@ async fn a_lost_send_event_leaves_the_email_stored_for_the_reconciler() {
     );
 }
 
+#[tokio::test]
+async fn bulk_mail_s_send_events_go_to_the_bulk_lane_when_created_and_when_reconciled() {
+    let harness = Harness::new();
+    let bulk = NewEmail {
+        lane: crate::domain::Lane::Bulk,
+        ..new_email(None, "Newsletter")
+    };
+    let created = create_one(&harness, bulk).await.unwrap();
+    assert_eq!(created.email.lane, crate::domain::Lane::Bulk);
+    let plain = stored(&harness).await;
+    assert_eq!(
+        harness.store.email(plain).unwrap().lane,
+        crate::domain::Lane::Transactional
+    );
+    // Both events lost to a crash: the reconciler publishes each in its own lane again.
+    harness.store.advance(Duration::from_secs(120));
+    harness
+        .mailroom
+        .reconcile(Duration::from_secs(60), 100)
+        .await
+        .unwrap();
+    let published = harness.bus.published();
+    let lane_of = |id: EmailId| -> Vec<crate::domain::Lane> {
+        published
+            .sends
+            .iter()
+            .zip(&published.send_lanes)
+            .filter(|((sent, _), _)| *sent == id)
+            .map(|(_, lane)| *lane)
+            .collect()
+    };
+    assert_eq!(lane_of(created.email.id), [crate::domain::Lane::Bulk; 2]);
+    assert_eq!(lane_of(plain), [crate::domain::Lane::Transactional; 2]);
+}
+
+#[tokio::test]
+async fn a_batch_s_emails_take_the_batch_lane_unless_they_name_one() {
+    let harness = Harness::new();
+    let mailroom = harness
+        .mailroom
+        .clone()
+        .with_batch_lane(crate::domain::Lane::Bulk);
+    let named = EmailDraft {
+        lane: Some("transactional".into()),
+        ..draft("named@example.com")
+    };
+    let created = mailroom
+        .create_batch(vec![draft("unnamed@example.com"), named], "", None)
+        .await
+        .unwrap();
+    let lanes: Vec<_> = created.emails.iter().map(|email| email.lane).collect();
+    assert_eq!(
+        lanes,
+        [
+            crate::domain::Lane::Bulk,
+            crate::domain::Lane::Transactional
+        ]
+    );
+}
+
 // --- delivery --------------------------------------------------------------------------
 
 #[tokio::test]
@@ -797,6 +857,7 @@ mod suppression {
                     "transient error (450): 4.2.1 try later",
                 ),
             ],
+            relay: None,
         })]);
         let id = to_four(&harness).await;
         assert!(matches!(

@@ -78,9 +78,13 @@ impl Mailroom {
                     "a batch has one idempotency key, for all of its emails",
                 ));
             }
+            let lane = draft
+                .lane
+                .or_else(|| Some(self.batch_lane.as_str().to_owned()));
             match self
                 .new_email(EmailDraft {
                     idempotency_key: None,
+                    lane,
                     ..draft
                 })
                 .await

@@ -89,6 +89,16 @@ pub struct CreateEmail {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable = true, format = DateTime, example = "2026-12-24T09:00:00+01:00")]
     pub scheduled_at: Option<String>,
+    /// `transactional` (the default for one email) or `bulk` (newsletters, campaigns):
+    /// the lanes are queued and sent apart, so bulk mail never holds back
+    /// transactional mail. In a batch, emails without a lane take `lanes.batch_default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        nullable = true,
+        pattern = "^(transactional|bulk)$",
+        example = "transactional"
+    )]
+    pub lane: Option<String>,
     /// A stored template to render `subject`, `message` and `html` from, in place of
     /// them (giving both is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -266,6 +276,7 @@ impl CreateEmail {
             headers: self.headers.unwrap_or_default().0,
             tags: self.tags.unwrap_or_default().0,
             scheduled_at: self.scheduled_at,
+            lane: self.lane,
             idempotency_key: None,
             idempotency_client: None,
             id: None,
@@ -321,6 +332,7 @@ impl CreateEmail {
             scheduled_at: email
                 .scheduled_at
                 .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+            lane: Some(email.lane.as_str().to_owned()),
             // Already rendered: the event carries the parts (and says where from).
             template: None,
         }

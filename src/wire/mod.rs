@@ -37,6 +37,7 @@ pub fn json_name(field: Field) -> &'static str {
         Field::Headers => "headers",
         Field::Tags => "tags",
         Field::ScheduledAt => "scheduledAt",
+        Field::Lane => "lane",
         Field::Emails => "emails",
         Field::Status => "status",
         Field::Tag => "tag",

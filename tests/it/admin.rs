@@ -134,9 +134,9 @@ async fn events_tail_leaves_the_durable_consumers_alone() {
     durable.sort();
     let mut expected: Vec<&String> = before.iter().collect();
     expected.sort();
-    // The service's three: create, send and webhook (the webhook dispatcher's exists
-    // only while an endpoint is registered).
-    assert_eq!(expected.len(), 3, "{before:?}");
+    // The service's four: create, send, send-bulk and webhook (the webhook dispatcher's
+    // exists only while an endpoint is registered).
+    assert_eq!(expected.len(), 4, "{before:?}");
     assert_eq!(durable, expected, "{after:?}");
 }
 

@@ -95,6 +95,7 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
                 smtp_code: Some(250),
                 smtp_text: "2.0.0 Ok".into(),
                 refused: Vec::new(),
+                relay: Some("default".into()),
             },
             after: AfterAttempt::Sent,
             error: None,

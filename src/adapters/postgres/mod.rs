@@ -29,8 +29,8 @@ use uuid::Uuid;
 use crate::{
     config::DatabaseSettings,
     domain::{
-        Email, EmailId, EmailStatus, ListPage, ListQuery, NewEmail, NewSuppression, SearchPage,
-        SearchQuery,
+        Email, EmailId, EmailStatus, Lane, ListPage, ListQuery, NewEmail, NewSuppression,
+        SearchPage, SearchQuery,
     },
     error::{Dependency, Error, Result},
     ports::{
@@ -575,8 +575,8 @@ impl EmailStore for PgEmailStore {
             .collect();
         suppressions::insert_suppressions(&mut tx, &suppress).await?;
         sqlx::query(
-            "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text, refused) \
-             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[], $7::jsonb[]) \
+            "INSERT INTO email_attempts (email_id, attempt, started_at, outcome, smtp_code, smtp_text, refused, relay) \
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::timestamptz[], $4::text[], $5::int2[], $6::text[], $7::jsonb[], $8::text[]) \
              ON CONFLICT (email_id, attempt) DO NOTHING",
         )
         .bind(&ids)
@@ -591,6 +591,7 @@ impl EmailStore for PgEmailStore {
                 .map(|f| (!f.record.refused.is_empty()).then_some(Json(&f.record.refused)))
                 .collect::<Vec<_>>(),
         )
+        .bind(finished.iter().map(|f| f.record.relay.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -662,21 +663,28 @@ impl EmailStore for PgEmailStore {
         ),
         err
     )]
-    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<EmailId>> {
-        let ids: Vec<Uuid> = sqlx::query_scalar(
+    async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<(EmailId, Lane)>> {
+        let rows: Vec<(Uuid, String)> = sqlx::query_as(
             "UPDATE emails SET next_attempt_at = now() WHERE email_id IN ( \
                  SELECT email_id FROM emails \
                  WHERE status IN ('queued', 'sending', 'deferred') \
                    AND next_attempt_at < now() - make_interval(secs => $1) \
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING email_id",
+             RETURNING email_id, lane",
         )
         .bind(seconds(age))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(ids.into_iter().map(EmailId::from).collect())
+        rows.into_iter()
+            .map(|(id, lane)| {
+                let lane = Lane::parse(&lane).ok_or_else(|| {
+                    Error::Internal(anyhow::anyhow!("email {id} has an unknown lane {lane:?}"))
+                })?;
+                Ok((EmailId::from(id), lane))
+            })
+            .collect()
     }
 
     #[tracing::instrument(name = "postgres.requeue", skip_all, fields(email.id = %id), err)]
@@ -703,9 +711,10 @@ impl EmailStore for PgEmailStore {
             Option<i16>,
             Option<String>,
             Option<Json<Vec<RefusedRecipient>>>,
+            Option<String>,
         );
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT attempt, started_at, outcome, smtp_code, smtp_text, refused FROM email_attempts \
+            "SELECT attempt, started_at, outcome, smtp_code, smtp_text, refused, relay FROM email_attempts \
              WHERE email_id = $1 ORDER BY attempt",
         )
         .bind(id.as_uuid())
@@ -713,19 +722,22 @@ impl EmailStore for PgEmailStore {
         .await
         .map_err(db_error)?;
         rows.into_iter()
-            .map(|(attempt, started_at, outcome, code, text, refused)| {
-                let outcome = AttemptOutcome::parse(&outcome).ok_or_else(|| {
-                    Error::Internal(anyhow::anyhow!("unknown attempt outcome {outcome:?}"))
-                })?;
-                Ok(AttemptRecord {
-                    attempt,
-                    started_at,
-                    outcome,
-                    smtp_code: code.map(|c| c as u16),
-                    smtp_text: text.unwrap_or_default(),
-                    refused: refused.map(|j| j.0).unwrap_or_default(),
-                })
-            })
+            .map(
+                |(attempt, started_at, outcome, code, text, refused, relay)| {
+                    let outcome = AttemptOutcome::parse(&outcome).ok_or_else(|| {
+                        Error::Internal(anyhow::anyhow!("unknown attempt outcome {outcome:?}"))
+                    })?;
+                    Ok(AttemptRecord {
+                        attempt,
+                        started_at,
+                        outcome,
+                        smtp_code: code.map(|c| c as u16),
+                        smtp_text: text.unwrap_or_default(),
+                        refused: refused.map(|j| j.0).unwrap_or_default(),
+                        relay,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -815,19 +827,20 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
     let sql = concat!(
         "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
              reply_to, subject, message, html, headers, tags, attachments, message_id, \
-             idempotency_key, idempotency_client, scheduled_at, template, status, \
+             idempotency_key, idempotency_client, scheduled_at, template, lane, status, \
              next_attempt_at) \
          SELECT u.id, u.from_, u.to_, u.cc, u.bcc, u.reply_to, u.subject, u.message, u.html, \
              u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.client, \
-             u.scheduled_at, u.template, \
+             u.scheduled_at, u.template, u.lane, \
              CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'queued' END, \
              greatest(u.scheduled_at, now()) \
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
              $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
              $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::timestamptz[], \
-             $17::jsonb[]) \
+             $17::jsonb[], $18::text[]) \
              AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
-                  attachments, message_id, idempotency_key, client, scheduled_at, template) \
+                  attachments, message_id, idempotency_key, client, scheduled_at, template, \
+                  lane) \
          ON CONFLICT DO NOTHING RETURNING ",
         columns!()
     );
@@ -850,6 +863,7 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
         .bind(&columns.idempotency_client)
         .bind(&columns.scheduled_at)
         .bind(&columns.template)
+        .bind(&columns.lane)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::{
     domain::{
-        AttachmentMeta, Email, Header, Mailbox, NewEmail, Tags, TemplateRef, format_list,
+        AttachmentMeta, Email, Header, Lane, Mailbox, NewEmail, Tags, TemplateRef, format_list,
         parse_list,
     },
     error::{Error, Result},
@@ -21,7 +21,7 @@ macro_rules! columns {
         "email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
          message, html, headers, tags, attachments, message_id, scheduled_at, status, attempts, \
          retry_base, last_error, idempotency_key, idempotency_client, created_at, updated_at, \
-         sent_at, next_attempt_at, template"
+         sent_at, next_attempt_at, template, lane"
     };
 }
 pub(super) use columns;
@@ -53,6 +53,7 @@ pub(super) struct EmailRow {
     sent_at: Option<DateTime<Utc>>,
     next_attempt_at: Option<DateTime<Utc>>,
     template: Option<Json<TemplateRef>>,
+    lane: String,
 }
 
 impl EmailRow {
@@ -100,6 +101,7 @@ impl TryFrom<EmailRow> for Email {
                 .message_id
                 .unwrap_or_else(|| format!("<{}@mailroom>", row.email_id)),
             scheduled_at: row.scheduled_at,
+            lane: Lane::parse(&row.lane).ok_or_else(|| corrupt(format!("lane {:?}", row.lane)))?,
             template: row.template.map(|j| j.0),
             status: row.status.parse().map_err(corrupt)?,
             attempts: row.attempts,
@@ -135,6 +137,7 @@ pub(super) struct Columns {
     pub idempotency_key: Vec<Option<String>>,
     pub idempotency_client: Vec<String>,
     pub template: Vec<Option<Json<TemplateRef>>>,
+    pub lane: Vec<&'static str>,
 }
 
 impl Columns {
@@ -168,6 +171,7 @@ impl Columns {
                 .idempotency_client
                 .push(email.idempotency_client.clone());
             columns.template.push(email.template.clone().map(Json));
+            columns.lane.push(email.lane.as_str());
         }
         columns
     }

@@ -1,92 +1,182 @@
-//! SMTP delivery with lettre: pooled connections, `none`/`starttls`/`tls` security, and
-//! failures sorted into transient (retry) and permanent (give up). A recipient the
-//! server refuses does not stop the others: the message goes to those accepted, and the
-//! refusals are reported with the server's replies.
+//! SMTP delivery with lettre through one or more relays: pooled connections,
+//! `none`/`starttls`/`tls` security, failures sorted into transient (retry) and permanent
+//! (give up), and DKIM signatures on the final message.
+//!
+//! Relays are tried by priority; relays of equal priority take turns. A relay whose
+//! connection fails or times out (no SMTP reply, or a 421) is left out for
+//! `smtp.relay_cooldown` and the message goes to the next relay in the same attempt; a
+//! relay that answers (250, 4xx, 5xx) has the last word. A cooling relay is still
+//! tried, last, so an email is deferred only when every relay has failed it. A
+//! recipient the server refuses does not stop the others: the message goes to those
+//! accepted, and the refusals are reported with the server's replies.
 
+mod dkim;
 mod message;
+mod relay;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
 
-use anyhow::Context;
 use async_trait::async_trait;
 use bytes::Bytes;
-use lettre::{
-    AsyncSmtpTransport, Tokio1Executor,
-    transport::smtp::{
-        PoolConfig,
-        authentication::Credentials,
-        client::{Certificate, Tls, TlsParameters},
-        extension::ClientId,
-    },
-};
-use secrecy::ExposeSecret;
+use lettre::transport::smtp::client::PartialSend;
 use tokio::sync::Semaphore;
 
+pub use dkim::{DkimSigner, dns_record, generate_key, public_key_of_pem};
+
 use crate::{
-    config::{SmtpSecurity, SmtpSettings},
-    domain::{Address, Email, ReturnPath},
-    ports::{FailureKind, Mailer, RefusedRecipient, SendFailure, SmtpReply},
+    config::{DkimSettings, LanesSettings, SmtpSettings},
+    domain::{Address, Email, Lane, ReturnPath},
+    metrics::Metrics,
+    ports::{FailureKind, Mailer, RefusedRecipient, RelayCheck, SendFailure, SmtpReply},
 };
 
+use relay::Relay;
+
 pub struct SmtpMailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
-    /// `smtp.pool_max_size` permits: the sends in flight. lettre's pool does not wait
-    /// for a free connection: when all are busy it opens another, sends one message and
-    /// closes it (QUIT) if the pool is full, a new connection per message under load.
-    /// Sends wait for a permit instead, so every connection is a pooled one.
-    connections: Semaphore,
+    /// In the order of `smtp.relays`.
+    relays: Vec<Relay>,
+    /// Turns taken among relays of equal priority.
+    turn: AtomicUsize,
+    cooldown: Duration,
     timeout: Duration,
-    /// For the `server.*` attributes of the send span.
-    host: String,
-    port: u16,
     /// `smtp.return_path`: the VERP envelope sender, if set.
     return_path: Option<ReturnPath>,
+    dkim: Option<DkimSigner>,
+    /// `lanes.*_send_slots`: the sends of each lane in flight, over every relay.
+    transactional_slots: Semaphore,
+    bulk_slots: Semaphore,
+    metrics: Metrics,
 }
 
 impl SmtpMailer {
-    pub fn new(settings: &SmtpSettings) -> anyhow::Result<Self> {
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&settings.host)
-            .port(settings.port)
-            .timeout(Some(settings.timeout))
-            // Room for twice the sends in flight: a connection is put back into the pool
-            // by a task of its own, so the send after it may find the pool empty for a
-            // moment and open one more, which is then kept rather than closed.
-            .pool_config(PoolConfig::new().max_size(settings.pool_max_size.saturating_mul(2)));
-        if settings.security != SmtpSecurity::None {
-            let mut parameters = TlsParameters::builder(settings.host.clone())
-                .dangerous_accept_invalid_certs(!settings.verify_certificates)
-                .dangerous_accept_invalid_hostnames(!settings.verify_certificates);
-            if !settings.ca_file.is_empty() {
-                let pem = std::fs::read(&settings.ca_file)
-                    .with_context(|| format!("reading smtp.ca_file {}", settings.ca_file))?;
-                let authorities = Certificate::from_pem(&pem).with_context(|| {
-                    format!("smtp.ca_file {} holds no PEM certificate", settings.ca_file)
-                })?;
-                parameters = parameters.add_root_certificate(authorities);
-            }
-            let parameters = parameters.build_rustls().context("preparing SMTP TLS")?;
-            builder = builder.tls(match settings.security {
-                SmtpSecurity::Tls => Tls::Wrapper(parameters),
-                _ => Tls::Required(parameters),
-            });
-        }
-        if !settings.username.is_empty() {
-            builder = builder.credentials(Credentials::new(
-                settings.username.clone(),
-                settings.password.expose_secret().to_owned(),
-            ));
-        }
-        if !settings.hello_name.is_empty() {
-            builder = builder.hello_name(ClientId::Domain(settings.hello_name.clone()));
+    pub fn new(
+        smtp: &SmtpSettings,
+        dkim: &DkimSettings,
+        lanes: &LanesSettings,
+        metrics: Metrics,
+    ) -> anyhow::Result<Self> {
+        let relays = smtp
+            .relays()
+            .iter()
+            .map(|settings| Relay::new(settings, smtp.timeout))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        for relay in &relays {
+            metrics.relay_registered(&relay.name);
         }
         Ok(Self {
-            transport: builder.build(),
-            connections: Semaphore::new(settings.pool_max_size.max(1) as usize),
-            timeout: settings.timeout,
-            host: settings.host.clone(),
-            port: settings.port,
-            return_path: settings.return_path()?,
+            relays,
+            turn: AtomicUsize::new(0),
+            cooldown: smtp.relay_cooldown,
+            timeout: smtp.timeout,
+            return_path: smtp.return_path()?,
+            dkim: DkimSigner::new(dkim)?,
+            transactional_slots: Semaphore::new(lanes.transactional_send_slots.max(1)),
+            bulk_slots: Semaphore::new(lanes.bulk_send_slots.max(1)),
+            metrics,
         })
+    }
+
+    /// The relays that take `lane`'s mail in the order this send tries them: those not
+    /// cooling down by priority, equal priorities starting at this send's turn; then the
+    /// cooling ones, by priority.
+    fn order(&self, lane: Lane) -> Vec<&Relay> {
+        let now = Instant::now();
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let (mut up, mut cooling): (Vec<&Relay>, Vec<&Relay>) = self
+            .relays
+            .iter()
+            .filter(|relay| relay.lane.is_none_or(|kept| kept == lane))
+            .partition(|relay| !relay.cooling(now));
+        up.sort_by_key(|relay| relay.priority);
+        cooling.sort_by_key(|relay| relay.priority);
+        let mut order = Vec::with_capacity(self.relays.len());
+        for group in up.chunk_by(|a, b| a.priority == b.priority) {
+            let first = turn % group.len();
+            order.extend(group[first..].iter().chain(&group[..first]));
+        }
+        order.extend(cooling);
+        order
+    }
+
+    /// One relay's exchange. The pace is waited for first, outside the timeout (a send
+    /// waits its turn, it never fails for it); the wait for a connection and the
+    /// exchange are bounded by `smtp.timeout`, so a server that accepts the connection
+    /// and never answers cannot hold a worker.
+    async fn send_via(
+        &self,
+        relay: &Relay,
+        outgoing: &message::Outgoing,
+    ) -> Result<PartialSend, RelayFailure> {
+        relay.pace().await;
+        let exchange = async {
+            let _connection = relay
+                .connections
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            relay
+                .transport
+                .send_raw_to_accepted(&outgoing.envelope, &outgoing.bytes)
+                .await
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(RelayFailure::Unreachable(SendFailure::transient(
+                None,
+                format!("SMTP server did not answer within {:?}", self.timeout),
+            ))),
+            Ok(Err(err)) if unreachable(&err) => Err(RelayFailure::Unreachable(classify(&err))),
+            Ok(Err(err)) => Err(RelayFailure::Answered(classify(&err))),
+            Ok(Ok(sent)) => Ok(sent),
+        }
+    }
+
+    /// The message of `email` for `recipients`, signed when its From domain has a key.
+    fn outgoing(
+        &self,
+        email: &Email,
+        recipients: &[Address],
+        attachments: &[Bytes],
+    ) -> Result<message::Outgoing, SendFailure> {
+        let mut outgoing =
+            message::build(email, recipients, attachments, self.return_path.as_ref())?;
+        if let Some(dkim) = &self.dkim {
+            let custom: Vec<&str> = email.headers.iter().map(|h| h.name.as_str()).collect();
+            let signature = dkim
+                .sign(
+                    &email.from.address.ascii_domain(),
+                    &outgoing.bytes,
+                    &custom,
+                    chrono::Utc::now().timestamp(),
+                )
+                .map_err(|err| SendFailure::transient(None, format!("DKIM signing: {err:#}")))?;
+            if let Some(signature) = signature {
+                let mut signed = signature.into_bytes();
+                signed.extend_from_slice(&outgoing.bytes);
+                outgoing.bytes = signed;
+            }
+        }
+        Ok(outgoing)
+    }
+}
+
+/// How one relay's exchange failed.
+enum RelayFailure {
+    /// No SMTP answer (refused, dropped or silent connection, TLS, a timeout) or a 421:
+    /// the relay is out of service, the next one may take the message.
+    Unreachable(SendFailure),
+    /// The relay answered: its verdict on this message holds.
+    Answered(SendFailure),
+}
+
+/// Whether an error says the relay is out of service rather than something of the
+/// message: no reply code at all, or 421 (service not available, closing).
+fn unreachable(err: &lettre::transport::smtp::Error) -> bool {
+    match reply_code(err) {
+        None => true,
+        Some(code) => code == 421,
     }
 }
 
@@ -140,6 +230,7 @@ fn all_refused(refused: Vec<RefusedRecipient>) -> SendFailure {
         code: refused.first().and_then(|r| r.code),
         text,
         refused,
+        relay: None,
     }
 }
 
@@ -150,9 +241,10 @@ impl Mailer for SmtpMailer {
         skip_all,
         fields(
             otel.kind = "client",
-            server.address = %self.host,
-            server.port = self.port,
             email.id = %email.id,
+            smtp.relay,
+            server.address,
+            server.port,
             smtp.code,
         ),
         err
@@ -163,58 +255,99 @@ impl Mailer for SmtpMailer {
         recipients: &[Address],
         attachments: &[Bytes],
     ) -> Result<SmtpReply, SendFailure> {
-        let outgoing = message::build(email, recipients, attachments, self.return_path.as_ref())?;
-        // lettre bounds each command; this bounds the whole exchange, so a server that
-        // accepts the connection and never answers cannot hold a worker. The wait for a
-        // connection counts too: the claim's lease covers one `smtp.timeout`.
-        let exchange = async {
-            let _connection = self
-                .connections
-                .acquire()
-                .await
-                .expect("the semaphore is never closed");
-            self.transport
-                .send_raw_to_accepted(&outgoing.envelope, &outgoing.bytes)
-                .await
-        };
-        let sent = tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| {
-                SendFailure::transient(
-                    None,
-                    format!("SMTP server did not answer within {:?}", self.timeout),
-                )
-            })?
-            .map_err(|err| classify(&err))?;
-        let refused: Vec<RefusedRecipient> = sent
-            .refused
-            .iter()
-            .map(|(address, err)| refusal(address, err))
-            .collect();
-        let Some(reply) = sent.response else {
-            return Err(all_refused(refused));
-        };
-        let code = reply.code().to_string().parse::<u16>().unwrap_or(250);
-        tracing::Span::current().record("smtp.code", code);
-        if !refused.is_empty() {
-            tracing::info!(
-                email.id = %email.id,
-                refused = refused.len(),
-                "sent to the accepted recipients; some were refused"
-            );
+        let outgoing = self.outgoing(email, recipients, attachments)?;
+        // This lane's turn first: bulk mail can hold only its own slots.
+        let _slot = match email.lane {
+            Lane::Transactional => &self.transactional_slots,
+            Lane::Bulk => &self.bulk_slots,
         }
-        Ok(SmtpReply {
-            code,
-            text: reply.message().collect::<Vec<_>>().join(" "),
-            refused,
-        })
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+        let span = tracing::Span::current();
+        let mut unreachable = Vec::new();
+        for relay in self.order(email.lane) {
+            span.record("smtp.relay", relay.name.as_str());
+            span.record("server.address", relay.host.as_str());
+            span.record("server.port", relay.port);
+            let sent = match self.send_via(relay, &outgoing).await {
+                Ok(sent) => sent,
+                Err(RelayFailure::Answered(failure)) => {
+                    relay.warm_up();
+                    return Err(failure.via(&relay.name));
+                }
+                Err(RelayFailure::Unreachable(failure)) => {
+                    relay.cool_down(self.cooldown);
+                    self.metrics.relay_failed(&relay.name);
+                    tracing::warn!(
+                        email.id = %email.id,
+                        relay = %relay.name,
+                        error = %failure.text,
+                        "relay unreachable: left out for smtp.relay_cooldown, trying the next one"
+                    );
+                    unreachable.push((relay.name.as_str(), failure));
+                    continue;
+                }
+            };
+            relay.warm_up();
+            let refused: Vec<RefusedRecipient> = sent
+                .refused
+                .iter()
+                .map(|(address, err)| refusal(address, err))
+                .collect();
+            let Some(reply) = sent.response else {
+                return Err(all_refused(refused).via(&relay.name));
+            };
+            let code = reply.code().to_string().parse::<u16>().unwrap_or(250);
+            span.record("smtp.code", code);
+            if !refused.is_empty() {
+                tracing::info!(
+                    email.id = %email.id,
+                    refused = refused.len(),
+                    "sent to the accepted recipients; some were refused"
+                );
+            }
+            return Ok(SmtpReply {
+                code,
+                text: reply.message().collect::<Vec<_>>().join(" "),
+                refused,
+                relay: Some(relay.name.clone()),
+            });
+        }
+        Err(none_reachable(unreachable))
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
-        let ok = tokio::time::timeout(self.timeout, self.transport.test_connection())
-            .await
-            .context("SMTP server did not answer in time")??;
-        anyhow::ensure!(ok, "SMTP server refused the connection test");
-        Ok(())
+    async fn check(&self, within: Duration) -> Vec<RelayCheck> {
+        let now = Instant::now();
+        futures::future::join_all(self.relays.iter().map(|relay| async move {
+            let answered = tokio::time::timeout(within, relay.transport.test_connection())
+                .await
+                .map_err(|_| "no answer in time".to_owned())
+                .and_then(|result| result.map_err(|err| err.to_string()))
+                .and_then(|ok| {
+                    ok.then_some(())
+                        .ok_or_else(|| "refused the connection test".to_owned())
+                });
+            RelayCheck {
+                name: relay.name.clone(),
+                error: answered.err(),
+                cooling_down: relay.cooling(now),
+            }
+        }))
+        .await
     }
+}
+
+/// Every relay failed to take the message: worth another attempt later, the reasons
+/// named by relay.
+fn none_reachable(failures: Vec<(&str, SendFailure)>) -> SendFailure {
+    let last = failures.last().map(|(name, _)| name.to_string());
+    let text = failures
+        .iter()
+        .map(|(name, failure)| format!("{name}: {}", failure.text))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut failure = SendFailure::transient(None, format!("no relay took the message ({text})"));
+    failure.relay = last;
+    failure
 }

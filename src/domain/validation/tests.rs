@@ -471,3 +471,20 @@ fn an_ip_literal_sender_takes_the_configured_domain_for_its_message_id() {
         format!("<{}@mail.acme.example>", email.id)
     );
 }
+
+#[test]
+fn the_lane_is_transactional_unless_bulk_is_asked_for() {
+    assert_eq!(accepted(draft()).lane, Lane::Transactional);
+    let bulk = EmailDraft {
+        lane: Some("bulk".into()),
+        ..draft()
+    };
+    assert_eq!(accepted(bulk).lane, Lane::Bulk);
+    for wrong in ["Bulk", "marketing", ""] {
+        let draft = EmailDraft {
+            lane: Some(wrong.into()),
+            ..draft()
+        };
+        assert_eq!(problems(draft), one("Lane", "lane"), "{wrong:?}");
+    }
+}

@@ -48,6 +48,8 @@ pub struct Delivery {
     /// The recipients the server accepted.
     pub rcpt_to: Vec<String>,
     pub data: Vec<u8>,
+    /// When the end of its DATA arrived.
+    pub at: std::time::Instant,
 }
 
 /// Transport security the server offers.
@@ -95,6 +97,8 @@ pub struct FakeSmtp {
     pub port: u16,
     seen: Arc<Seen>,
     task: tokio::task::JoinHandle<()>,
+    /// Every session's task, so `stop` can drop their connections too.
+    sessions: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
 }
 
 impl FakeSmtp {
@@ -104,10 +108,30 @@ impl FakeSmtp {
 
     pub async fn start_with(behaviour: Behaviour, security: Security) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, behaviour, security)
+    }
+
+    /// A server on `port`, e.g. the port of one that was stopped: a relay coming back.
+    pub async fn start_on(port: u16, behaviour: Behaviour) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Self::serve(listener, behaviour, Security::Plain)
+    }
+
+    /// Stops listening and drops every open connection, as a relay that dies does.
+    pub fn stop(&self) {
+        self.task.abort();
+        for session in self.sessions.lock().unwrap().drain(..) {
+            session.abort();
+        }
+    }
+
+    fn serve(listener: TcpListener, behaviour: Behaviour, security: Security) -> Self {
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Seen::default());
+        let sessions: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
         let task = {
             let seen = seen.clone();
+            let sessions = sessions.clone();
             tokio::spawn(async move {
                 loop {
                     let Ok((socket, _)) = listener.accept().await else {
@@ -120,13 +144,19 @@ impl FakeSmtp {
                     let _ = socket.set_nodelay(true);
                     let (behaviour, security, seen) =
                         (behaviour.clone(), security.clone(), seen.clone());
-                    tokio::spawn(async move {
+                    let handle = tokio::spawn(async move {
                         let _ = session(socket, &behaviour, security, &seen).await;
                     });
+                    sessions.lock().unwrap().push(handle.abort_handle());
                 }
             })
         };
-        FakeSmtp { port, seen, task }
+        FakeSmtp {
+            port,
+            seen,
+            task,
+            sessions,
+        }
     }
 
     /// Messages taken (the DATA of each).
@@ -311,6 +341,7 @@ where
                 mail_from: mail_from.clone(),
                 rcpt_to: std::mem::take(&mut rcpt_to),
                 data: raw,
+                at: std::time::Instant::now(),
             });
             seen.in_flight.fetch_sub(1, Ordering::SeqCst);
             "250 2.0.0 queued as fake".into()
@@ -323,5 +354,25 @@ where
         stream.write_all(reply.as_bytes()).await?;
         stream.write_all(b"\r\n").await?;
         stream.flush().await?;
+    }
+}
+
+/// An entry of `smtp.relays` for a fake server on `port`, every optional key left to
+/// its `smtp.*` default.
+pub fn relay_entry(name: &str, port: u16) -> mailroom::config::RelayEntry {
+    mailroom::config::RelayEntry {
+        name: name.to_owned(),
+        host: "127.0.0.1".to_owned(),
+        port,
+        security: None,
+        verify_certificates: None,
+        ca_file: None,
+        username: None,
+        password: None,
+        hello_name: None,
+        pool_max_size: None,
+        max_per_second: None,
+        priority: None,
+        lane: None,
     }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE email_attempts DROP COLUMN relay;
