@@ -495,16 +495,17 @@ fn limits(http: &HttpSettings) -> Limits {
     }
 }
 
-/// How long a worker holds an email it sends: one `smtp.timeout` per relay (a send may
-/// fail over through all of them), the longest wait for a paced relay's turn with every
-/// email this instance may hold in flight, and the handling around it. The NATS
-/// message itself is kept alive by progress reports meanwhile.
+/// How long a worker holds an email it sends: one `smtp.timeout` for its lane's send
+/// slot, one per relay (a send may fail over through all of them), the longest wait for
+/// a paced relay's turn with every email this instance may hold in flight, and the
+/// handling around it. The NATS message itself is kept alive by progress reports
+/// meanwhile.
 fn delivery_lease(settings: &Settings) -> std::time::Duration {
     let consumers = &settings.nats.consumers;
     let (send, bulk) = (&consumers.send, &consumers.send_bulk);
     let in_flight = send.workers * send.batch_size + bulk.workers * bulk.batch_size;
     let relays = settings.smtp.relays().len().max(1) as u32;
-    settings.smtp.timeout * relays
+    settings.smtp.timeout * (1 + relays)
         + settings.smtp.longest_pace_wait(in_flight)
         + send.ack_wait.max(bulk.ack_wait)
 }

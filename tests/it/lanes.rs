@@ -264,3 +264,55 @@ async fn a_transactional_email_overtakes_a_backlog_of_two_thousand_bulk_emails()
     // The figure is 3 s; the bound is generous for a loaded test machine.
     assert!(took < Duration::from_secs(6), "took {took:?}");
 }
+
+#[tokio::test]
+async fn a_send_that_waits_too_long_for_its_lane_s_slot_is_deferred_not_sent_late() {
+    // One bulk slot, a relay that takes 1.5 s per message, and smtp.timeout 2 s: of three
+    // bulk emails at once, the second waits 1.5 s for the slot (in time), the third 3 s.
+    let smtp = FakeSmtp::start(Behaviour::Slow(Duration::from_millis(1500))).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.smtp.timeout = Duration::from_secs(2);
+        s.lanes.bulk_send_slots = 1;
+        // The deferred one stays deferred while the test looks.
+        s.delivery.backoff = vec![Duration::from_secs(60)];
+    })
+    .await;
+    let emails: Vec<Value> = (0..3)
+        .map(|_| {
+            let mut body = email_body(&unique_recipient("slot"));
+            body["lane"] = json!("bulk");
+            body
+        })
+        .collect();
+    let response = post_batch(&app, &emails).await;
+    assert_eq!(response.status(), 201);
+    let created: Value = response.json().await.unwrap();
+    let mut outcomes = Vec::new();
+    for email in created["emails"].as_array().unwrap() {
+        let id = email["emailID"].as_str().unwrap();
+        let settled =
+            crate::helpers::wait_for(Duration::from_secs(20), "the attempt ends", || async {
+                let email: Value = app.get_email(id).await.json().await.unwrap();
+                ["sent", "deferred"]
+                    .contains(&email["status"].as_str().unwrap_or_default())
+                    .then_some(email)
+            })
+            .await;
+        outcomes.push(settled);
+    }
+    let deferred: Vec<&Value> = outcomes
+        .iter()
+        .filter(|e| e["status"] == "deferred")
+        .collect();
+    assert_eq!(deferred.len(), 1, "{outcomes:?}");
+    assert!(
+        deferred[0]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("no bulk send slot came free"),
+        "{}",
+        deferred[0]
+    );
+    assert_eq!(smtp.deliveries().len(), 2, "the late one was not sent");
+}

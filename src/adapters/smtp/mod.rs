@@ -256,14 +256,26 @@ impl Mailer for SmtpMailer {
         attachments: &[Bytes],
     ) -> Result<SmtpReply, SendFailure> {
         let outgoing = self.outgoing(email, recipients, attachments)?;
-        // This lane's turn first: bulk mail can hold only its own slots.
-        let _slot = match email.lane {
+        // This lane's turn first: bulk mail can hold only its own slots. The wait is
+        // bounded like the wait for a connection, so it stays inside the claim's lease:
+        // an email that waited longer is deferred, never sent by a worker whose lease
+        // has run out.
+        let slots = match email.lane {
             Lane::Transactional => &self.transactional_slots,
             Lane::Bulk => &self.bulk_slots,
-        }
-        .acquire()
-        .await
-        .expect("the semaphore is never closed");
+        };
+        let _slot = tokio::time::timeout(self.timeout, slots.acquire())
+            .await
+            .map_err(|_| {
+                SendFailure::transient(
+                    None,
+                    format!(
+                        "no {} send slot came free within {:?} (lanes.{}_send_slots)",
+                        email.lane, self.timeout, email.lane
+                    ),
+                )
+            })?
+            .expect("the semaphore is never closed");
         let span = tracing::Span::current();
         let mut unreachable = Vec::new();
         for relay in self.order(email.lane) {
