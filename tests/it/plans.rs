@@ -122,3 +122,84 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
     );
     stats.close().await;
 }
+
+/// The insert answers the email it stored without reading the row back (PostgreSQL
+/// returns only what it decided: times, status): that answer must be the email a read
+/// gives, for an email with every part, scheduled or not, in either lane.
+#[tokio::test]
+async fn an_insert_answers_each_email_exactly_as_a_read_gives_it() {
+    use mailroom::{
+        domain::{AddressList, AttachmentDraft, ContentInput, EmailDraft, Rules},
+        ports::Inserted,
+    };
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let settings = isolation.settings(|_| {});
+    let db = postgres::pool(&settings.database).unwrap();
+    postgres::create_and_migrate(&settings.database, &db)
+        .await
+        .unwrap();
+    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    let rules = Rules::default();
+    let full = |scheduled: Option<&str>, lane: &str| {
+        rules
+            .new_email(EmailDraft {
+                from: Some("Zoë Müller <zoe@bücher.example>".into()),
+                to: Some(AddressList::Items(vec![
+                    "\"Doe, Jo\" <jo@example.com>".into(),
+                    "ann@example.com".into(),
+                ])),
+                cc: Some(AddressList::Text("Carol <carol@example.org>".into())),
+                bcc: Some(AddressList::Text("hidden@example.org".into())),
+                reply_to: Some(AddressList::Text("Billing <billing@acme.example>".into())),
+                subject: Some("Rechnung März".into()),
+                message: Some("Hallo".into()),
+                html: Some("<p>Hallo <img src=\"cid:logo\"></p>".into()),
+                attachments: vec![
+                    AttachmentDraft {
+                        filename: Some("Rechnung März.pdf".into()),
+                        content: Some(ContentInput::Bytes(b"%PDF-1.4".to_vec().into())),
+                        content_type: None,
+                        content_id: None,
+                    },
+                    AttachmentDraft {
+                        filename: Some("logo.png".into()),
+                        content: Some(ContentInput::Bytes(vec![0x89, b'P', b'N', b'G'].into())),
+                        content_type: Some("image/png".into()),
+                        content_id: Some("logo".into()),
+                    },
+                ],
+                headers: vec![("X-Campaign".into(), "winter".into())],
+                tags: vec![("plan".into(), "pro".into())],
+                scheduled_at: scheduled.map(str::to_owned),
+                lane: Some(lane.into()),
+                idempotency_key: Some(format!("key-{}", Uuid::new_v4())),
+                idempotency_client: Some("billing".into()),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let ahead = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let emails = vec![
+        full(None, "transactional"),
+        full(Some(&ahead), "bulk"),
+        rules
+            .new_email(EmailDraft {
+                from: Some("a@example.com".into()),
+                to: Some(AddressList::Text("b@example.com".into())),
+                subject: Some("Plain".into()),
+                html: Some("<p>only html</p>".into()),
+                ..Default::default()
+            })
+            .unwrap(),
+    ];
+    let inserted = store.insert(&emails).await.unwrap();
+    assert_eq!(inserted.len(), 3);
+    for answer in inserted {
+        let Inserted::Created(answered) = answer else {
+            panic!("a new email is created: {answer:?}");
+        };
+        let read = EmailStore::get(&store, answered.id).await.unwrap().unwrap();
+        assert_eq!(answered, read);
+    }
+}

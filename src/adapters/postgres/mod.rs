@@ -9,7 +9,7 @@ mod templates;
 pub use suppressions::PgSuppressionStore;
 pub use templates::PgTemplateStore;
 
-use rows::{Columns, EmailRow, columns};
+use rows::{Columns, EmailRow, InsertedRow, columns};
 
 use std::{collections::HashMap, time::Duration};
 
@@ -105,7 +105,7 @@ impl PgEmailStore {
         &self,
         conn: &mut sqlx::PgConnection,
         emails: &'a [NewEmail],
-    ) -> Result<(Vec<EmailRow>, Vec<&'a NewEmail>)> {
+    ) -> Result<(Vec<Email>, Vec<&'a NewEmail>)> {
         let all: Vec<&NewEmail> = emails.iter().collect();
         let mut created = insert_rows(conn, &all).await?;
         let mut conflicted = not_in(all, &created);
@@ -284,8 +284,8 @@ impl EmailStore for PgEmailStore {
         };
         let mut created: HashMap<Uuid, Email> = created
             .into_iter()
-            .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
-            .collect::<Result<_>>()?;
+            .map(|email| (email.id.as_uuid(), email))
+            .collect();
 
         // The others found an email already there: the key decides when there is one.
         let existing = self.conflicting(&conflicted).await?;
@@ -823,9 +823,8 @@ impl EmailStore for PgEmailStore {
 /// PostgreSQL's clock, the one the scheduler goes by) waits as `scheduled`, due at its
 /// time; the others are due now. Emails with attachments need `conn` to be a
 /// transaction, so that rows and bytes come together.
-async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Result<Vec<EmailRow>> {
-    let sql = concat!(
-        "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
+async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Result<Vec<Email>> {
+    let sql = "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
              reply_to, subject, message, html, headers, tags, attachments, message_id, \
              idempotency_key, idempotency_client, scheduled_at, template, lane, status, \
              next_attempt_at) \
@@ -841,11 +840,10 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
              AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
                   attachments, message_id, idempotency_key, client, scheduled_at, template, \
                   lane) \
-         ON CONFLICT DO NOTHING RETURNING ",
-        columns!()
-    );
+         ON CONFLICT DO NOTHING \
+         RETURNING email_id, status, created_at, updated_at, next_attempt_at, scheduled_at";
     let columns = Columns::of(emails.iter().copied());
-    let created: Vec<EmailRow> = sqlx::query_as(sql)
+    let created: Vec<InsertedRow> = sqlx::query_as(sql)
         .bind(&columns.ids)
         .bind(&columns.from)
         .bind(&columns.to)
@@ -868,17 +866,28 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
         .await
         .map_err(db_error)?;
     if emails.iter().any(|e| !e.attachments.is_empty()) {
-        let created_ids: Vec<Uuid> = created.iter().map(EmailRow::id).collect();
+        let created_ids: Vec<Uuid> = created.iter().map(InsertedRow::id).collect();
         store_contents(conn, emails, &created_ids).await?;
     }
-    Ok(created)
+    let by_id: HashMap<Uuid, &NewEmail> = emails.iter().map(|e| (e.id.as_uuid(), *e)).collect();
+    created
+        .into_iter()
+        .map(|row| {
+            let new = by_id.get(&row.id()).ok_or_else(|| {
+                Error::Internal(anyhow::anyhow!(
+                    "PostgreSQL stored an email it was not given"
+                ))
+            })?;
+            row.email(new)
+        })
+        .collect()
 }
 
 /// The emails of `emails` that `created` has no row for.
-fn not_in<'a>(emails: Vec<&'a NewEmail>, created: &[EmailRow]) -> Vec<&'a NewEmail> {
+fn not_in<'a>(emails: Vec<&'a NewEmail>, created: &[Email]) -> Vec<&'a NewEmail> {
     emails
         .into_iter()
-        .filter(|e| !created.iter().any(|row| row.id() == e.id.as_uuid()))
+        .filter(|e| !created.iter().any(|email| email.id == e.id))
         .collect()
 }
 

@@ -56,12 +56,6 @@ pub(super) struct EmailRow {
     lane: String,
 }
 
-impl EmailRow {
-    pub fn id(&self) -> Uuid {
-        self.email_id
-    }
-}
-
 fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::Internal(anyhow::anyhow!("a stored email cannot be read: {what}"))
 }
@@ -114,6 +108,36 @@ impl TryFrom<EmailRow> for Email {
             sent_at: row.sent_at,
             next_attempt_at: row.next_attempt_at,
         })
+    }
+}
+
+/// What PostgreSQL decides when it stores a new email: its times (by its clock, and
+/// `scheduled_at` to its microsecond precision) and whether it waits as `scheduled`. The rest of the row is the new email as given, so
+/// the insert answers these columns only and the email is made from both.
+#[derive(sqlx::FromRow)]
+pub(super) struct InsertedRow {
+    email_id: Uuid,
+    status: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    scheduled_at: Option<DateTime<Utc>>,
+}
+
+impl InsertedRow {
+    /// The stored email: `new` (whose row this is) as PostgreSQL stored it.
+    pub fn email(self, new: &NewEmail) -> Result<Email> {
+        debug_assert_eq!(self.email_id, new.id.as_uuid());
+        let mut email = Email::queued(new, self.created_at);
+        email.status = self.status.parse().map_err(corrupt)?;
+        email.updated_at = self.updated_at;
+        email.next_attempt_at = self.next_attempt_at;
+        email.scheduled_at = self.scheduled_at;
+        Ok(email)
+    }
+
+    pub fn id(&self) -> Uuid {
+        self.email_id
     }
 }
 

@@ -93,20 +93,20 @@ impl PgEmailStore {
                 return Ok(BatchInserted::Replayed(emails));
             }
         }
-        let rows = insert_rows(&mut tx, &emails.iter().collect::<Vec<_>>()).await?;
-        if rows.len() != emails.len() {
+        let stored = insert_rows(&mut tx, &emails.iter().collect::<Vec<_>>()).await?;
+        if stored.len() != emails.len() {
             // Fresh ids and no keys of their own: nothing in a batch can conflict.
             return Err(Error::Internal(anyhow::anyhow!(
                 "{} of {} batch emails were stored",
-                rows.len(),
+                stored.len(),
                 emails.len()
             )));
         }
         tx.commit().await.map_err(db_error)?;
-        let mut created: HashMap<Uuid, Email> = rows
+        let mut created: HashMap<Uuid, Email> = stored
             .into_iter()
-            .map(|row| Email::try_from(row).map(|email| (email.id.as_uuid(), email)))
-            .collect::<Result<_>>()?;
+            .map(|email| (email.id.as_uuid(), email))
+            .collect();
         Ok(BatchInserted::Created(
             emails
                 .iter()
