@@ -362,3 +362,49 @@ async fn a_key_file_that_is_not_a_key_stops_the_start_naming_the_domain_not_the_
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[tokio::test]
+async fn fifty_long_custom_headers_are_signed_on_short_lines_and_verify() {
+    let dir = scratch();
+    let file = dir.join("dkim.pem");
+    let (name, record) = generate("acme.example", "s1", &file, "ed25519-sha256");
+    let smtp = FakeSmtp::start(Behaviour::Accept).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.dkim.keys = vec![key(
+            "acme.example",
+            "s1",
+            &file,
+            DkimAlgorithm::Ed25519Sha256,
+        )];
+    })
+    .await;
+    let to = unique_recipient("dkim-long");
+    let headers: serde_json::Map<String, serde_json::Value> = (0..50)
+        .map(|i| {
+            (
+                format!("X-{i:02}-{}", "n".repeat(71)),
+                json!(format!("value {i}")),
+            )
+        })
+        .collect();
+    app.create_email(&json!({
+        "from": "billing@acme.example", "to": to, "subject": "Many headers",
+        "message": "Hello", "headers": headers,
+    }))
+    .await;
+    let message = smtp.delivery_to(&to).await.data;
+    let text = String::from_utf8_lossy(&message);
+    for line in text.split("\r\n") {
+        assert!(
+            line.len() <= 998,
+            "an SMTP line of {} characters",
+            line.len()
+        );
+    }
+    let (ok, said) = verify(&message, &name, &record);
+    assert!(ok, "{said}");
+    let signed = said.lines().find_map(|l| l.strip_prefix("h=")).unwrap();
+    assert_eq!(signed.split(':').count(), 50 + 7, "{signed}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
