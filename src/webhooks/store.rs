@@ -296,13 +296,27 @@ impl WebhookStore {
     }
 
     /// Deletes an endpoint with its deliveries; answers whether there was one.
+    ///
+    /// The delete cascades to the deliveries, which a sender may hold at that moment
+    /// while it waits for the endpoint's row: PostgreSQL then aborts one of the two as
+    /// a deadlock, often the delete. A deadlock's victim is meant to be run again, so it
+    /// is, a few times, rather than answering 503 for a conflict that is already gone.
     pub async fn delete(&self, id: Uuid) -> Result<bool> {
-        let deleted = sqlx::query("DELETE FROM webhooks WHERE webhook_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(deleted.rows_affected() > 0)
+        const TRIES: usize = 3;
+        for tried in 1.. {
+            let outcome = sqlx::query("DELETE FROM webhooks WHERE webhook_id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await;
+            match outcome {
+                Ok(deleted) => return Ok(deleted.rows_affected() > 0),
+                Err(err) if tried < TRIES && is_deadlock(&err) => {
+                    tracing::info!(webhook.id = %id, "deleting the endpoint met a deadlock; again");
+                }
+                Err(err) => return Err(db_error(err)),
+            }
+        }
+        unreachable!("the loop returns")
     }
 
     /// Replaces the secret; the old one keeps signing until `previous_expires`.
@@ -621,4 +635,9 @@ impl WebhookStore {
             .collect();
         Ok(DeliveryPage { deliveries, next })
     }
+}
+
+/// PostgreSQL aborted the statement to break a deadlock (SQLSTATE 40P01).
+fn is_deadlock(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("40P01"))
 }

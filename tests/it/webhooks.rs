@@ -756,3 +756,55 @@ async fn the_dispatcher_reads_status_events_only_while_an_endpoint_is_enabled() 
         "nothing from while it was disabled"
     );
 }
+
+/// A delete that PostgreSQL picks as a deadlock's victim (it cascades to a delivery a
+/// sender holds while that sender waits for the endpoint's row) is run again, not
+/// answered with a 503.
+#[tokio::test]
+async fn deleting_an_endpoint_that_meets_a_deadlock_still_deletes_it() {
+    let app = spawn_app().await;
+    let webhook = register(&app, "https://hooks.example.com/in", &["email.sent"]).await;
+    let id: uuid::Uuid = webhook["id"].as_str().unwrap().parse().unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (delivery_id, webhook_id, event_type, payload) \
+         VALUES ($1, $2, 'email.sent', '{}')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .bind(id)
+    .execute(&app.db)
+    .await
+    .unwrap();
+
+    // A sender's order: the delivery first, then the endpoint.
+    let mut sender = app.db.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM webhook_deliveries WHERE webhook_id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *sender)
+        .await
+        .unwrap();
+    let delete = {
+        let (client, url) = (
+            app.client.clone(),
+            app.url(&format!("/api/v1/webhooks/{id}")),
+        );
+        tokio::spawn(async move { client.delete(url).send().await.unwrap().status() })
+    };
+    // The delete now holds the endpoint's row and waits for the delivery; the sender
+    // asks for the endpoint's row: a cycle, which PostgreSQL breaks after
+    // deadlock_timeout (1 s) by aborting the first waiter, the delete.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("SELECT 1 FROM webhooks WHERE webhook_id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *sender)
+        .await
+        .unwrap();
+    sender.commit().await.unwrap();
+
+    assert_eq!(delete.await.unwrap(), StatusCode::NO_CONTENT);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM webhooks WHERE webhook_id = $1")
+        .bind(id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}

@@ -295,7 +295,7 @@ impl Mailer for SmtpMailer {
                         email.id = %email.id,
                         relay = %relay.name,
                         error = %failure.text,
-                        "relay unreachable: left out for smtp.relay_cooldown, trying the next one"
+                        "relay unreachable: left out for smtp.relay_cooldown; the next relay, if there is one, is tried"
                     );
                     unreachable.push((relay.name.as_str(), failure));
                     continue;
