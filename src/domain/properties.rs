@@ -36,10 +36,16 @@ pub(crate) fn address_ok(raw: &str) -> bool {
         && (raw.is_ascii() || wire_form().is_some())
 }
 
-/// A single mailbox without a display name, as the strategies write them (no `<`, `>`,
-/// `"` or `,`): blanks around it do not count.
+/// A single mailbox without a display name, as the strategies write them (no `<`, `>`
+/// or `"`): blanks around it do not count, and neither do empty items of a header-form
+/// list (`a@x.example,` is the one mailbox `a@x.example`, as `parse_list` documents).
+/// The raw strings of the wire strategies can hold commas.
 pub(crate) fn bare_mailbox_ok(raw: &str) -> bool {
-    address_ok(raw.trim())
+    let mut items = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty());
+    matches!((items.next(), items.next()), (Some(item), None) if address_ok(item))
 }
 
 /// Subjects and idempotency keys end up in mail or NATS headers.
