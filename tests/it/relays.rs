@@ -218,8 +218,10 @@ async fn relays_killed_and_restored_under_load_defer_nothing_while_one_is_up() {
 async fn max_per_second_spaces_the_sends_and_never_fails_one() {
     let smtp = FakeSmtp::start(Behaviour::Accept).await;
     let app = spawn_app_with(|s| {
+        // Slots 500 ms apart: far more than the jitter of a loaded test machine between a
+        // send's slot and the moment the server has its message.
         let mut paced = relay("paced", smtp.port, 1);
-        paced.max_per_second = Some(5.0);
+        paced.max_per_second = Some(2.0);
         with_relays(s, vec![paced]);
     })
     .await;
@@ -227,7 +229,7 @@ async fn max_per_second_spaces_the_sends_and_never_fails_one() {
     // below takes about as long as the others.
     let warm_up = create(&app, 1).await;
     assert_sent_first_time(&app, &warm_up, Some("paced")).await;
-    let emails: Vec<Value> = (0..12)
+    let emails: Vec<Value> = (0..8)
         .map(|_| email_body(&unique_recipient("paced")))
         .collect();
     let response = reqwest::Client::new()
@@ -249,18 +251,19 @@ async fn max_per_second_spaces_the_sends_and_never_fails_one() {
 
     let mut times: Vec<_> = smtp.deliveries().iter().skip(1).map(|d| d.at).collect();
     times.sort();
-    assert_eq!(times.len(), 12);
+    assert_eq!(times.len(), 8);
     let span = *times.last().unwrap() - times[0];
-    // 12 sends 200 ms apart: 2.2 s from the first to the last (a little less for the
-    // jitter of the exchanges themselves).
-    assert!(span >= Duration::from_millis(2000), "{span:?}");
+    // 8 sends 500 ms apart: 3.5 s from the first slot to the last (less the jitter of
+    // the exchanges themselves).
+    assert!(span >= Duration::from_millis(3000), "{span:?}");
     for (i, start) in times.iter().enumerate() {
         let within_a_second = times[i..]
             .iter()
             .take_while(|t| **t - *start < Duration::from_secs(1))
             .count();
+        // Two a second, and one more at a window's edge.
         assert!(
-            within_a_second <= 6,
+            within_a_second <= 3,
             "{within_a_second} sends in one second"
         );
     }

@@ -444,17 +444,20 @@ async fn grpc_cancel_and_reschedule_answer_failed_precondition_when_too_late() {
     let email = created.email.unwrap();
     assert_eq!(email.status(), mailroom::grpc::pb::EmailStatus::Scheduled);
     let id = email.email_id;
+    // One reading of the clock for the request and the check (two readings can fall on
+    // either side of a second).
+    let later = at(120_000);
     let moved = client
         .reschedule(RescheduleReq {
             email_id: id.clone(),
-            scheduled_at: Some(at(120_000)),
+            scheduled_at: Some(later),
         })
         .await
         .unwrap()
         .into_inner()
         .email
         .unwrap();
-    assert_eq!(moved.scheduled_at.unwrap().seconds, at(120_000).seconds);
+    assert_eq!(moved.scheduled_at.unwrap().seconds, later.seconds);
     let canceled = client
         .cancel(CancelReq {
             email_id: id.clone(),
