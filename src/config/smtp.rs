@@ -98,58 +98,66 @@ impl SmtpSettings {
             .map_err(|why| anyhow::anyhow!("smtp.return_path {:?} {why}", self.return_path))
     }
 
-    /// Every relay, each setting decided: `smtp.relays`, or the one relay of `smtp.host`.
+    /// Every relay, each setting decided: `smtp.relays`, or the one relay of `smtp.host`
+    /// (an entry that names only its host and port, so it takes every other setting
+    /// from `smtp.*` like any entry that leaves them out).
     pub fn relays(&self) -> Vec<RelaySettings> {
-        let rate = |value: f64| (value > 0.0).then_some(value);
-        if self.relays.is_empty() {
-            return vec![RelaySettings {
-                name: DEFAULT_RELAY_NAME.to_owned(),
-                host: self.host.clone(),
-                port: self.port,
-                security: self.security,
-                verify_certificates: self.verify_certificates,
-                ca_file: self.ca_file.clone(),
-                username: self.username.clone(),
-                password: self.password.clone(),
-                hello_name: self.hello_name.clone(),
-                pool_max_size: self.pool_max_size,
-                max_per_second: rate(self.max_per_second),
-                priority: 1,
-                lane: None,
-            }];
+        let default = [RelayEntry {
+            name: DEFAULT_RELAY_NAME.to_owned(),
+            host: self.host.clone(),
+            port: self.port,
+            security: None,
+            verify_certificates: None,
+            ca_file: None,
+            username: None,
+            password: None,
+            hello_name: None,
+            pool_max_size: None,
+            max_per_second: None,
+            priority: None,
+            lane: None,
+        }];
+        let entries = if self.relays.is_empty() {
+            &default[..]
+        } else {
+            &self.relays[..]
+        };
+        entries.iter().map(|entry| self.resolve(entry)).collect()
+    }
+
+    /// An entry with what it does not say taken from `smtp.*`.
+    fn resolve(&self, entry: &RelayEntry) -> RelaySettings {
+        RelaySettings {
+            name: entry.name.clone(),
+            host: entry.host.clone(),
+            port: entry.port,
+            security: entry.security.unwrap_or(self.security),
+            verify_certificates: entry
+                .verify_certificates
+                .unwrap_or(self.verify_certificates),
+            ca_file: entry
+                .ca_file
+                .clone()
+                .unwrap_or_else(|| self.ca_file.clone()),
+            username: entry
+                .username
+                .clone()
+                .unwrap_or_else(|| self.username.clone()),
+            password: entry
+                .password
+                .clone()
+                .unwrap_or_else(|| self.password.clone()),
+            hello_name: entry
+                .hello_name
+                .clone()
+                .unwrap_or_else(|| self.hello_name.clone()),
+            pool_max_size: entry.pool_max_size.unwrap_or(self.pool_max_size),
+            // 0 (or less, which check refuses) is no bound.
+            max_per_second: Some(entry.max_per_second.unwrap_or(self.max_per_second))
+                .filter(|rate| *rate > 0.0),
+            priority: entry.priority.unwrap_or(1),
+            lane: entry.lane,
         }
-        self.relays
-            .iter()
-            .map(|entry| RelaySettings {
-                name: entry.name.clone(),
-                host: entry.host.clone(),
-                port: entry.port,
-                security: entry.security.unwrap_or(self.security),
-                verify_certificates: entry
-                    .verify_certificates
-                    .unwrap_or(self.verify_certificates),
-                ca_file: entry
-                    .ca_file
-                    .clone()
-                    .unwrap_or_else(|| self.ca_file.clone()),
-                username: entry
-                    .username
-                    .clone()
-                    .unwrap_or_else(|| self.username.clone()),
-                password: entry
-                    .password
-                    .clone()
-                    .unwrap_or_else(|| self.password.clone()),
-                hello_name: entry
-                    .hello_name
-                    .clone()
-                    .unwrap_or_else(|| self.hello_name.clone()),
-                pool_max_size: entry.pool_max_size.unwrap_or(self.pool_max_size),
-                max_per_second: rate(entry.max_per_second.unwrap_or(self.max_per_second)),
-                priority: entry.priority.unwrap_or(1),
-                lane: entry.lane,
-            })
-            .collect()
     }
 
     /// Refuses relays that cannot work: names that are not labels, twice the same
@@ -162,8 +170,9 @@ impl SmtpSettings {
         if self.relay_cooldown.is_zero() {
             bail!("smtp.relay_cooldown must be longer than 0s");
         }
+        let relays = self.relays();
         let mut names = HashSet::new();
-        for (index, relay) in self.relays().iter().enumerate() {
+        for (index, relay) in relays.iter().enumerate() {
             let at = format!("smtp.relays[{index}]");
             if !is_relay_name(&relay.name) {
                 bail!(
@@ -191,11 +200,7 @@ impl SmtpSettings {
             }
         }
         for lane in Lane::ALL {
-            if !self
-                .relays()
-                .iter()
-                .any(|r| r.lane.is_none_or(|l| l == lane))
-            {
+            if !relays.iter().any(|r| r.lane.is_none_or(|l| l == lane)) {
                 bail!("no relay of smtp.relays takes {lane} mail (each is kept for another lane)");
             }
         }

@@ -84,15 +84,9 @@ impl Mailroom {
         ));
         let (mut results, relays) = tokio::join!(results, relays);
         if with_smtp {
-            let error = (!relays.iter().any(|relay| relay.error.is_none())).then(|| {
-                relays
-                    .iter()
-                    .map(|relay| {
-                        format!("{}: {}", relay.name, relay.error.as_deref().unwrap_or("up"))
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            });
+            // Each relay's own error is in `relays` (and logged from there).
+            let error = (!relays.iter().any(|relay| relay.error.is_none()))
+                .then(|| "every SMTP relay is down".to_owned());
             results.push(DependencyCheck {
                 dependency: Dependency::Smtp,
                 required: false,

@@ -98,11 +98,6 @@ impl DkimSigner {
         }))
     }
 
-    /// Whether mail from `domain` (ASCII, any case) is signed.
-    pub fn signs(&self, domain: &str) -> bool {
-        self.keys.contains_key(&domain.to_ascii_lowercase())
-    }
-
     /// The `DKIM-Signature` header field (with its CRLF) for `message` (headers, a blank
     /// line, the body; CRLF line ends) sent from `domain`, signed at `timestamp` (Unix
     /// seconds); `None` when the domain has no key. `custom` names the email's own headers.

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use lettre::transport::smtp::client::PartialSend;
 use tokio::sync::Semaphore;
 
-pub use dkim::{DkimSigner, dns_record, generate_key, public_key_of_pem};
+pub use dkim::{DkimSigner, dns_record, generate_key};
 
 use crate::{
     config::{DkimSettings, LanesSettings, SmtpSettings},
