@@ -99,6 +99,24 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         size: u32,
     },
+    /// Times REST listings (`GET /api/v1/email?…`) one after the other, the first page of
+    /// each query `rounds` times, then its next pages by cursor.
+    List {
+        /// http://127.0.0.1:PORT
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        key: String,
+        /// Query strings, like `status=failed&limit=20`.
+        #[arg(long = "query", required = true)]
+        queries: Vec<String>,
+        /// First pages per query (after one warm-up).
+        #[arg(long, default_value_t = 30)]
+        rounds: usize,
+        /// Pages followed by cursor after the first, once per query.
+        #[arg(long, default_value_t = 30)]
+        deep_pages: usize,
+    },
     /// Deletes the bench's JetStream stream; one already gone is fine.
     DropStream {
         #[arg(long, default_value = "nats://127.0.0.1:4222")]
@@ -178,6 +196,13 @@ fn main() -> anyhow::Result<()> {
                 rounds,
                 size,
             } => search(&url, &key, &terms, rounds, size).await,
+            Command::List {
+                url,
+                key,
+                queries,
+                rounds,
+                deep_pages,
+            } => list(&url, &key, &queries, rounds, deep_pages).await,
             Command::DropStream { nats, name } => {
                 let client = async_nats::connect(&nats).await?;
                 let deleted = async_nats::jetstream::new(client)
@@ -469,6 +494,87 @@ async fn search(
         "p50_ms": percentile(&all, 0.50) / 1000.0,
         "p99_ms": percentile(&all, 0.99) / 1000.0,
         "terms": per_term,
+    }))
+}
+
+/// One listing request: its page and how long it took, in microseconds.
+async fn list_page(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    query: &str,
+    cursor: Option<&str>,
+) -> anyhow::Result<(Value, u64)> {
+    let mut address = format!("{url}/api/v1/email?{query}");
+    if let Some(cursor) = cursor {
+        address.push_str("&cursor=");
+        address.push_str(cursor);
+    }
+    let started = Instant::now();
+    let response = client.get(&address).bearer_auth(key).send().await?;
+    let status = response.status();
+    let page: Value = response.json().await?;
+    let micros = started.elapsed().as_micros() as u64;
+    if !status.is_success() {
+        bail!("listing {query:?} answered {status}: {page}");
+    }
+    Ok((page, micros))
+}
+
+async fn list(
+    url: &str,
+    key: &str,
+    queries: &[String],
+    rounds: usize,
+    deep_pages: usize,
+) -> anyhow::Result<Value> {
+    let client = reqwest::Client::new();
+    let (mut first_pages, mut deep) = (Vec::new(), Vec::new());
+    let mut per_query = Vec::new();
+    for query in queries {
+        let mut latencies = Vec::new();
+        let mut first = Value::Null;
+        for round in 0..=rounds {
+            let (page, micros) = list_page(&client, url, key, query, None).await?;
+            // The first round warms the caches and is not counted.
+            if round > 0 {
+                latencies.push(micros);
+            }
+            first = page;
+        }
+        let mut deep_latencies = Vec::new();
+        let mut cursor = first["nextCursor"].as_str().map(str::to_owned);
+        let mut listed = first["emails"].as_array().map_or(0, Vec::len);
+        while let Some(next) = cursor.take().filter(|_| deep_latencies.len() < deep_pages) {
+            let (page, micros) = list_page(&client, url, key, query, Some(&next)).await?;
+            deep_latencies.push(micros);
+            listed += page["emails"].as_array().map_or(0, Vec::len);
+            cursor = page["nextCursor"].as_str().map(str::to_owned);
+        }
+        latencies.sort_unstable();
+        deep_latencies.sort_unstable();
+        per_query.push(json!({
+            "query": query,
+            "first_page_emails": first["emails"].as_array().map_or(0, Vec::len),
+            "emails_listed_by_cursor": listed,
+            "p50_ms": percentile(&latencies, 0.50) / 1000.0,
+            "p99_ms": percentile(&latencies, 0.99) / 1000.0,
+            "deep_pages": deep_latencies.len(),
+            "deep_p99_ms": percentile(&deep_latencies, 0.99) / 1000.0,
+        }));
+        first_pages.extend(latencies);
+        deep.extend(deep_latencies);
+    }
+    first_pages.sort_unstable();
+    deep.sort_unstable();
+    Ok(json!({
+        "queries": first_pages.len(),
+        "p50_ms": percentile(&first_pages, 0.50) / 1000.0,
+        "p99_ms": percentile(&first_pages, 0.99) / 1000.0,
+        "deep_pages": deep.len(),
+        "deep_p50_ms": percentile(&deep, 0.50) / 1000.0,
+        "deep_p99_ms": percentile(&deep, 0.99) / 1000.0,
+        "per_query": per_query,
     }))
 }
 

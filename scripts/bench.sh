@@ -5,7 +5,8 @@
 #   limits      pgbench single-row INSERT into an emails table (c=8, c=64), postfix
 #               smtp-source -> smtp-sink (new connection per message, reused), wrk -> nginx
 #   mailroom    end-to-end create events -> sent, REST POST, REST cached GET, gRPC GetByID
-#               and Create, search on 1,000,000 rows, peak RSS
+#               and Create, search and list on 1,000,000 rows, end to end again on top
+#               of them, peak RSS
 #
 # Installs what it needs (wrk, postfix, pgbench, nginx, jq) with apt-get, builds the
 # release binary and benches/load.rs, runs everything on 127.0.0.1 with its own database,
@@ -506,16 +507,22 @@ drain
 existing="$(psql "$PG/$DB" -qtAc "SELECT count(*) FROM emails")"
 to_load=$((SEARCH_ROWS - existing))
 say "search: loading $to_load rows to reach $SEARCH_ROWS"
+# The indexes the table's content costs most to keep while loading: dropped, then made
+# again as the migrations define them (read back from the catalogue).
+LOAD_INDEXES="'emails_search_idx', 'emails_status_newest_idx', 'emails_from_newest_idx'"
 load_rows() {
-  local half=$((to_load / 2))
-  psql "$PG/$DB" -v ON_ERROR_STOP=1 -qc "DROP INDEX emails_search_idx"
+  local half=$((to_load / 2)) definitions
+  definitions="$(psql "$PG/$DB" -qtAc "SELECT string_agg(indexdef, E';\n') || ';' FROM pg_indexes
+    WHERE tablename = 'emails' AND indexname IN ($LOAD_INDEXES)")"
+  psql "$PG/$DB" -v ON_ERROR_STOP=1 -qtAc "SELECT format('DROP INDEX %I;', indexname) FROM pg_indexes
+    WHERE tablename = 'emails' AND indexname IN ($LOAD_INDEXES)" | psql "$PG/$DB" -v ON_ERROR_STOP=1 -q
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -q -v first=1 -v last="$half" -f scripts/bench/search-data.sql >/dev/null &
   local first_half=$!
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -q -v first=$((half + 1)) -v last="$to_load" -f scripts/bench/search-data.sql >/dev/null
   wait "$first_half"
-  psql "$PG/$DB" -v ON_ERROR_STOP=1 -q <<'SQL'
+  psql "$PG/$DB" -v ON_ERROR_STOP=1 -q <<SQL
 SET maintenance_work_mem = '256MB';
-CREATE INDEX emails_search_idx ON emails USING gin (search);
+$definitions
 VACUUM ANALYZE emails;
 SQL
 }
@@ -536,6 +543,29 @@ phase search "$LOAD" --bench search --url "http://127.0.0.1:$HTTP_PORT" --key "$
   --term "invoice" --term "walrus" --term '"password reset"' --term "acme.test" \
   --term "user4242@example.com" --term "refund -payment" --term ""
 note_rss search
+# The listing's filters alone and combined, each first page and then 30 pages deep by
+# cursor: a common and a rare status, tag, recipient and sender, a time range, words.
+LIST_AFTER="$(date -u -d '-90 days' +%Y-%m-%dT%H:%M:%SZ)"
+LIST_BEFORE="$(date -u -d '-30 days' +%Y-%m-%dT%H:%M:%SZ)"
+phase list "$LOAD" --bench list --url "http://127.0.0.1:$HTTP_PORT" --key "$KEY" \
+  --rounds "$SEARCH_ROUNDS" --deep-pages 30 \
+  --query "limit=20" --query "status=sent" --query "status=failed" \
+  --query "tag=campaign:spring-3" --query "tag=plan:enterprise" \
+  --query "to=user4242@example.com" --query "to=rest@example.com" \
+  --query "from=noreply@shop.example" --query "from=nobody@nowhere.example" \
+  --query "createdAfter=$LIST_AFTER&createdBefore=$LIST_BEFORE" \
+  --query "search=invoice" --query "search=walrus&status=sent&limit=100" \
+  --query "search=refund&tag=campaign:spring-3&createdBefore=$LIST_BEFORE"
+note_rss list
+
+# The end-to-end phase again, on top of the rows above: what the indexes that serve
+# search and the listing cost every insert and status change on a large table.
+if [ "$ONLY" != service ]; then
+  say "end to end again on $SEARCH_ROWS rows: $E2E_COUNT create events -> sent"
+  phase e2e_loaded "$LOAD" --bench publish --nats "$NATS_URL" --subject "${NATS_PREFIX}mail:create" \
+    --count "$E2E_COUNT" --database "$PG/$DB" --tag "e2e-loaded-$TAG"
+  note_rss e2e_loaded
+fi
 
 HWM_MIB="$(($(service_hwm_kib) / 1024))"
 stop_pid "$SERVICE_PID" 40
@@ -576,6 +606,10 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
       grpc_create_req_per_s: $r.grpc_create.req_per_s,
       search_p50_ms: $r.search.p50_ms,
       search_p99_ms: $r.search.p99_ms,
+      list_p50_ms: $r.list.p50_ms,
+      list_p99_ms: $r.list.p99_ms,
+      list_deep_p99_ms: $r.list.deep_p99_ms,
+      e2e_loaded_emails_per_s: $r.e2e_loaded.emails_per_s,
       peak_rss_mib: $hwm
     },
     limits_before_after: {
@@ -596,6 +630,7 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
     e2e_over_smtp_new_connection: ratio(.figures.e2e_emails_per_s; .figures.smtp_new_connection_msg_per_s),
     e2e_attachment_over_smtp_100kb_new_connection: ratio(.figures.e2e_attachment_emails_per_s; .figures.smtp_attachment_new_connection_msg_per_s),
     e2e_over_pgbench_c8: ratio(.figures.e2e_emails_per_s; .figures.pgbench_c8_tps),
+    e2e_loaded_over_e2e: ratio(.figures.e2e_loaded_emails_per_s; .figures.e2e_emails_per_s),
     rest_post_over_pgbench_c64: ratio(.figures.rest_post_req_per_s; .figures.pgbench_c64_tps),
     rest_get_cached_over_nginx: ratio(.figures.rest_get_cached_req_per_s; .figures.nginx_static_req_per_s)
   } |
@@ -605,6 +640,8 @@ jq -s --arg load_start "$LOAD_START" --arg load_end "$(cut -d' ' -f1-3 /proc/loa
     rest_post_over_pgbench_c64_ge_0_5: at_least(.ratios.rest_post_over_pgbench_c64; 0.5),
     rest_get_cached_over_nginx_ge_0_5: at_least(.ratios.rest_get_cached_over_nginx; 0.5),
     search_p99_lt_50_ms: (.figures.search_p99_ms < 50),
+    list_p99_lt_50_ms: (if .figures.list_p99_ms == null then null else .figures.list_p99_ms < 50 and .figures.list_deep_p99_ms < 50 end),
+    e2e_loaded_within_15_percent: at_least(.ratios.e2e_loaded_over_e2e; 0.85),
     peak_rss_lt_128_mib: (.figures.peak_rss_mib < 128),
     rest_post_no_non_2xx: (.figures.rest_post_non_2xx == 0)
   }' "$RESULTS" >"$JSON"
@@ -634,6 +671,8 @@ jq -r '
   "| gRPC GetByID, 64 in flight | \(.figures.grpc_get_req_per_s | n) req/s |",
   "| gRPC Create, 64 in flight | \(.figures.grpc_create_req_per_s | n) req/s |",
   "| search on \(.search_rows) rows, one query at a time | p50 \(.figures.search_p50_ms | n) ms, p99 \(.figures.search_p99_ms | n) ms |",
+  "| list on \(.search_rows) rows, first pages / 30 pages deep by cursor | p50 \(.figures.list_p50_ms | n) ms, p99 \(.figures.list_p99_ms | n) ms / p99 \(.figures.list_deep_p99_ms | n) ms |",
+  "| end to end again on top of \(.search_rows) rows | \(.figures.e2e_loaded_emails_per_s | n) emails/s |",
   "| service peak RSS (VmHWM) | \(.figures.peak_rss_mib) MiB |",
   "",
   "| goal | ratio or figure | |", "|---|---|---|",
@@ -643,9 +682,14 @@ jq -r '
   "| REST POST / pgbench c=64 >= 0.5 | \(.ratios.rest_post_over_pgbench_c64 | r) | \(.goals.rest_post_over_pgbench_c64_ge_0_5 | ok) |",
   "| REST cached GET / nginx static >= 0.5 | \(.ratios.rest_get_cached_over_nginx | r) | \(.goals.rest_get_cached_over_nginx_ge_0_5 | ok) |",
   "| search p99 < 50 ms | \(.figures.search_p99_ms | n) ms | \(.goals.search_p99_lt_50_ms | ok) |",
+  "| list p99 < 50 ms, first and deep pages | \(.figures.list_p99_ms | n) / \(.figures.list_deep_p99_ms | n) ms | \(.goals.list_p99_lt_50_ms | ok) |",
+  "| end to end on \(.search_rows) rows / end to end >= 0.85 | \(.ratios.e2e_loaded_over_e2e | r) | \(.goals.e2e_loaded_within_15_percent | ok) |",
   "| peak RSS < 128 MiB | \(.figures.peak_rss_mib) MiB | \(.goals.peak_rss_lt_128_mib | ok) |",
   "",
   "search per term (p50 / p99 ms, matches):",
   (.phases.search.terms[] | "  \(.term | tojson): \(.p50_ms | n) / \(.p99_ms | n), \(.total_count)"),
+  "",
+  "list per query (first page p50 / p99 ms, deep pages p99 ms, emails listed):",
+  (.phases.list.per_query[]? | "  \(.query): \(.p50_ms | n) / \(.p99_ms | n), deep \(.deep_p99_ms | n), \(.emails_listed_by_cursor)"),
   ""' "$JSON"
 say "wrote $JSON"

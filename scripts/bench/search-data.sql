@@ -3,7 +3,8 @@
 -- index dropped, then rebuilds it as the migration defines it. Recipients over 50,000
 -- users and 20 domains; subjects from 24 templates with a number; messages of 40 words
 -- drawn with a strong skew from 110, so a few words are in most messages and the last
--- ones (walrus, quartz) in few. Deterministic: hashes, not random().
+-- ones (walrus, quartz) in few. A third carry a campaign tag (seven campaigns), one in
+-- 997 the tag plan:enterprise; one in 250 failed. Deterministic: hashes, not random().
 \set ON_ERROR_STOP on
 SET synchronous_commit = off;
 WITH words AS (
@@ -35,14 +36,16 @@ WITH words AS (
     'cyberdyne.test', 'soylent.test', 'aperture.test', 'massive.test', 'vandelay.test'] AS d
 )
 INSERT INTO emails (email_id, address_from, address_to, subject, message, status, attempts,
-                    created_at, updated_at, sent_at, next_attempt_at)
+                    created_at, updated_at, sent_at, next_attempt_at, tags)
 SELECT gen_random_uuid(),
        'noreply@shop.example',
        'user' || (abs(hashint8(g)) % 50000) || '@' || d[1 + abs(hashint8(g + 7)) % 20],
        s[1 + abs(hashint8(g + 13)) % 24] || ' #' || g,
        (SELECT string_agg(w[1 + floor(cardinality(w) * power((abs(hashint8(g * 64 + i)) % 1000000)::float8 / 1e6, 3))::int], ' ')
           FROM generate_series(1, 40) i),
-       'sent', 1,
+       CASE WHEN g % 250 = 0 THEN 'failed' ELSE 'sent' END, 1,
        now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 30),
-       now() - make_interval(secs => g * 30 - 2), NULL
+       now() - make_interval(secs => g * 30 - 2), NULL,
+       CASE WHEN g % 997 = 0 THEN '{"plan": "enterprise"}'::jsonb
+            WHEN g % 3 = 0 THEN jsonb_build_object('campaign', 'spring-' || (g / 3 % 7)) END
 FROM generate_series(:first, :last) g, words, subjects, domains;
