@@ -10,7 +10,7 @@ export MAILROOM_ENV
 # The compose v2 plugin when there is one, else the standalone docker-compose (1.29 works).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 
-.PHONY: help run test fuzz bench bench-ab deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
+.PHONY: help run test fuzz bench bench-ab bench-pair deps deps-stop build cert migrate_up migrate_down migrate_status swagger lint fmt \
 	diagrams local local-down develop develop-down
 
 ## help: list the targets with what each does
@@ -44,6 +44,11 @@ bench:
 ## release build (B), alternating in one run; prints B / A for each figure
 bench-ab:
 	scripts/bench-ab.sh
+
+## bench-pair: the REST cached GET of BASELINE=path/to/mailroom (A) and this tree's release
+## build (B), both loaded at the same time, so the host's noise hits both; prints B / A
+bench-pair:
+	scripts/bench-pair.sh
 
 ## deps: check PostgreSQL (and its login), Redis, NATS and maildev; say in one message what is
 ## missing and how to install it; start what is installed; install and start maildev
