@@ -11,21 +11,8 @@
 #   (BENCH_LOAD: a built load generator, else this tree's is built once; the end-to-end
 #   run with attachments is left out unless BENCH_ATTACHMENT_COUNT is set, since a
 #   baseline from before attachments cannot take it)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailroom/target}"
-
-say() { printf 'bench-ab: %s\n' "$*" >&2; }
-fail() { printf 'bench-ab: %s\n' "$*" >&2; exit 1; }
-
-A="${BASELINE:-}"
-[ -n "$A" ] || fail "set BASELINE to the mailroom binary to compare against"
-[ -x "$A" ] || fail "BASELINE $A is not an executable"
-B="${CANDIDATE:-}"
-if [ -z "$B" ]; then
-  cargo build --release --locked --bin mailroom
-  B="$CARGO_TARGET_DIR/release/mailroom"
-fi
+SCRIPT=bench-ab
+. "$(dirname "$0")/bench/two-binaries.sh"
 # The load generator, built once for every round.
 if [ -z "${BENCH_LOAD:-}" ]; then
   cargo bench --locked --bench load --no-run

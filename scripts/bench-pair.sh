@@ -13,21 +13,8 @@
 #   BASELINE   A (required)         CANDIDATE  B: defaults to this tree's release build
 #   BENCH_PAIR_ROUNDS  rounds (default 8)   BENCH_DURATION  seconds per round (default 8)
 #   BENCH_CONNECTIONS  connections per binary (default 32)
-set -euo pipefail
-cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/mailroom/target}"
-
-say() { printf 'bench-pair: %s\n' "$*" >&2; }
-fail() { printf 'bench-pair: %s\n' "$*" >&2; exit 1; }
-
-A="${BASELINE:-}"
-[ -n "$A" ] || fail "set BASELINE to the mailroom binary to compare against"
-[ -x "$A" ] || fail "BASELINE $A is not an executable"
-B="${CANDIDATE:-}"
-if [ -z "$B" ]; then
-  cargo build --release --locked --bin mailroom
-  B="$CARGO_TARGET_DIR/release/mailroom"
-fi
+SCRIPT=bench-pair
+. "$(dirname "$0")/bench/two-binaries.sh"
 command -v wrk >/dev/null || fail "wrk is missing: apt-get install wrk (make bench installs it)"
 ROUNDS="${BENCH_PAIR_ROUNDS:-8}"
 DURATION="${BENCH_DURATION:-8}"
