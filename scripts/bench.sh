@@ -515,13 +515,13 @@ say "search: loading $to_load rows to reach $SEARCH_ROWS"
 # The indexes the table's content costs most to keep while loading: dropped, then made
 # again as the migrations define them (read back from the catalogue, so a change to an
 # index's definition needs no change here).
-LOAD_INDEXES="'emails_search_idx'"
+LOAD_INDEXES="'email_messages_search_idx'"
 load_rows() {
   local half=$((to_load / 2)) definitions
   definitions="$(psql "$PG/$DB" -qtAc "SELECT string_agg(indexdef, E';\n') || ';' FROM pg_indexes
-    WHERE tablename = 'emails' AND indexname IN ($LOAD_INDEXES)")"
+    WHERE tablename = 'email_messages' AND indexname IN ($LOAD_INDEXES)")"
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -qtAc "SELECT format('DROP INDEX %I;', indexname) FROM pg_indexes
-    WHERE tablename = 'emails' AND indexname IN ($LOAD_INDEXES)" | psql "$PG/$DB" -v ON_ERROR_STOP=1 -q
+    WHERE tablename = 'email_messages' AND indexname IN ($LOAD_INDEXES)" | psql "$PG/$DB" -v ON_ERROR_STOP=1 -q
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -q -v first=1 -v last="$half" -f scripts/bench/search-data.sql >/dev/null &
   local first_half=$!
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -q -v first=$((half + 1)) -v last="$to_load" -f scripts/bench/search-data.sql >/dev/null
@@ -529,7 +529,7 @@ load_rows() {
   psql "$PG/$DB" -v ON_ERROR_STOP=1 -q <<SQL
 SET maintenance_work_mem = '256MB';
 $definitions
-VACUUM ANALYZE emails;
+VACUUM ANALYZE email_messages, email_deliveries;
 SQL
 }
 load_rows_timed() {

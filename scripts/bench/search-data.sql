@@ -34,18 +34,23 @@ WITH words AS (
     'shop.example', 'acme.test', 'globex.test', 'initech.test', 'umbrella.test',
     'hooli.test', 'stark.test', 'wayne.test', 'wonka.test', 'tyrell.test',
     'cyberdyne.test', 'soylent.test', 'aperture.test', 'massive.test', 'vandelay.test'] AS d
+), rows AS (
+  SELECT g, gen_random_uuid() AS id FROM generate_series(:first, :last) g
+), messages AS (
+  INSERT INTO email_messages (email_id, address_from, address_to, subject, message, created_at, tags)
+  SELECT id,
+         'noreply@shop.example',
+         'user' || (abs(hashint8(g)) % 50000) || '@' || d[1 + abs(hashint8(g + 7)) % 20],
+         s[1 + abs(hashint8(g + 13)) % 24] || ' #' || g,
+         (SELECT string_agg(w[1 + floor(cardinality(w) * power((abs(hashint8(g * 64 + i)) % 1000000)::float8 / 1e6, 3))::int], ' ')
+            FROM generate_series(1, 40) i),
+         now() - make_interval(secs => g * 30),
+         CASE WHEN g % 997 = 0 THEN '{"plan": "enterprise"}'::jsonb
+              WHEN g % 3 = 0 THEN jsonb_build_object('campaign', 'spring-' || (g / 3 % 7)) END
+  FROM rows, words, subjects, domains
+  RETURNING email_id
 )
-INSERT INTO emails (email_id, address_from, address_to, subject, message, status, attempts,
-                    created_at, updated_at, sent_at, next_attempt_at, tags)
-SELECT gen_random_uuid(),
-       'noreply@shop.example',
-       'user' || (abs(hashint8(g)) % 50000) || '@' || d[1 + abs(hashint8(g + 7)) % 20],
-       s[1 + abs(hashint8(g + 13)) % 24] || ' #' || g,
-       (SELECT string_agg(w[1 + floor(cardinality(w) * power((abs(hashint8(g * 64 + i)) % 1000000)::float8 / 1e6, 3))::int], ' ')
-          FROM generate_series(1, 40) i),
-       CASE WHEN g % 250 = 0 THEN 'failed' ELSE 'sent' END, 1,
-       now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 30),
-       now() - make_interval(secs => g * 30 - 2), NULL,
-       CASE WHEN g % 997 = 0 THEN '{"plan": "enterprise"}'::jsonb
-            WHEN g % 3 = 0 THEN jsonb_build_object('campaign', 'spring-' || (g / 3 % 7)) END
-FROM generate_series(:first, :last) g, words, subjects, domains;
+INSERT INTO email_deliveries (email_id, status, attempts, updated_at, sent_at, next_attempt_at)
+SELECT id, CASE WHEN g % 250 = 0 THEN 'failed' ELSE 'sent' END, 1,
+       now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 30 - 2), NULL
+FROM rows WHERE id IN (SELECT email_id FROM messages);

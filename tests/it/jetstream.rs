@@ -510,15 +510,14 @@ async fn reconcilers_on_two_instances_republish_each_stranded_email_once() {
     let mut ids = Vec::new();
     for _ in 0..10 {
         let id = uuid::Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO emails (email_id, address_from, address_to, subject, message, next_attempt_at) \
-             VALUES ($1, 'sender@example.com', $2, 'stranded', 'lost event', now() - interval '2 hours')",
-        )
-        .bind(id)
-        .bind(unique_recipient("stranded"))
-        .execute(&first.db)
-        .await
-        .unwrap();
+        first
+            .store_without_event(
+                id,
+                &unique_recipient("stranded"),
+                "stranded",
+                Duration::from_secs(7200),
+            )
+            .await;
         ids.push(id.to_string());
     }
     for id in &ids {

@@ -20,6 +20,7 @@ mod lanes;
 mod links;
 mod listeners;
 mod messages;
+mod migrations;
 mod monitoring;
 mod nginx;
 mod plans;

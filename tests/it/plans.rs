@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::helpers::{Cleanup, Isolation, eventually};
 
-/// Index scans PostgreSQL has counted on an index of `emails`.
+/// Index scans PostgreSQL has counted on an index.
 async fn index_scans(db: &PgPool, index: &str) -> i64 {
     sqlx::query_scalar("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = $1")
         .bind(index)
@@ -29,12 +29,15 @@ async fn index_scans(db: &PgPool, index: &str) -> i64 {
         .unwrap()
 }
 
-/// Rows PostgreSQL has counted as updated in `emails`.
+/// Rows PostgreSQL has counted as updated in `email_deliveries` (the state that claims
+/// and finished attempts change).
 async fn rows_updated(db: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'emails'")
-        .fetch_one(db)
-        .await
-        .unwrap()
+    sqlx::query_scalar(
+        "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'email_deliveries'",
+    )
+    .fetch_one(db)
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -54,23 +57,32 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
     // Statistics taken while nothing was due, then a burst of queued emails they do not
     // know about.
     sqlx::raw_sql(
-        "ALTER TABLE emails SET (autovacuum_enabled = false);
-         INSERT INTO emails (email_id, address_from, address_to, subject, message, status, \
-                             attempts, sent_at, next_attempt_at) \
-         SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'old', 'old', 'sent', 1, \
-                now(), NULL FROM generate_series(1, 2000);
-         ANALYZE emails;
-         INSERT INTO emails (email_id, address_from, address_to, subject, message) \
-         SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'new', 'new' \
-         FROM generate_series(1, 5000);",
+        "ALTER TABLE email_messages SET (autovacuum_enabled = false);
+         ALTER TABLE email_deliveries SET (autovacuum_enabled = false);
+         WITH old AS ( \
+             INSERT INTO email_messages (email_id, address_from, address_to, subject, message) \
+             SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'old', 'old' \
+             FROM generate_series(1, 2000) RETURNING email_id) \
+         INSERT INTO email_deliveries (email_id, status, attempts, sent_at, next_attempt_at) \
+         SELECT email_id, 'sent', 1, now(), NULL FROM old;
+         ANALYZE email_messages;
+         ANALYZE email_deliveries;
+         WITH new AS ( \
+             INSERT INTO email_messages (email_id, address_from, address_to, subject, message) \
+             SELECT gen_random_uuid(), 'a@example.com', 'b@example.com', 'new', 'new' \
+             FROM generate_series(1, 5000) RETURNING email_id) \
+         INSERT INTO email_deliveries (email_id) SELECT email_id FROM new;",
     )
     .execute(&db)
     .await
     .unwrap();
     let batch: Vec<Uuid> = (0..16).map(|_| Uuid::new_v4()).collect();
     sqlx::query(
-        "INSERT INTO emails (email_id, address_from, address_to, subject, message) \
-         SELECT id, 'a@example.com', 'b@example.com', 'batch', 'batch' FROM UNNEST($1::uuid[]) id",
+        "WITH batch AS ( \
+             INSERT INTO email_messages (email_id, address_from, address_to, subject, message) \
+             SELECT id, 'a@example.com', 'b@example.com', 'batch', 'batch' \
+             FROM UNNEST($1::uuid[]) id RETURNING email_id) \
+         INSERT INTO email_deliveries (email_id) SELECT email_id FROM batch",
     )
     .bind(&batch)
     .execute(&db)
@@ -116,7 +128,7 @@ async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are
     )
     .await;
     assert_eq!(
-        index_scans(&stats, "emails_due_idx").await,
+        index_scans(&stats, "email_deliveries_due_idx").await,
         0,
         "a statement given ids scanned the index of every unfinished email"
     );
@@ -202,4 +214,53 @@ async fn an_insert_answers_each_email_exactly_as_a_read_gives_it() {
         let read = EmailStore::get(&store, answered.id).await.unwrap().unwrap();
         assert_eq!(answered, read);
     }
+}
+
+/// An id given twice in one insert (a create event redelivered into the same batch) is
+/// stored once, with the state of its first copy: the second copy finds it as existing.
+#[tokio::test]
+async fn an_id_given_twice_in_one_insert_is_stored_once_with_its_first_state() {
+    use mailroom::{
+        domain::{AddressList, EmailDraft, EmailStatus, Rules},
+        ports::Inserted,
+    };
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let settings = isolation.settings(|_| {});
+    let db = postgres::pool(&settings.database).unwrap();
+    postgres::create_and_migrate(&settings.database, &db)
+        .await
+        .unwrap();
+    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    let id = EmailId::generate();
+    let draft = |scheduled_at: Option<String>, message: &str| EmailDraft {
+        id: Some(id),
+        from: Some("a@example.com".into()),
+        to: Some(AddressList::Text("b@example.com".into())),
+        subject: Some("Twice".into()),
+        message: Some(message.into()),
+        scheduled_at,
+        ..Default::default()
+    };
+    let ahead = (Utc::now() + chrono::Duration::days(2)).to_rfc3339();
+    let rules = Rules::default();
+    let first = rules
+        .new_email(draft(Some(ahead), "the first copy"))
+        .unwrap();
+    let second = rules.new_email(draft(None, "the second copy")).unwrap();
+
+    let inserted = store.insert(&[first, second]).await.unwrap();
+    let [Inserted::Created(created), Inserted::Existing(existing)] = &inserted[..] else {
+        panic!("created once, then found: {inserted:?}");
+    };
+    assert_eq!(created.status, EmailStatus::Scheduled);
+    assert_eq!(created.text.as_deref(), Some("the first copy"));
+    assert_eq!(created, existing);
+    let (messages, deliveries): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM email_messages), (SELECT count(*) FROM email_deliveries)",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!((messages, deliveries), (1, 1));
 }

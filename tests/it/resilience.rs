@@ -59,15 +59,13 @@ async fn the_reconciler_sends_an_email_whose_send_event_was_lost() {
     let app = spawn_app().await;
     // An email stored while NATS was unreachable: in the table, queued, with no event.
     let id = uuid::Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO emails (email_id, address_from, address_to, subject, message, next_attempt_at) \
-         VALUES ($1, 'sender@example.com', $2, 'stranded', 'lost event', now() - interval '1 hour')",
+    app.store_without_event(
+        id,
+        &unique_recipient("stranded"),
+        "stranded",
+        Duration::from_secs(3600),
     )
-    .bind(id)
-    .bind(unique_recipient("stranded"))
-    .execute(&app.db)
-    .await
-    .unwrap();
+    .await;
 
     app.wait_for_status(&id.to_string(), "sent", Duration::from_secs(15))
         .await;

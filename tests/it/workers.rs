@@ -32,15 +32,8 @@ fn message(subject: &str, payload: serde_json::Value, delivered: i64) -> Inbound
 /// Stores a queued email directly, with no send event, so only the test delivers it.
 async fn stored_email(app: &TestApp) -> String {
     let id = uuid::Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO emails (email_id, address_from, address_to, subject, message) \
-         VALUES ($1, 'sender@example.com', $2, 'driven', 'step by step')",
-    )
-    .bind(id)
-    .bind(unique_recipient("driven"))
-    .execute(&app.db)
-    .await
-    .unwrap();
+    app.store_without_event(id, &unique_recipient("driven"), "driven", Duration::ZERO)
+        .await;
     id.to_string()
 }
 

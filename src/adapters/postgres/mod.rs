@@ -11,7 +11,10 @@ pub use templates::PgTemplateStore;
 
 use rows::{Columns, EmailRow, InsertedRow, columns};
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -134,7 +137,7 @@ impl PgEmailStore {
             .filter_map(|e| Some((e.idempotency_client.as_str(), e.idempotency_key.as_deref()?)))
             .unzip();
         let expired = sqlx::query(
-            "UPDATE emails SET idempotency_expired = true \
+            "UPDATE email_messages SET idempotency_expired = true \
              WHERE (idempotency_client, idempotency_key) IN \
                  (SELECT * FROM UNNEST($1::text[], $2::text[])) \
                AND idempotency_key IS NOT NULL AND NOT idempotency_expired \
@@ -166,7 +169,7 @@ impl PgEmailStore {
         let sql = concat!(
             "SELECT ",
             columns!(),
-            " FROM emails WHERE email_id = ANY($1) \
+            " FROM emails m WHERE email_id = ANY($1) \
               OR ((idempotency_client, idempotency_key) IN \
                   (SELECT * FROM UNNEST($2::text[], $3::text[])) \
                   AND idempotency_key IS NOT NULL AND NOT idempotency_expired)"
@@ -188,7 +191,7 @@ impl PgEmailStore {
         let sql = concat!(
             "SELECT ",
             columns!(),
-            " FROM emails WHERE email_id = ANY($1)"
+            " FROM emails m WHERE email_id = ANY($1)"
         );
         let rows: Vec<EmailRow> = sqlx::query_as(sql)
             .bind(ids)
@@ -205,7 +208,7 @@ impl PgEmailStore {
 
 /// One email, as stored.
 pub(super) async fn fetch_email(pool: &PgPool, id: EmailId) -> Result<Option<Email>> {
-    let sql = concat!("SELECT ", columns!(), " FROM emails WHERE email_id = $1");
+    let sql = concat!("SELECT ", columns!(), " FROM emails m WHERE email_id = $1");
     let row: Option<EmailRow> = sqlx::query_as(sql)
         .bind(id.as_uuid())
         .fetch_optional(pool)
@@ -402,14 +405,16 @@ impl EmailStore for PgEmailStore {
         // Two query texts rather than `$1 IS NULL OR …`, so the GIN index stays usable.
         // websearch_to_tsquery accepts any input without syntax errors. The statements
         // are not kept prepared: a generic plan cannot know whether the term is common.
+        // The keys come from the messages alone; a page of whole emails joins their
+        // delivery state (the view `emails`).
         macro_rules! matching {
             () => {
-                " FROM emails WHERE search @@ websearch_to_tsquery('english', $1)"
+                " WHERE search @@ websearch_to_tsquery('english', $1)"
             };
         }
         macro_rules! everything {
             () => {
-                " FROM emails WHERE $1::text IS NULL"
+                " WHERE $1::text IS NULL"
             };
         }
         macro_rules! newest_first {
@@ -419,12 +424,32 @@ impl EmailStore for PgEmailStore {
         }
         let (keys_sql, walk_sql) = match query.text {
             Some(_) => (
-                concat!("SELECT email_id, created_at", matching!(), " LIMIT $2"),
-                concat!("SELECT ", columns!(), matching!(), newest_first!()),
+                concat!(
+                    "SELECT email_id, created_at FROM email_messages",
+                    matching!(),
+                    " LIMIT $2"
+                ),
+                concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM emails m",
+                    matching!(),
+                    newest_first!()
+                ),
             ),
             None => (
-                concat!("SELECT email_id, created_at", everything!(), " LIMIT $2"),
-                concat!("SELECT ", columns!(), everything!(), newest_first!()),
+                concat!(
+                    "SELECT email_id, created_at FROM email_messages",
+                    everything!(),
+                    " LIMIT $2"
+                ),
+                concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM emails m",
+                    everything!(),
+                    newest_first!()
+                ),
             ),
         };
         let limit = self.count_limit;
@@ -489,9 +514,10 @@ impl EmailStore for PgEmailStore {
         }
         let uuids: Vec<Uuid> = ids.iter().map(EmailId::as_uuid).collect();
         let sql = concat!(
-            "UPDATE emails SET status = 'sending', attempts = attempts + 1, updated_at = now(), \
-                 next_attempt_at = now() + make_interval(secs => $2) \
-             WHERE email_id = ANY($1) AND (status = 'queued' \
+            "UPDATE email_deliveries d SET status = 'sending', attempts = attempts + 1, \
+                 updated_at = now(), next_attempt_at = now() + make_interval(secs => $2) \
+             FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id = ANY($1) AND (status = 'queued' \
                  OR (status IN ('deferred', 'sending') AND next_attempt_at <= now())) \
              RETURNING ",
             columns!()
@@ -599,12 +625,14 @@ impl EmailStore for PgEmailStore {
         let sql = concat!(
             // The batch's columns are named apart from the table's, so RETURNING's plain
             // column names can only mean the table's.
-            "UPDATE emails SET status = u.new_status, updated_at = now(), \
+            "UPDATE email_deliveries d SET status = u.new_status, updated_at = now(), \
                  next_attempt_at = u.new_next_attempt_at, last_error = u.new_last_error, \
                  sent_at = CASE WHEN u.new_status = 'sent' THEN now() ELSE sent_at END \
              FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::text[]) \
-                 AS u(for_id, for_attempt, new_status, new_next_attempt_at, new_last_error) \
-             WHERE email_id = u.for_id AND status = 'sending' AND attempts = u.for_attempt \
+                 AS u(for_id, for_attempt, new_status, new_next_attempt_at, new_last_error), \
+                 email_messages m \
+             WHERE d.email_id = u.for_id AND m.email_id = d.email_id AND status = 'sending' \
+               AND attempts = u.for_attempt \
              RETURNING ",
             columns!()
         );
@@ -665,12 +693,13 @@ impl EmailStore for PgEmailStore {
     )]
     async fn take_stranded(&self, age: Duration, limit: i64) -> Result<Vec<(EmailId, Lane)>> {
         let rows: Vec<(Uuid, String)> = sqlx::query_as(
-            "UPDATE emails SET next_attempt_at = now() WHERE email_id IN ( \
-                 SELECT email_id FROM emails \
+            "UPDATE email_deliveries d SET next_attempt_at = now() FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id IN ( \
+                 SELECT email_id FROM email_deliveries \
                  WHERE status IN ('queued', 'sending', 'deferred') \
                    AND next_attempt_at < now() - make_interval(secs => $1) \
                  ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
-             RETURNING email_id, lane",
+             RETURNING m.email_id, m.lane",
         )
         .bind(seconds(age))
         .bind(limit)
@@ -690,9 +719,10 @@ impl EmailStore for PgEmailStore {
     #[tracing::instrument(name = "postgres.requeue", skip_all, fields(email.id = %id), err)]
     async fn requeue(&self, id: EmailId) -> Result<Option<Email>> {
         let sql = concat!(
-            "UPDATE emails SET status = 'queued', retry_base = attempts, last_error = NULL, \
-                 next_attempt_at = now(), updated_at = now() \
-             WHERE email_id = $1 AND status = 'failed' RETURNING ",
+            "UPDATE email_deliveries d SET status = 'queued', retry_base = attempts, \
+                 last_error = NULL, next_attempt_at = now(), updated_at = now() \
+             FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id = $1 AND status = 'failed' RETURNING ",
             columns!()
         );
         let requeued: Option<EmailRow> = sqlx::query_as(sql)
@@ -748,14 +778,14 @@ impl EmailStore for PgEmailStore {
         err
     )]
     async fn queue_stats(&self, limit: i64) -> Result<QueueStats> {
-        // Both read emails_due_idx, which holds the unfinished emails only: the counts
+        // Both read email_deliveries_due_idx, which holds the unfinished emails only: the counts
         // read at most `limit` of them, the oldest one row.
         let rows: Vec<(String, Option<i64>, Option<f64>)> = sqlx::query_as(
             "WITH unfinished AS ( \
-                 SELECT status FROM emails WHERE next_attempt_at IS NOT NULL LIMIT $1) \
+                 SELECT status FROM email_deliveries WHERE next_attempt_at IS NOT NULL LIMIT $1) \
              SELECT status, count(*), NULL::float8 FROM unfinished GROUP BY status \
              UNION ALL \
-             SELECT '', NULL, (SELECT extract(epoch FROM now() - next_attempt_at)::float8 FROM emails \
+             SELECT '', NULL, (SELECT extract(epoch FROM now() - next_attempt_at)::float8 FROM email_deliveries \
                  WHERE next_attempt_at IS NOT NULL AND next_attempt_at <= now() \
                    AND status IN ('queued', 'deferred', 'scheduled') \
                  ORDER BY next_attempt_at LIMIT 1)",
@@ -824,24 +854,32 @@ impl EmailStore for PgEmailStore {
 /// time; the others are due now. Emails with attachments need `conn` to be a
 /// transaction, so that rows and bytes come together.
 async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Result<Vec<Email>> {
-    let sql = "INSERT INTO emails (email_id, address_from, address_to, address_cc, address_bcc, \
-             reply_to, subject, message, html, headers, tags, attachments, message_id, \
-             idempotency_key, idempotency_client, scheduled_at, template, lane, status, \
-             next_attempt_at) \
-         SELECT u.id, u.from_, u.to_, u.cc, u.bcc, u.reply_to, u.subject, u.message, u.html, \
-             u.headers, u.tags, u.attachments, u.message_id, u.idempotency_key, u.client, \
-             u.scheduled_at, u.template, u.lane, \
-             CASE WHEN u.scheduled_at > now() THEN 'scheduled' ELSE 'queued' END, \
-             greatest(u.scheduled_at, now()) \
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], $11::jsonb[], \
-             $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::timestamptz[], \
-             $17::jsonb[], $18::text[]) \
-             AS u(id, from_, to_, cc, bcc, reply_to, subject, message, html, headers, tags, \
-                  attachments, message_id, idempotency_key, client, scheduled_at, template, \
-                  lane) \
-         ON CONFLICT DO NOTHING \
-         RETURNING email_id, status, created_at, updated_at, next_attempt_at, scheduled_at";
+    // The message and its delivery state in one statement. An id given twice is
+    // inserted once (ON CONFLICT skips the later copy), so its state is taken from the
+    // first copy too.
+    let sql = "WITH messages AS ( \
+             INSERT INTO email_messages (email_id, address_from, address_to, address_cc, \
+                 address_bcc, reply_to, subject, message, html, headers, tags, attachments, \
+                 message_id, idempotency_key, idempotency_client, template, lane) \
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::jsonb[], \
+                 $11::jsonb[], $12::jsonb[], $13::text[], $14::text[], $15::text[], \
+                 $17::jsonb[], $18::text[]) \
+             ON CONFLICT DO NOTHING \
+             RETURNING email_id, created_at), \
+         deliveries AS ( \
+             INSERT INTO email_deliveries (email_id, scheduled_at, status, next_attempt_at) \
+             SELECT DISTINCT ON (m.email_id) m.email_id, s.at, \
+                 CASE WHEN s.at > now() THEN 'scheduled' ELSE 'queued' END, \
+                 greatest(s.at, now()) \
+             FROM messages m \
+             JOIN UNNEST($1::uuid[], $16::timestamptz[]) WITH ORDINALITY AS s(id, at, n) \
+                 ON s.id = m.email_id \
+             ORDER BY m.email_id, s.n \
+             RETURNING email_id, status, updated_at, next_attempt_at, scheduled_at) \
+         SELECT email_id, d.status, m.created_at, d.updated_at, d.next_attempt_at, \
+             d.scheduled_at \
+         FROM messages m JOIN deliveries d USING (email_id)";
     let columns = Columns::of(emails.iter().copied());
     let created: Vec<InsertedRow> = sqlx::query_as(sql)
         .bind(&columns.ids)
@@ -869,7 +907,11 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
         let created_ids: Vec<Uuid> = created.iter().map(InsertedRow::id).collect();
         store_contents(conn, emails, &created_ids).await?;
     }
-    let by_id: HashMap<Uuid, &NewEmail> = emails.iter().map(|e| (e.id.as_uuid(), *e)).collect();
+    // The first copy of an id is the one stored.
+    let mut by_id: HashMap<Uuid, &NewEmail> = HashMap::with_capacity(emails.len());
+    for email in emails {
+        by_id.entry(email.id.as_uuid()).or_insert(email);
+    }
     created
         .into_iter()
         .map(|row| {
@@ -883,11 +925,13 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
         .collect()
 }
 
-/// The emails of `emails` that `created` has no row for.
+/// The emails of `emails` that `created` has no row for. Of an id given more than once
+/// only the first copy was stored: the later ones conflicted with it.
 fn not_in<'a>(emails: Vec<&'a NewEmail>, created: &[Email]) -> Vec<&'a NewEmail> {
+    let mut stored: HashSet<EmailId> = created.iter().map(|email| email.id).collect();
     emails
         .into_iter()
-        .filter(|e| !created.iter().any(|email| email.id == e.id))
+        .filter(|e| !stored.remove(&e.id))
         .collect()
 }
 

@@ -117,7 +117,7 @@ impl PgEmailStore {
 
     pub(super) async fn list_rows(&self, query: &ListQuery) -> Result<ListPage<Email>> {
         let mut sql: QueryBuilder<Postgres> =
-            QueryBuilder::new(concat!("SELECT ", columns!(), " FROM emails WHERE TRUE"));
+            QueryBuilder::new(concat!("SELECT ", columns!(), " FROM emails m WHERE TRUE"));
         if let Some(status) = query.status {
             sql.push(" AND status = ").push_bind(status.as_str());
         }
@@ -182,9 +182,11 @@ impl PgEmailStore {
 
     pub(super) async fn release_due_rows(&self, limit: i64) -> Result<Released> {
         let sql = concat!(
-            "UPDATE emails SET status = 'queued', next_attempt_at = now(), updated_at = now() \
-             WHERE email_id IN ( \
-                 SELECT email_id FROM emails \
+            "UPDATE email_deliveries d SET status = 'queued', next_attempt_at = now(), \
+                 updated_at = now() \
+             FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id IN ( \
+                 SELECT email_id FROM email_deliveries \
                  WHERE status = 'scheduled' AND next_attempt_at <= now() \
                  ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED) \
              RETURNING ",
@@ -196,7 +198,7 @@ impl PgEmailStore {
             .await
             .map_err(db_error)?;
         let next_due: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM emails WHERE status = 'scheduled'",
+            "SELECT min(next_attempt_at) FROM email_deliveries WHERE status = 'scheduled'",
         )
         .fetch_one(&self.pool)
         .await
@@ -223,8 +225,11 @@ impl PgEmailStore {
 
     pub(super) async fn cancel_row(&self, id: EmailId) -> Result<Change> {
         let sql = concat!(
-            "UPDATE emails SET status = 'canceled', next_attempt_at = NULL, updated_at = now() \
-             WHERE email_id = $1 AND status IN ('scheduled', 'queued', 'deferred') RETURNING ",
+            "UPDATE email_deliveries d SET status = 'canceled', next_attempt_at = NULL, \
+                 updated_at = now() \
+             FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id = $1 \
+               AND status IN ('scheduled', 'queued', 'deferred') RETURNING ",
             columns!()
         );
         let updated: Option<EmailRow> = sqlx::query_as(sql)
@@ -237,9 +242,11 @@ impl PgEmailStore {
 
     pub(super) async fn reschedule_row(&self, id: EmailId, at: DateTime<Utc>) -> Result<Change> {
         let sql = concat!(
-            "UPDATE emails SET scheduled_at = $2, next_attempt_at = greatest($2, now()), \
-                 updated_at = now() \
-             WHERE email_id = $1 AND status = 'scheduled' RETURNING ",
+            "UPDATE email_deliveries d SET scheduled_at = $2, \
+                 next_attempt_at = greatest($2, now()), updated_at = now() \
+             FROM email_messages m \
+             WHERE m.email_id = d.email_id AND d.email_id = $1 AND status = 'scheduled' \
+             RETURNING ",
             columns!()
         );
         let updated: Option<EmailRow> = sqlx::query_as(sql)

@@ -226,8 +226,10 @@ impl SuppressionStore for PgSuppressionStore {
         }
         let changed: Option<EmailRow> = match &report.status_change {
             Some(change) => sqlx::query_as(concat!(
-                "UPDATE emails SET status = $2, last_error = $3, updated_at = now() \
-                 WHERE email_id = $1 AND status = ANY($4) RETURNING ",
+                "UPDATE email_deliveries d SET status = $2, last_error = $3, updated_at = now() \
+                 FROM email_messages m \
+                 WHERE m.email_id = d.email_id AND d.email_id = $1 AND status = ANY($4) \
+                 RETURNING ",
                 columns!()
             ))
             .bind(id)

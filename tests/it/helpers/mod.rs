@@ -483,7 +483,27 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
-    /// Rows in this application's `emails` table.
+    /// Stores a queued email straight into the tables, with no send event (as one whose
+    /// event was lost, or that only the test will deliver), due `overdue` ago.
+    pub async fn store_without_event(&self, id: Uuid, to: &str, subject: &str, overdue: Duration) {
+        sqlx::query(
+            "WITH message AS ( \
+                 INSERT INTO email_messages (email_id, address_from, address_to, subject, message) \
+                 VALUES ($1, 'sender@example.com', $2, $3, 'stored without an event') \
+                 RETURNING email_id) \
+             INSERT INTO email_deliveries (email_id, next_attempt_at) \
+             SELECT email_id, now() - make_interval(secs => $4) FROM message",
+        )
+        .bind(id)
+        .bind(to)
+        .bind(subject)
+        .bind(overdue.as_secs_f64())
+        .execute(&self.db)
+        .await
+        .expect("storing an email without its event");
+    }
+
+    /// Emails in this application's database (the view `emails`).
     pub async fn stored_emails(&self) -> i64 {
         let (count,): (i64,) = sqlx::query_as("SELECT count(*) FROM emails")
             .fetch_one(&self.db)
