@@ -45,8 +45,9 @@ bench:
 bench-ab:
 	scripts/bench-ab.sh
 
-## bench-pair: the REST cached GET of BASELINE=path/to/mailroom (A) and this tree's release
-## build (B), both loaded at the same time, so the host's noise hits both; prints B / A
+## bench-pair: the REST cached GET (BENCH_PAIR_REQUEST=post: the REST POST) of
+## BASELINE=path/to/mailroom (A) and this tree's release build (B), both loaded at the same
+## time, so the host's noise hits both; prints B / A
 bench-pair:
 	scripts/bench-pair.sh
 

@@ -14,6 +14,8 @@ UPDATE email_messages m
         updated_at = d.updated_at, sent_at = d.sent_at, next_attempt_at = d.next_attempt_at,
         retry_base = d.retry_base, scheduled_at = d.scheduled_at
     FROM email_deliveries d WHERE d.email_id = m.email_id;
+DROP TRIGGER email_messages_delete_deliveries ON email_messages;
+DROP FUNCTION email_messages_delete_deliveries();
 DROP TABLE email_deliveries;
 ALTER TABLE email_messages ADD CONSTRAINT emails_status_check CHECK (status IN
     ('queued', 'sending', 'sent', 'deferred', 'failed', 'scheduled', 'canceled',

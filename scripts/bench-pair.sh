@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# make bench-pair BASELINE=path/to/mailroom: the REST cached GET of two release binaries,
-# measured at the same time. Both services run side by side (each on its own database,
+# make bench-pair BASELINE=path/to/mailroom: the REST cached GET (or the REST POST) of two
+# release binaries, measured at the same time. Both services run side by side (each on its own database,
 # stream and Redis prefix) and one wrk loads each at once, so whatever else the host does
 # during a round slows both alike. Halfway, both are started again with their ports and
 # their order of start swapped. Prints each round's req/s and B / A, and the median.
@@ -13,17 +13,23 @@
 #   BASELINE   A (required)         CANDIDATE  B: defaults to this tree's release build
 #   BENCH_PAIR_ROUNDS  rounds (default 8)   BENCH_DURATION  seconds per round (default 8)
 #   BENCH_CONNECTIONS  connections per binary (default 32)
+#   BENCH_PAIR_REQUEST  get (default): the cached GET of one email; post: the synchronous
+#                       REST POST of `make bench`, both delivering into one smtp-sink
 SCRIPT=bench-pair
 . "$(dirname "$0")/bench/two-binaries.sh"
 command -v wrk >/dev/null || fail "wrk is missing: apt-get install wrk (make bench installs it)"
 ROUNDS="${BENCH_PAIR_ROUNDS:-8}"
 DURATION="${BENCH_DURATION:-8}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
+REQUEST="${BENCH_PAIR_REQUEST:-get}"
+case "$REQUEST" in get | post) ;; *) fail "BENCH_PAIR_REQUEST is get or post, not $REQUEST" ;; esac
 PG="${BENCH_PG:-postgres://postgres:postgres@127.0.0.1:5432}"
 REDIS_URL="${BENCH_REDIS:-redis://127.0.0.1:6379}"
 TAG="pair$$"
 WORK="$(mktemp -d)"
 PIDS=()
+SINK_PID=""
+SMTP_PORT=19925
 
 admin_sql() { psql "$PG/postgres" -v ON_ERROR_STOP=1 -qtAc "$1"; }
 # Deletes a JetStream stream through the server's API (mailroom has no command for it).
@@ -46,6 +52,7 @@ stop_services() {
 cleanup() {
   set +e
   stop_services
+  [ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null && wait "$SINK_PID" 2>/dev/null
   for side in a b; do
     admin_sql "DROP DATABASE IF EXISTS \"${TAG}_$side\" WITH (FORCE)" >/dev/null 2>&1
     redis-cli -u "$REDIS_URL" --scan --pattern "${TAG}$side:*" 2>/dev/null |
@@ -72,6 +79,7 @@ start() { # side binary port
     MAILROOM__DATABASE__URL="$PG/$db" MAILROOM__NATS__PREFIX="${TAG}$side." \
     MAILROOM__REDIS__URL="$REDIS_URL" MAILROOM__REDIS__KEY_PREFIX="${TAG}$side:" \
     MAILROOM__AUTH__RATE_LIMIT__PER_SECOND=10000000 MAILROOM__AUTH__RATE_LIMIT__BURST=10000000 \
+    MAILROOM__SMTP__HOST=127.0.0.1 MAILROOM__SMTP__PORT="$SMTP_PORT" \
     MAILROOM__TELEMETRY__OTLP_ENDPOINT="" MAILROOM__TELEMETRY__LOG_FILTER=warn RUST_LOG=warn \
     sh -c '"$0" migrate up >/dev/null && exec "$0" serve' "$bin" >"$WORK/$side.log" 2>&1 &
   PIDS+=("$!")
@@ -86,9 +94,15 @@ start() { # side binary port
     "http://127.0.0.1:$port/api/v1/email" | jq -r .emailID >"$WORK/$side.id"
 }
 
+# The POST body of `make bench`'s REST POST phase.
+POST_BODY="$(jq -nc '{from: "bench@example.com", to: "rest@example.com", subject: "Bench REST",
+  message: "Hello, this is a message of the mailroom benchmark. Your order has shipped and will arrive within three working days. Thank you."}')"
 load() { # port id output
-  BENCH_METHOD=GET BENCH_KEY=local-dev-key wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s \
-    -s scripts/bench/wrk.lua "http://127.0.0.1:$1/api/v1/email/$2" | grep '^{"requests"' >"$3"
+  local method=GET body="" path="email/$2"
+  [ "$REQUEST" = post ] && method=POST body="$POST_BODY" path=email
+  BENCH_METHOD="$method" BENCH_BODY="$body" BENCH_KEY=local-dev-key \
+    wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s \
+    -s scripts/bench/wrk.lua "http://127.0.0.1:$1/api/v1/$path" | grep '^{"requests"' >"$3"
 }
 
 # Both sides at once: a warm-up, then the rounds of one half.
@@ -108,8 +122,15 @@ rounds() { # port_a port_b first_round last_round
   done
 }
 
+# Deliveries go to one sink (only the POST makes any); its port is fixed like the others.
+if [ "$(id -u)" -eq 0 ]; then sink_user=(-u nobody); else sink_user=(); fi
+command -v smtp-sink >/dev/null || fail "smtp-sink is missing: install postfix (make bench does)"
+smtp-sink "${sink_user[@]}" 127.0.0.1:"$SMTP_PORT" 1000 >"$WORK/smtp-sink.log" 2>&1 &
+SINK_PID=$!
+
 say "A: $A"
 say "B: $B"
+say "request: $REQUEST"
 HALF=$((ROUNDS / 2))
 printf '| round | A req/s | B req/s | B / A |\n|---|---|---|---|\n'
 start a "$A" 19710

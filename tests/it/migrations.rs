@@ -142,4 +142,19 @@ async fn the_delivery_state_moves_to_its_own_table_and_back_with_every_email() {
     // Up again: every email reads back exactly as before.
     MIGRATOR.run(&db).await.unwrap();
     assert_eq!(read_all(&store, &ids).await, before);
+
+    // A message deleted takes its delivery state with it, and only its own.
+    sqlx::query("DELETE FROM email_messages WHERE email_id = $1")
+        .bind(ids[0].as_uuid())
+        .execute(&db)
+        .await
+        .unwrap();
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT email_id FROM email_deliveries ORDER BY email_id")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let mut kept: Vec<uuid::Uuid> = ids[1..].iter().map(EmailId::as_uuid).collect();
+    kept.sort();
+    assert_eq!(left, kept);
 }
