@@ -12,6 +12,23 @@ const PAUSE: Duration = Duration::from_millis(500);
 pub async fn until_deadline<F, Fut, T, E>(
     patience: Duration,
     what: &str,
+    attempt: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+    E: Display,
+{
+    until_deadline_unless(patience, what, |_| false, attempt).await
+}
+
+/// As [`until_deadline`], except that an error `fatal` recognises is returned at once:
+/// it says something waiting cannot mend (a database whose applied migrations disagree
+/// with this build's, for one).
+pub async fn until_deadline_unless<F, Fut, T, E>(
+    patience: Duration,
+    what: &str,
+    fatal: impl Fn(&E) -> bool,
     mut attempt: F,
 ) -> Result<T, E>
 where
@@ -23,7 +40,7 @@ where
     loop {
         match attempt().await {
             Ok(value) => return Ok(value),
-            Err(err) if tokio::time::Instant::now() < deadline => {
+            Err(err) if !fatal(&err) && tokio::time::Instant::now() < deadline => {
                 tracing::warn!(
                     error = format!("{err:#}"),
                     "{what} is not reachable yet; retrying"
@@ -65,5 +82,29 @@ mod tests {
         .await;
         assert_eq!(result, Err("no 5".to_owned()));
         assert!(started.elapsed() >= Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_error_ends_the_wait_at_once() {
+        let calls = Cell::new(0);
+        let result: Result<(), String> = until_deadline_unless(
+            Duration::from_secs(60),
+            "x",
+            |err: &String| err.starts_with("fatal"),
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    Err(if n < 3 {
+                        format!("no {n}")
+                    } else {
+                        "fatal".into()
+                    })
+                }
+            },
+        )
+        .await;
+        assert_eq!(result, Err("fatal".to_owned()));
+        assert_eq!(calls.get(), 3, "tried until the fatal error, not after");
     }
 }

@@ -60,9 +60,12 @@ impl Core {
         let patience = settings.startup.wait_for_dependencies;
         let pool = postgres::pool(&settings.database)?;
         if settings.database.migrate_on_start {
-            retry::until_deadline(patience, "PostgreSQL", || {
-                postgres::create_and_migrate(&settings.database, &pool)
-            })
+            retry::until_deadline_unless(
+                patience,
+                "PostgreSQL",
+                postgres::is_migration_conflict,
+                || postgres::create_and_migrate(&settings.database, &pool),
+            )
             .await
             .with_context(|| {
                 format!(

@@ -87,6 +87,55 @@ async fn migrations_go_up_report_their_status_and_come_down() {
     assert!(ok, "migrations apply again after coming down: {out}{err}");
 }
 
+/// A migration edited after it was applied cannot be mended by waiting: `serve` stops at
+/// once with the cause instead of retrying as if PostgreSQL were down.
+#[tokio::test]
+async fn a_migration_changed_after_it_was_applied_stops_the_start_at_once() {
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let (ok, out, err) = run(mailroom(&isolation).args(["migrate", "up"]));
+    assert!(ok, "{out}{err}");
+    let mut settings = crate::helpers::test_settings();
+    isolation.apply(&mut settings);
+    let db = sqlx::PgPool::connect(secrecy::ExposeSecret::expose_secret(&settings.database.url))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea \
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations)",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    db.close().await;
+
+    // Patience far longer than the wait below: only giving up at once ends in time.
+    let mut serve = mailroom(&isolation)
+        .env("MAILROOM__STARTUP__WAIT_FOR_DEPENDENCIES", "300s")
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            serve.kill().unwrap();
+            panic!("serve still waits for a database whose migrations cannot match");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The logs (stdout) and the final error (stderr) together.
+    let output = std::io::read_to_string(serve.stdout.take().unwrap()).unwrap()
+        + &std::io::read_to_string(serve.stderr.take().unwrap()).unwrap();
+    assert!(!status.success());
+    assert!(output.contains("has been modified"), "{output}");
+    assert!(!output.contains("not reachable yet"), "{output}");
+}
+
 #[test]
 fn the_openapi_command_prints_the_document() {
     let output = Command::new(BINARY).arg("openapi").output().unwrap();

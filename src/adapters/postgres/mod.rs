@@ -23,7 +23,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{
     PgPool, Postgres,
-    migrate::{MigrateDatabase, Migrator},
+    migrate::{MigrateDatabase, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
 };
@@ -58,6 +58,25 @@ pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
         .min_connections(settings.min_connections)
         .acquire_timeout(settings.acquire_timeout)
         .connect_lazy_with(options))
+}
+
+/// Whether a failure of [`create_and_migrate`] is one that waiting cannot mend: the
+/// database's record of applied migrations disagrees with this build's (a migration
+/// edited after it was applied, or one applied by another build).
+pub fn is_migration_conflict(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<MigrateError>(),
+            Some(
+                MigrateError::VersionMissing(_)
+                    | MigrateError::VersionMismatch(_)
+                    | MigrateError::VersionNotPresent(_)
+                    | MigrateError::VersionTooOld(..)
+                    | MigrateError::VersionTooNew(..)
+                    | MigrateError::Dirty(_)
+            )
+        )
+    })
 }
 
 /// Creates the database when it does not exist yet, then applies pending migrations.
