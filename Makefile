@@ -45,7 +45,7 @@ bench:
 bench-ab:
 	scripts/bench-ab.sh
 
-## bench-pair: the REST cached GET (BENCH_PAIR_REQUEST=post: the REST POST) of
+## bench-pair: the REST cached GET (BENCH_PAIR_REQUEST=post or grpc-create: that call) of
 ## BASELINE=path/to/mailroom (A) and this tree's release build (B), both loaded at the same
 ## time, so the host's noise hits both; prints B / A
 bench-pair:

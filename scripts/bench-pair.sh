@@ -14,7 +14,8 @@
 #   BENCH_PAIR_ROUNDS  rounds (default 8)   BENCH_DURATION  seconds per round (default 8)
 #   BENCH_CONNECTIONS  connections per binary (default 32)
 #   BENCH_PAIR_REQUEST  get (default): the cached GET of one email; post: the synchronous
-#                       REST POST of `make bench`, both delivering into one smtp-sink
+#                       REST POST of `make bench`; grpc-create: gRPC Create as `make bench`
+#                       calls it (BENCH_LOAD, else built here). Deliveries go to one smtp-sink
 SCRIPT=bench-pair
 . "$(dirname "$0")/bench/two-binaries.sh"
 command -v wrk >/dev/null || fail "wrk is missing: apt-get install wrk (make bench installs it)"
@@ -22,7 +23,12 @@ ROUNDS="${BENCH_PAIR_ROUNDS:-8}"
 DURATION="${BENCH_DURATION:-8}"
 CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 REQUEST="${BENCH_PAIR_REQUEST:-get}"
-case "$REQUEST" in get | post) ;; *) fail "BENCH_PAIR_REQUEST is get or post, not $REQUEST" ;; esac
+case "$REQUEST" in get | post | grpc-create) ;; *) fail "BENCH_PAIR_REQUEST is get, post or grpc-create, not $REQUEST" ;; esac
+if [ "$REQUEST" = grpc-create ] && [ -z "${BENCH_LOAD:-}" ]; then
+  cargo bench --locked --bench load --no-run
+  BENCH_LOAD="$(cargo bench --locked --bench load --no-run --message-format=json 2>/dev/null |
+    jq -r 'select(.executable != null and .target.name == "load") | .executable' | tail -n 1)"
+fi
 PG="${BENCH_PG:-postgres://postgres:postgres@127.0.0.1:5432}"
 REDIS_URL="${BENCH_REDIS:-redis://127.0.0.1:6379}"
 TAG="pair$$"
@@ -97,25 +103,31 @@ start() { # side binary port
 # The POST body of `make bench`'s REST POST phase.
 POST_BODY="$(jq -nc '{from: "bench@example.com", to: "rest@example.com", subject: "Bench REST",
   message: "Hello, this is a message of the mailroom benchmark. Your order has shipped and will arrive within three working days. Thank you."}')"
-load() { # port id output
-  local method=GET body="" path="email/$2"
+load() { # side port output
+  if [ "$REQUEST" = grpc-create ]; then
+    "$BENCH_LOAD" --bench grpc --addr "https://127.0.0.1:$(($2 + 1))" --ca "$WORK/$1-certs/ca.crt" \
+      --key local-dev-key --method create --connections 4 --concurrency "$CONNECTIONS" \
+      --duration-secs "$DURATION" | grep '^{' >"$3"
+    return
+  fi
+  local method=GET body="" path="email/$(cat "$WORK/$1.id")"
   [ "$REQUEST" = post ] && method=POST body="$POST_BODY" path=email
   BENCH_METHOD="$method" BENCH_BODY="$body" BENCH_KEY=local-dev-key \
     wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --timeout 10s \
-    -s scripts/bench/wrk.lua "http://127.0.0.1:$1/api/v1/$path" | grep '^{"requests"' >"$3"
+    -s scripts/bench/wrk.lua "http://127.0.0.1:$2/api/v1/$path" | grep '^{"requests"' >"$3"
 }
 
 # Both sides at once: a warm-up, then the rounds of one half.
 rounds() { # port_a port_b first_round last_round
   local round pa pb ra rb ratio
-  load "$1" "$(cat "$WORK/a.id")" /dev/null & pa=$!
-  load "$2" "$(cat "$WORK/b.id")" /dev/null & pb=$!
+  load a "$1" /dev/null & pa=$!
+  load b "$2" /dev/null & pb=$!
   wait "$pa" "$pb"
   for ((round = $3; round <= $4; round++)); do
-    load "$1" "$(cat "$WORK/a.id")" "$WORK/a.json" & pa=$!
-    load "$2" "$(cat "$WORK/b.id")" "$WORK/b.json" & pb=$!
+    load a "$1" "$WORK/a.json" & pa=$!
+    load b "$2" "$WORK/b.json" & pb=$!
     wait "$pa" "$pb"
-    ra="$(jq .req_per_s "$WORK/a.json")" rb="$(jq .req_per_s "$WORK/b.json")"
+    ra="$(jq ".req_per_s * 10 | round / 10" "$WORK/a.json")" rb="$(jq ".req_per_s * 10 | round / 10" "$WORK/b.json")"
     ratio="$(jq -n "$rb / $ra * 1000 | round / 1000")"
     echo "$ratio" >>"$WORK/ratios"
     printf '| %d | %s | %s | %s |\n' "$round" "$ra" "$rb" "$ratio"
