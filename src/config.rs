@@ -285,12 +285,21 @@ pub struct ConsumersSettings {
     pub webhook: ConsumerSettings,
 }
 
+/// `nats.consumers.*.batch_max_bytes` when a consumer does not set it: 1 MiB, about ten
+/// create events with a 100 KB attachment, hundreds of plain ones.
+fn default_batch_max_bytes() -> usize {
+    1024 * 1024
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSettings {
     pub durable: String,
     pub workers: usize,
     pub batch_size: usize,
+    /// Payload bytes past which a batch takes no more messages.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     pub max_ack_pending: i64,
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
@@ -564,8 +573,10 @@ impl Settings {
             ("webhook_dispatch", &self.nats.consumers.webhook_dispatch),
             ("webhook", &self.nats.consumers.webhook),
         ] {
-            if consumer.workers == 0 || consumer.batch_size == 0 {
-                bail!("nats.consumers.{name}.workers and batch_size must be at least 1");
+            if consumer.workers == 0 || consumer.batch_size == 0 || consumer.batch_max_bytes == 0 {
+                bail!(
+                    "nats.consumers.{name}.workers, batch_size and batch_max_bytes must be at least 1"
+                );
             }
             match consumer.deliver_policy {
                 DeliverPolicySetting::ByStartSequence if consumer.start_sequence.is_none() => {

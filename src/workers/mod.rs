@@ -2,9 +2,11 @@
 //! runs up to N batches at once, and turns each message's [`Verdict`] into an ack, a NAK
 //! with delay or a dead letter.
 //!
-//! A batch is what has arrived when a worker is free (at most `batch_size` messages, never
-//! waiting to fill one), so a quiet system handles each message at once and a busy one
-//! stores, claims and records many emails per transaction.
+//! A batch is what has arrived when a worker is free (at most `batch_size` messages and,
+//! past the first, `batch_max_bytes` of payload; never waiting to fill one), so a quiet
+//! system handles each message at once and a busy one stores, claims and records many
+//! emails per transaction, while a burst of large create events (attachments) is not held
+//! in memory 64 at a time per worker.
 //!
 //! Handlers see [`Inbound`]s (no NATS types) and answer [`Verdict`]s, so tests drive them
 //! a message at a time without a server and without sleeping through backoffs.
@@ -130,6 +132,8 @@ pub struct WorkerPool {
     pub workers: usize,
     /// Most messages in one batch.
     pub batch_size: usize,
+    /// Payload bytes past which a batch takes no more messages.
+    pub batch_max_bytes: usize,
     pub ack_wait: Duration,
     /// Where dead letters go.
     pub mailroom: Mailroom,
@@ -204,16 +208,20 @@ impl WorkerPool {
                 };
                 // Take what has already arrived, without waiting for more (`next` is
                 // cancel-safe: a message not taken now stays in the stream).
-                while batch.len() < this.batch_size {
-                    match messages.next().now_or_never() {
-                        Some(Some(Ok(message))) => batch.push(message),
+                fill_batch(
+                    &mut batch,
+                    this.batch_size,
+                    this.batch_max_bytes,
+                    |message| message.payload.len(),
+                    || match messages.next().now_or_never() {
+                        Some(Some(Ok(message))) => Some(message),
                         Some(Some(Err(err))) => {
                             tracing::warn!(consumer = %this.label, error = %err, "pulling messages failed");
-                            break;
+                            None
                         }
-                        _ => break,
-                    }
-                }
+                        _ => None,
+                    },
+                );
                 let this = this.clone();
                 in_flight.spawn(async move {
                     this.process(batch).await;
@@ -370,6 +378,24 @@ impl WorkerPool {
     }
 }
 
+/// Adds to `batch` what `next` yields until the batch holds `max_messages` messages or
+/// `max_bytes` of payload (the message that reaches it is the last one taken), or `next`
+/// has nothing more.
+fn fill_batch<T>(
+    batch: &mut Vec<T>,
+    max_messages: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+    mut next: impl FnMut() -> Option<T>,
+) {
+    let mut bytes: usize = batch.iter().map(&size).sum();
+    while batch.len() < max_messages && bytes < max_bytes {
+        let Some(message) = next() else { break };
+        bytes += size(&message);
+        batch.push(message);
+    }
+}
+
 #[cfg(test)]
 impl Inbound {
     /// A message as the pool would hand it to a handler, for tests.
@@ -406,4 +432,36 @@ fn inbound(message: &jetstream::Message, span: tracing::Span) -> anyhow::Result<
         published: info.published,
         span,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_batch;
+
+    /// `fill_batch` on messages of the given sizes, answering the sizes taken.
+    fn filled(first: usize, rest: &[usize], max_messages: usize, max_bytes: usize) -> Vec<usize> {
+        let mut rest = rest.iter().copied();
+        let mut batch = vec![first];
+        fill_batch(&mut batch, max_messages, max_bytes, |&n| n, || rest.next());
+        batch
+    }
+
+    #[test]
+    fn a_batch_takes_what_has_arrived_up_to_its_count() {
+        assert_eq!(filled(10, &[10, 10, 10], 3, 1_000), [10, 10, 10]);
+        assert_eq!(
+            filled(10, &[10], 64, 1_000),
+            [10, 10],
+            "never waits to fill"
+        );
+    }
+
+    #[test]
+    fn a_batch_stops_growing_once_it_holds_its_bytes() {
+        // The message that reaches the bound is the last one taken.
+        assert_eq!(filled(100, &[100, 100, 100], 64, 250), [100, 100, 100]);
+        assert_eq!(filled(100, &[100, 100, 100], 64, 200), [100, 100]);
+        // A first message over the bound is a batch of its own.
+        assert_eq!(filled(5_000, &[1, 1], 64, 1_000), [5_000]);
+    }
 }
