@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# make bench-pair BASELINE=path/to/mailroom: the REST cached GET (or the REST POST) of two
-# release binaries, measured at the same time. Both services run side by side (each on its own database,
-# stream and Redis prefix) and one wrk loads each at once, so whatever else the host does
-# during a round slows both alike. Halfway, both are started again with their ports and
+# make bench-pair BASELINE=path/to/mailroom: the REST cached GET (or the REST POST, or gRPC
+# Create) of two release binaries, measured at the same time. Both services run side by
+# side (each on its own database, stream and Redis prefix) and one load generator (wrk, or
+# benches/load.rs for gRPC) loads each at once, so whatever else the host does during a
+# round slows both alike. Halfway, both are started again with their ports and
 # their order of start swapped. Prints each round's req/s and B / A, and the median.
 #
 # Why: on this kind of machine, the cached GET of one binary measured alone swings by 10
