@@ -181,6 +181,8 @@ impl Application {
         let send_bulk = &nats.consumers.send_bulk;
         let dispatch = &nats.consumers.webhook_dispatch;
         let webhook = &nats.consumers.webhook;
+        // The server's limit, from its INFO (NATS's default before the first arrives).
+        let max_payload = jetstream.client.max_payload();
         let mut pools = vec![
             WorkerPool {
                 label: nats.subjects.create.clone(),
@@ -203,6 +205,7 @@ impl Application {
                 workers: create.workers,
                 batch_size: create.batch_size,
                 batch_max_bytes: create.batch_max_bytes,
+                max_payload,
                 ack_wait: create.ack_wait,
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
@@ -222,6 +225,7 @@ impl Application {
                 workers: dispatch.workers,
                 batch_size: dispatch.batch_size,
                 batch_max_bytes: dispatch.batch_max_bytes,
+                max_payload,
                 ack_wait: dispatch.ack_wait,
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
@@ -246,6 +250,7 @@ impl Application {
                 workers: webhook.workers,
                 batch_size: webhook.batch_size,
                 batch_max_bytes: webhook.batch_max_bytes,
+                max_payload,
                 ack_wait: webhook.ack_wait,
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),
@@ -276,6 +281,7 @@ impl Application {
                 workers: consumer.workers,
                 batch_size: consumer.batch_size,
                 batch_max_bytes: consumer.batch_max_bytes,
+                max_payload,
                 ack_wait: consumer.ack_wait,
                 mailroom: mailroom.clone(),
                 metrics: metrics.clone(),

@@ -134,6 +134,8 @@ pub struct WorkerPool {
     pub batch_size: usize,
     /// Payload bytes past which a batch takes no more messages.
     pub batch_max_bytes: usize,
+    /// The NATS server's `max_payload`: the largest message the stream can hold.
+    pub max_payload: usize,
     pub ack_wait: Duration,
     /// Where dead letters go.
     pub mailroom: Mailroom,
@@ -166,8 +168,16 @@ impl WorkerPool {
             };
             let mut messages = match consumer
                 .stream()
-                // Enough buffered for every free worker to take a full batch.
+                // Enough buffered for every free worker to take a full batch, by count
+                // and by bytes. The byte bound is never below the largest message the
+                // server takes, since the server refuses a pull that one message
+                // cannot fit in.
                 .max_messages_per_batch(this.workers * this.batch_size)
+                .max_bytes_per_batch(pull_max_bytes(
+                    this.workers,
+                    this.batch_max_bytes,
+                    this.max_payload,
+                ))
                 .heartbeat(Duration::from_secs(5))
                 .expires(Duration::from_secs(30))
                 .messages()
@@ -378,6 +388,12 @@ impl WorkerPool {
     }
 }
 
+/// The bytes one pull asks for: a batch's worth for every worker, and at least one
+/// message of the largest size the server accepts.
+fn pull_max_bytes(workers: usize, batch_max_bytes: usize, max_payload: usize) -> usize {
+    workers.saturating_mul(batch_max_bytes).max(max_payload)
+}
+
 /// Adds to `batch` what `next` yields until the batch holds `max_messages` messages or
 /// `max_bytes` of payload (the message that reaches it is the last one taken), or `next`
 /// has nothing more.
@@ -436,7 +452,7 @@ fn inbound(message: &jetstream::Message, span: tracing::Span) -> anyhow::Result<
 
 #[cfg(test)]
 mod tests {
-    use super::fill_batch;
+    use super::{fill_batch, pull_max_bytes};
 
     /// `fill_batch` on messages of the given sizes, answering the sizes taken.
     fn filled(first: usize, rest: &[usize], max_messages: usize, max_bytes: usize) -> Vec<usize> {
@@ -463,5 +479,12 @@ mod tests {
         assert_eq!(filled(100, &[100, 100, 100], 64, 200), [100, 100]);
         // A first message over the bound is a batch of its own.
         assert_eq!(filled(5_000, &[1, 1], 64, 1_000), [5_000]);
+    }
+
+    #[test]
+    fn a_pull_asks_for_every_workers_batch_and_never_less_than_one_largest_message() {
+        assert_eq!(pull_max_bytes(4, 1 << 20, 1 << 20), 4 << 20);
+        assert_eq!(pull_max_bytes(1, 1_000, 1 << 20), 1 << 20);
+        assert_eq!(pull_max_bytes(usize::MAX, 2, 1), usize::MAX);
     }
 }

@@ -695,3 +695,31 @@ async fn refused_recipients_are_recorded_and_the_others_get_the_message() {
         1
     );
 }
+
+/// Pulls are bounded by bytes, but never below the largest message the server takes: a
+/// create event far larger than what the workers' batches may hold still arrives.
+#[tokio::test]
+async fn a_create_event_larger_than_a_batch_may_hold_is_still_pulled_and_delivered() {
+    let smtp = FakeSmtp::start(Behaviour::Accept).await;
+    let app = spawn_app_with(|s| {
+        s.smtp.port = smtp.port;
+        s.nats.consumers.create.workers = 1;
+        s.nats.consumers.create.batch_max_bytes = 1;
+    })
+    .await;
+    let marker = marker();
+    let mut event = invoice(&marker);
+    // About 400 KB of payload, 400,000 times the batch bound.
+    event["attachments"][0]["content"] = json!(b64(&vec![7u8; 300_000]));
+    let payload = serde_json::to_vec(&event).unwrap();
+    assert!(payload.len() > 400_000, "{}", payload.len());
+    app.publish_raw(&app.subject("mail:create"), payload).await;
+    let delivered = delivery(&smtp, &marker).await;
+    let message = MessageParser::default().parse(&delivered.data).unwrap();
+    assert!(
+        message
+            .attachments()
+            .any(|part| part.contents() == vec![7u8; 300_000].as_slice()),
+        "the large attachment arrives whole"
+    );
+}
