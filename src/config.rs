@@ -285,12 +285,6 @@ pub struct ConsumersSettings {
     pub webhook: ConsumerSettings,
 }
 
-/// `nats.consumers.*.batch_max_bytes` when a consumer does not set it: 1 MiB, about ten
-/// create events with a 100 KB attachment, hundreds of plain ones.
-fn default_batch_max_bytes() -> usize {
-    1024 * 1024
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConsumerSettings {
@@ -298,7 +292,6 @@ pub struct ConsumerSettings {
     pub workers: usize,
     pub batch_size: usize,
     /// Payload bytes past which a batch takes no more messages.
-    #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     pub max_ack_pending: i64,
     #[serde(with = "humantime_serde")]
