@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use chrono::Utc;
 use mailroom::{
-    adapters::postgres::{self, MIGRATOR, PgEmailStore},
+    adapters::postgres::{MIGRATOR, PgEmailStore},
     domain::{AddressList, Email, EmailDraft, EmailId, EmailStatus, Rules},
     ports::{
         AfterAttempt, AttemptOutcome, AttemptRecord, Claim, EmailStore, FinishedAttempt, Inserted,
     },
 };
 
-use crate::helpers::{Cleanup, Isolation};
+use crate::helpers::migrated_store;
 
 /// The newest migration before the delivery state had a table of its own.
 const BEFORE_THE_SPLIT: i64 = 20261202000003;
@@ -48,14 +48,7 @@ async fn read_all(store: &PgEmailStore, ids: &[EmailId]) -> Vec<Email> {
 
 #[tokio::test]
 async fn the_delivery_state_moves_to_its_own_table_and_back_with_every_email() {
-    let isolation = Isolation::new();
-    let _cleanup = Cleanup(isolation.clone());
-    let settings = isolation.settings(|_| {});
-    let db = postgres::pool(&settings.database).unwrap();
-    postgres::create_and_migrate(&settings.database, &db)
-        .await
-        .unwrap();
-    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    let (_cleanup, db, store) = migrated_store().await;
 
     // Emails in four states: queued, scheduled, sent, failed with its error.
     let rules = Rules::default();

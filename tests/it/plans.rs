@@ -18,7 +18,7 @@ use mailroom::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Cleanup, Isolation, eventually};
+use crate::helpers::{Cleanup, Isolation, eventually, migrated_store};
 
 /// Index scans PostgreSQL has counted on an index.
 async fn index_scans(db: &PgPool, index: &str) -> i64 {
@@ -144,14 +144,7 @@ async fn an_insert_answers_each_email_exactly_as_a_read_gives_it() {
         domain::{AddressList, AttachmentDraft, ContentInput, EmailDraft, Rules},
         ports::Inserted,
     };
-    let isolation = Isolation::new();
-    let _cleanup = Cleanup(isolation.clone());
-    let settings = isolation.settings(|_| {});
-    let db = postgres::pool(&settings.database).unwrap();
-    postgres::create_and_migrate(&settings.database, &db)
-        .await
-        .unwrap();
-    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    let (_cleanup, _db, store) = migrated_store().await;
     let rules = Rules::default();
     let full = |scheduled: Option<&str>, lane: &str| {
         rules
@@ -224,14 +217,7 @@ async fn an_id_given_twice_in_one_insert_is_stored_once_with_its_first_state() {
         domain::{AddressList, EmailDraft, EmailStatus, Rules},
         ports::Inserted,
     };
-    let isolation = Isolation::new();
-    let _cleanup = Cleanup(isolation.clone());
-    let settings = isolation.settings(|_| {});
-    let db = postgres::pool(&settings.database).unwrap();
-    postgres::create_and_migrate(&settings.database, &db)
-        .await
-        .unwrap();
-    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    let (_cleanup, db, store) = migrated_store().await;
     let id = EmailId::generate();
     let draft = |scheduled_at: Option<String>, message: &str| EmailDraft {
         id: Some(id),

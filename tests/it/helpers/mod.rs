@@ -16,7 +16,10 @@ use std::{
 use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use futures::StreamExt;
 use mailroom::{
-    adapters::jetstream::JetStream,
+    adapters::{
+        jetstream::JetStream,
+        postgres::{self, PgEmailStore},
+    },
     certs::{self, CertificatePaths},
     config::{Settings, Sources},
     grpc::pb::email_service_client::EmailServiceClient,
@@ -254,6 +257,20 @@ async fn delete_redis_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
 /// Removes an isolation's database and stream at the end of a test that runs the
 /// binary rather than an in-process application.
 pub struct Cleanup(pub Isolation);
+
+/// A migrated database of its own and the email store on it, for tests of the store
+/// without a running service. The database goes when the `Cleanup` is dropped.
+pub async fn migrated_store() -> (Cleanup, PgPool, PgEmailStore) {
+    let isolation = Isolation::new();
+    let cleanup = Cleanup(isolation.clone());
+    let settings = isolation.settings(|_| {});
+    let db = postgres::pool(&settings.database).unwrap();
+    postgres::create_and_migrate(&settings.database, &db)
+        .await
+        .unwrap();
+    let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
+    (cleanup, db, store)
+}
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
