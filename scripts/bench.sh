@@ -515,7 +515,7 @@ say "search: loading $to_load rows to reach $SEARCH_ROWS"
 # The indexes the table's content costs most to keep while loading: dropped, then made
 # again as the migrations define them (read back from the catalogue, so a change to an
 # index's definition needs no change here).
-LOAD_INDEXES="'email_messages_search_idx'"
+LOAD_INDEXES="'email_messages_search_idx', 'email_messages_sender_idx'"
 load_rows() {
   local half=$((to_load / 2)) definitions
   definitions="$(psql "$PG/$DB" -qtAc "SELECT string_agg(indexdef, E';\n') || ';' FROM pg_indexes

@@ -22,6 +22,7 @@ mod listeners;
 mod messages;
 mod migrations;
 mod monitoring;
+mod newest;
 mod nginx;
 mod plans;
 mod read;

@@ -1,5 +1,6 @@
 //! Migrations that move data keep every email: the delivery state moves out of the
-//! email's row (20261203000001) and back again.
+//! email's row (20261203000001) and back again; the creation time is copied beside the
+//! state (20261204000001) and dropped again.
 
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use crate::helpers::migrated_store;
 
 /// The newest migration before the delivery state had a table of its own.
 const BEFORE_THE_SPLIT: i64 = 20261202000003;
+/// The newest migration before the listing's indexes.
+const BEFORE_THE_LISTING_INDEXES: i64 = 20261203000001;
 
 fn finished(id: EmailId, after: AfterAttempt, error: Option<&str>) -> FinishedAttempt {
     FinishedAttempt {
@@ -150,4 +153,65 @@ async fn the_delivery_state_moves_to_its_own_table_and_back_with_every_email() {
     let mut kept: Vec<uuid::Uuid> = ids[1..].iter().map(EmailId::as_uuid).collect();
     kept.sort();
     assert_eq!(left, kept);
+}
+
+#[tokio::test]
+async fn the_creation_time_is_copied_beside_each_state_and_lists_by_status() {
+    use mailroom::domain::ListQuery;
+    let (_cleanup, db, store) = migrated_store().await;
+    let rules = Rules::default();
+    let drafts: Vec<_> = (0..3)
+        .map(|n| {
+            rules
+                .new_email(EmailDraft {
+                    from: Some("shop@example.com".into()),
+                    to: Some(AddressList::Text(format!("user{n}@example.com"))),
+                    subject: Some(format!("Listed {n}")),
+                    message: Some("by status".into()),
+                    ..Default::default()
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut ids = Vec::new();
+    // One insert each, so each has a creation time of its own.
+    for draft in &drafts {
+        match &store.insert(std::slice::from_ref(draft)).await.unwrap()[..] {
+            [Inserted::Created(email)] => ids.push(email.id),
+            other => panic!("a new email is created: {other:?}"),
+        }
+    }
+    store.claim(&ids, Duration::from_secs(60)).await.unwrap();
+    store
+        .finish_attempts(&[
+            finished(ids[0], AfterAttempt::Sent, None),
+            finished(ids[1], AfterAttempt::Failed, Some("550 5.1.1 no such user")),
+            finished(ids[2], AfterAttempt::Sent, None),
+        ])
+        .await
+        .unwrap();
+
+    MIGRATOR
+        .undo(&db, BEFORE_THE_LISTING_INDEXES)
+        .await
+        .unwrap();
+    MIGRATOR.run(&db).await.unwrap();
+    let differing: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM email_deliveries d JOIN email_messages m USING (email_id) \
+         WHERE d.created_at IS DISTINCT FROM m.created_at",
+    )
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(differing, 0);
+    let sent = store
+        .list(&ListQuery {
+            status: Some(EmailStatus::Sent),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<EmailId> = sent.items.iter().map(|e| e.id).collect();
+    assert_eq!(listed, [ids[2], ids[0]], "the sent ones, newest first");
 }

@@ -1,11 +1,13 @@
 //! The email store on PostgreSQL (sqlx). Queries are plain `sqlx::query_as` so building
 //! needs no live database.
 
+mod newest;
 mod rows;
 mod sending;
 mod suppressions;
 mod templates;
 
+pub use newest::Probes;
 pub use suppressions::PgSuppressionStore;
 pub use templates::PgTemplateStore;
 
@@ -48,11 +50,15 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 /// Opens a pool without waiting for PostgreSQL: requests made while it is down fail
 /// fast with `Unavailable` instead of blocking the start.
 pub fn pool(settings: &DatabaseSettings) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = settings
+    let options = settings
         .url
         .expose_secret()
-        .parse()
-        .context("database.url is not a PostgreSQL URL")?;
+        .parse::<PgConnectOptions>()
+        .context("database.url is not a PostgreSQL URL")?
+        // The service's statements are short: compiling one with JIT, which PostgreSQL
+        // does once a plan's cost passes jit_above_cost (a search on a large table), took
+        // longer (10 to 30 ms) than running it.
+        .options([("jit", "off")]);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .min_connections(settings.min_connections)
@@ -104,6 +110,8 @@ pub struct PgEmailStore {
     count_limit: u32,
     /// `idempotency.ttl`: how long an idempotency key keeps answering its email.
     idempotency_ttl: Duration,
+    /// How listings and searches look for their newest matches.
+    probes: Probes,
 }
 
 impl PgEmailStore {
@@ -112,7 +120,14 @@ impl PgEmailStore {
             pool,
             count_limit,
             idempotency_ttl,
+            probes: Probes::default(),
         }
+    }
+
+    /// The same store, looking for the newest matches of listings and searches with
+    /// `probes` (tests make them tiny, so that every way runs on a small table).
+    pub fn with_probes(self, probes: Probes) -> Self {
+        Self { probes, ..self }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -218,6 +233,17 @@ impl PgEmailStore {
             .await
             .map_err(db_error)?;
         rows.into_iter().map(Email::try_from).collect()
+    }
+
+    /// The emails of `ids`, in that order; one deleted meanwhile is simply left out.
+    async fn fetch_in_order(&self, ids: &[Uuid]) -> Result<Vec<Email>> {
+        let mut found: HashMap<Uuid, Email> = self
+            .fetch_many(ids)
+            .await?
+            .into_iter()
+            .map(|email| (email.id.as_uuid(), email))
+            .collect();
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
     }
 
     async fn fetch(&self, id: EmailId) -> Result<Option<Email>> {
@@ -413,103 +439,79 @@ impl EmailStore for PgEmailStore {
         err
     )]
     async fn search(&self, query: &SearchQuery) -> Result<SearchPage<Email>> {
-        // An exact count of a common word reads most of the table, and PostgreSQL, with no
-        // statistics for a rare term, walks the newest-first index filtering every row. So
-        // the search first collects the keys of at most count_limit + 1 matches, which
-        // stops early for a common word and reads only the full-text index for a rare one.
-        // Up to the limit those keys are every match: the page is sorted from them and
-        // read by primary key. Past it, matches are common enough that walking the
-        // newest-first index finds a page after a few rows (cost grows with the offset).
+        // The count stops after count_limit + 1 matches: an exact count of a common word
+        // would read most of the table. With words, those are the newest matches
+        // (src/adapters/postgres/newest.rs finds them from the indexes), so every page
+        // within them comes from their keys. Without words, any count_limit + 1 rows
+        // make the count, and a page is read from the newest-first index. A page past
+        // what the count collected walks the newest rows (cost grows with the offset).
         //
-        // Two query texts rather than `$1 IS NULL OR …`, so the GIN index stays usable.
-        // websearch_to_tsquery accepts any input without syntax errors. The statements
-        // are not kept prepared: a generic plan cannot know whether the term is common.
-        // The keys come from the messages alone; a page of whole emails joins their
-        // delivery state (the view `emails`).
-        macro_rules! matching {
-            () => {
-                " WHERE search @@ websearch_to_tsquery('english', $1)"
-            };
-        }
-        macro_rules! everything {
-            () => {
-                " WHERE $1::text IS NULL"
-            };
-        }
-        macro_rules! newest_first {
-            () => {
-                " ORDER BY created_at DESC, email_id DESC LIMIT $2 OFFSET $3"
-            };
-        }
-        let (keys_sql, walk_sql) = match query.text {
-            Some(_) => (
-                concat!(
-                    "SELECT email_id, created_at FROM email_messages",
-                    matching!(),
-                    " LIMIT $2"
-                ),
-                concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM emails m",
-                    matching!(),
-                    newest_first!()
-                ),
-            ),
-            None => (
-                concat!(
-                    "SELECT email_id, created_at FROM email_messages",
-                    everything!(),
-                    " LIMIT $2"
-                ),
-                concat!(
-                    "SELECT ",
-                    columns!(),
-                    " FROM emails m",
-                    everything!(),
-                    newest_first!()
-                ),
-            ),
-        };
+        // The statements are not kept prepared: a generic plan cannot know whether the
+        // term is common. websearch_to_tsquery accepts any input without syntax errors.
+        // Pages of whole emails join their delivery state (the view `emails`).
         let limit = self.count_limit;
         // One row past the page tells whether more follow.
         let wanted = i64::from(query.size) + 1;
-        let mut keys: Vec<(Uuid, DateTime<Utc>)> = sqlx::query_as(keys_sql)
-            .bind(&query.text)
-            .bind(i64::from(limit) + 1)
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let counted = keys.len() as i64;
-        let rows = if counted <= i64::from(limit) {
-            keys.sort_unstable_by_key(|&(id, created_at)| std::cmp::Reverse((created_at, id)));
-            let page: Vec<Uuid> = keys
-                .into_iter()
-                .skip(usize::try_from(query.offset()).unwrap_or(usize::MAX))
-                .take(wanted as usize)
-                .map(|(id, _)| id)
-                .collect();
-            let mut found: HashMap<Uuid, Email> = self
-                .fetch_many(&page)
-                .await?
-                .into_iter()
-                .map(|email| (email.id.as_uuid(), email))
-                .collect();
-            // A match deleted meanwhile is simply left out.
-            page.iter().filter_map(|id| found.remove(id)).collect()
-        } else {
-            let rows: Vec<EmailRow> = sqlx::query_as(walk_sql)
-                .bind(&query.text)
-                .bind(wanted)
-                .bind(query.offset())
-                .persistent(false)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-            rows.into_iter()
-                .map(Email::try_from)
-                .collect::<Result<Vec<_>>>()?
+        let offset = query.offset();
+        let (counted, keys) = match &query.text {
+            Some(words) => {
+                let matching = newest::Matching {
+                    words: Some(words.clone()),
+                    ..Default::default()
+                };
+                let newest = matching
+                    .newest(&self.pool, limit as usize + 1, &self.probes)
+                    .await?;
+                let counted = newest.keys.len() as i64;
+                let keys = (newest.complete || offset + wanted <= counted).then_some(newest.keys);
+                (counted, keys)
+            }
+            None => {
+                let mut keys: Vec<(Uuid, DateTime<Utc>)> =
+                    sqlx::query_as("SELECT email_id, created_at FROM email_messages LIMIT $1")
+                        .bind(i64::from(limit) + 1)
+                        .fetch_all(&self.pool)
+                        .await
+                        .map_err(db_error)?;
+                let counted = keys.len() as i64;
+                keys.sort_unstable_by_key(|&(id, created_at)| std::cmp::Reverse((created_at, id)));
+                let keys = (counted <= i64::from(limit))
+                    .then(|| keys.into_iter().map(|(id, at)| (at, id)).collect());
+                (counted, keys)
+            }
+        };
+        let rows = match keys {
+            Some(keys) => {
+                let page: Vec<Uuid> = keys
+                    .into_iter()
+                    .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                    .take(wanted as usize)
+                    .map(|(_, id)| id)
+                    .collect();
+                self.fetch_in_order(&page).await?
+            }
+            None => {
+                let mut sql: sqlx::QueryBuilder<Postgres> =
+                    sqlx::QueryBuilder::new(concat!("SELECT ", columns!(), " FROM emails m"));
+                if let Some(words) = &query.text {
+                    sql.push(" WHERE search @@ websearch_to_tsquery('english', ")
+                        .push_bind(words.clone())
+                        .push(")");
+                }
+                sql.push(" ORDER BY created_at DESC, email_id DESC LIMIT ")
+                    .push_bind(wanted)
+                    .push(" OFFSET ")
+                    .push_bind(offset);
+                let rows: Vec<EmailRow> = sql
+                    .build_query_as()
+                    .persistent(false)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                rows.into_iter()
+                    .map(Email::try_from)
+                    .collect::<Result<Vec<_>>>()?
+            }
         };
         Ok(SearchPage::assemble(query, counted, limit, rows))
     }
@@ -887,8 +889,9 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
              ON CONFLICT DO NOTHING \
              RETURNING email_id, created_at), \
          deliveries AS ( \
-             INSERT INTO email_deliveries (email_id, scheduled_at, status, next_attempt_at) \
-             SELECT DISTINCT ON (m.email_id) m.email_id, s.at, \
+             INSERT INTO email_deliveries (email_id, created_at, scheduled_at, status, \
+                 next_attempt_at) \
+             SELECT DISTINCT ON (m.email_id) m.email_id, m.created_at, s.at, \
                  CASE WHEN s.at > now() THEN 'scheduled' ELSE 'queued' END, \
                  greatest(s.at, now()) \
              FROM messages m \

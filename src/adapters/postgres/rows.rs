@@ -17,13 +17,13 @@ use crate::{
 
 /// The columns of an [`EmailRow`], as a literal so queries stay `&'static str`. They are
 /// read from the view `emails` or, after an update of `email_deliveries d`, from it and
-/// `email_messages m` joined: either way under the alias `m` for the one column both
-/// tables have.
+/// `email_messages m` joined: either way under the alias `m` for the two columns both
+/// tables have (`email_id`, `created_at`).
 macro_rules! columns {
     () => {
         "m.email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
          message, html, headers, tags, attachments, message_id, scheduled_at, status, attempts, \
-         retry_base, last_error, idempotency_key, idempotency_client, created_at, updated_at, \
+         retry_base, last_error, idempotency_key, idempotency_client, m.created_at, updated_at, \
          sent_at, next_attempt_at, template, lane"
     };
 }

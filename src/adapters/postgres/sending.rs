@@ -4,28 +4,15 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, QueryBuilder};
+
 use uuid::Uuid;
 
-use super::{EmailRow, PgEmailStore, columns, db_error, insert_rows};
+use super::{EmailRow, PgEmailStore, columns, db_error, insert_rows, newest::Matching};
 use crate::{
     domain::{Cursor, Email, EmailId, ListPage, ListQuery, NewEmail},
     error::{Error, Result},
     ports::{BatchInserted, BatchKey, Change, Released},
 };
-
-/// A pattern matching `address` as one whole mailbox of a header-form list (after a
-/// start, `<`, `,` or a blank; before an end, `>`, `,` or a blank), for `~`.
-fn whole_address(address: &str) -> String {
-    let mut escaped = String::with_capacity(address.len() + 8);
-    for c in address.chars() {
-        if "\\.^$|?*+()[]{}".contains(c) {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    format!("(^|[<,[:space:]]){escaped}($|[>,[:space:]])")
-}
 
 impl PgEmailStore {
     pub(super) async fn insert_batch_rows(
@@ -116,66 +103,31 @@ impl PgEmailStore {
     }
 
     pub(super) async fn list_rows(&self, query: &ListQuery) -> Result<ListPage<Email>> {
-        let mut sql: QueryBuilder<Postgres> =
-            QueryBuilder::new(concat!("SELECT ", columns!(), " FROM emails m WHERE TRUE"));
-        if let Some(status) = query.status {
-            sql.push(" AND status = ").push_bind(status.as_str());
-        }
-        if let Some((name, value)) = &query.tag {
-            sql.push(" AND tags @> ")
-                .push_bind(serde_json::json!({ name: value }))
-                .push("::jsonb");
-        }
-        if let Some(to) = &query.to {
-            // The search vector holds the To addresses: it finds the candidates, the
-            // pattern keeps those with this very address.
-            sql.push(" AND search @@ plainto_tsquery('english', ")
-                .push_bind(to.clone())
-                .push(") AND lower(address_to) ~ ")
-                .push_bind(whole_address(to));
-        }
-        if let Some(from) = &query.from {
-            sql.push(" AND lower(address_from) ~ ")
-                .push_bind(whole_address(from));
-        }
-        if let Some(after) = query.created_after {
-            sql.push(" AND created_at >= ").push_bind(after);
-        }
-        if let Some(before) = query.created_before {
-            sql.push(" AND created_at < ").push_bind(before);
-        }
-        if let Some(search) = &query.search {
-            sql.push(" AND search @@ websearch_to_tsquery('english', ")
-                .push_bind(search.clone())
-                .push(")");
-        }
-        if let Some(cursor) = query.cursor {
-            sql.push(" AND (created_at, email_id) < (")
-                .push_bind(cursor.created_at)
-                .push(", ")
-                .push_bind(cursor.id.as_uuid())
-                .push(")");
-        }
-        sql.push(" ORDER BY created_at DESC, email_id DESC LIMIT ")
-            .push_bind(i64::from(query.limit) + 1);
-        let rows: Vec<EmailRow> = sql
-            .build_query_as()
-            .persistent(false)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        let mut items = rows
-            .into_iter()
-            .map(Email::try_from)
-            .collect::<Result<Vec<_>>>()?;
-        let more = items.len() > query.limit as usize;
-        items.truncate(query.limit as usize);
-        let next = more.then(|| {
-            let last = items.last().expect("a full page");
-            Cursor {
-                created_at: last.created_at,
-                id: last.id,
-            }
+        // A page starts below the cursor and below createdBefore, whichever is older;
+        // createdBefore as a key with the nil id excludes the emails of that very time.
+        let before = [
+            query.cursor.map(|c| (c.created_at, c.id.as_uuid())),
+            query.created_before.map(|at| (at, Uuid::nil())),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let matching = Matching {
+            words: query.search.clone(),
+            recipient: query.to.clone(),
+            tag: query.tag.clone(),
+            status: query.status,
+            sender: query.from.clone(),
+            after: query.created_after,
+            before,
+        };
+        let newest = matching
+            .newest(&self.pool, query.limit as usize + 1, &self.probes)
+            .await?;
+        let ids: Vec<Uuid> = newest.keys.iter().map(|&(_, id)| id).collect();
+        let mut items = self.fetch_in_order(&ids).await?;
+        let next = Cursor::page(&mut items, query.limit, |email| {
+            (email.created_at, email.id.as_uuid())
         });
         Ok(ListPage { items, next })
     }

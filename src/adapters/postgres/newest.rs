@@ -1,0 +1,536 @@
+//! The newest emails that match a listing's or a search's conditions, found in indexes
+//! rather than by reading the table.
+//!
+//! PostgreSQL's indexes give either the newest rows (the btree on `created_at`) or the
+//! rows that match (GIN), not the newest rows that match. Walking the newest rows and
+//! checking each costs as many rows as come before the matches: a word common in the
+//! table but absent from its newest 300,000 rows cost 300,000. Collecting every match
+//! and sorting costs as many rows as match: most of the table for a common word.
+//!
+//! So each condition goes where it is cheap:
+//! - A status or a sender alone (with time bounds) is one btree read in order:
+//!   `email_deliveries_status_idx` and `email_messages_sender_idx` end in
+//!   `(created_at, email_id)`.
+//! - Words, a To recipient and a tag go to the GIN index `email_messages_search_idx`,
+//!   which also holds each email's hour of creation. Three ways are tried in turn:
+//!   1. When the planner expects few matches, all of them are read and sorted.
+//!   2. Else the newest rows are read and checked (a few thousand, more when they match
+//!      densely): what is common among the newest emails ends here.
+//!   3. Else the matches of a few hours at a time, newest hours first: each read
+//!      costs about the matches of those hours, which are all older than those of the
+//!      hours before. The next span of hours is sized from how densely the last one
+//!      matched, so a rare word goes back through the table in a few reads and a
+//!      common one stops after the hours it needs.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, QueryBuilder, types::Json};
+use uuid::Uuid;
+
+use crate::{domain::EmailStatus, error::Result};
+
+use super::db_error;
+
+/// An email's place in newest-first order: its creation time, then its id.
+pub(super) type Key = (DateTime<Utc>, Uuid);
+
+/// How far each way of finding the matches goes before the next is taken. The defaults
+/// suit tables of millions of rows; tests make them tiny so every way runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Probes {
+    /// Most matches the planner may expect for all of them to be read and sorted.
+    pub read_all_expected: f64,
+    /// Most matches read that way; past it the matches were more than expected and the
+    /// other ways are taken.
+    pub read_all_max: i64,
+    /// Newest rows read and checked first.
+    pub walk_rows: i64,
+    /// Most rows that walk is extended to when its matches were dense enough.
+    pub walk_max_rows: i64,
+}
+
+impl Default for Probes {
+    fn default() -> Self {
+        Self {
+            // Reading matches costs 4 to 8 µs each (they are spread over the table), so
+            // only a few thousand. PostgreSQL expects a word it has no statistics for (a
+            // rare one) in half a percent of the rows, 5,000 of a million: those go back
+            // through the days instead, about 3 µs a day.
+            read_all_expected: 2_000.0,
+            read_all_max: 5_000,
+            walk_rows: 2_000,
+            walk_max_rows: 16_000,
+        }
+    }
+}
+
+/// The conditions of a listing or a search; all of them combine.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Matching {
+    /// Words, as `websearch_to_tsquery` reads them.
+    pub words: Option<String>,
+    /// An address among the To recipients, lower case: its words find the candidates
+    /// in the index, the address itself decides.
+    pub recipient: Option<String>,
+    pub tag: Option<(String, String)>,
+    pub status: Option<EmailStatus>,
+    /// The sender's bare address, lower case.
+    pub sender: Option<String>,
+    /// Created at or after this time.
+    pub after: Option<DateTime<Utc>>,
+    /// Strictly older than this key (a cursor, or `createdBefore` with the nil id).
+    pub before: Option<Key>,
+}
+
+/// The newest matches, newest first.
+#[derive(Debug)]
+pub(super) struct Newest {
+    pub keys: Vec<Key>,
+    /// Whether `keys` holds every match (there were fewer than were wanted).
+    pub complete: bool,
+}
+
+impl Newest {
+    fn of(mut keys: Vec<Key>, wanted: usize, complete: bool) -> Self {
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        let complete = complete && keys.len() < wanted;
+        keys.truncate(wanted);
+        Newest { keys, complete }
+    }
+}
+
+/// Statuses `email_deliveries_status_idx` holds (its WHERE clause).
+fn status_indexed(status: EmailStatus) -> bool {
+    !matches!(status, EmailStatus::Queued | EmailStatus::Sending)
+}
+
+/// The hour of a moment since the Unix epoch, as `email_created_hour` computes it.
+fn hour_of(at: DateTime<Utc>) -> i32 {
+    i32::try_from(at.timestamp().div_euclid(3600)).unwrap_or(i32::MIN)
+}
+
+/// A pattern matching `address` as one whole mailbox of a header-form list (after a
+/// start, `<`, `,` or a blank; before an end, `>`, `,` or a blank), for `~`.
+fn whole_address(address: &str) -> String {
+    let mut escaped = String::with_capacity(address.len() + 8);
+    for c in address.chars() {
+        if "\\.^$|?*+()[]{}".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    format!("(^|[<,[:space:]]){escaped}($|[>,[:space:]])")
+}
+
+impl Matching {
+    /// Whether a condition needs the GIN index.
+    fn indexed(&self) -> bool {
+        self.words.is_some() || self.recipient.is_some() || self.tag.is_some()
+    }
+
+    /// The tables a query reads: the delivery state only when the status is asked for.
+    fn tables(&self) -> &'static str {
+        if self.status.is_some() {
+            " FROM email_messages m JOIN email_deliveries d ON d.email_id = m.email_id"
+        } else {
+            " FROM email_messages m"
+        }
+    }
+
+    /// ` AND …` for each condition the GIN index serves.
+    fn push_indexed(&self, sql: &mut QueryBuilder<Postgres>) {
+        if let Some(words) = &self.words {
+            sql.push(" AND m.search @@ websearch_to_tsquery('english', ")
+                .push_bind(words.clone())
+                .push(")");
+        }
+        if let Some(recipient) = &self.recipient {
+            sql.push(" AND m.search @@ plainto_tsquery('english', ")
+                .push_bind(recipient.clone())
+                .push(")");
+        }
+        if let Some((name, value)) = &self.tag {
+            sql.push(" AND m.tags @> ")
+                .push_bind(Json(serde_json::json!({ name: value })))
+                .push("::jsonb");
+        }
+    }
+
+    /// ` AND …` for each condition checked on the rows.
+    fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) {
+        if let Some(recipient) = &self.recipient {
+            sql.push(" AND lower(m.address_to) ~ ")
+                .push_bind(whole_address(recipient));
+        }
+        if let Some(status) = self.status {
+            // A literal, so the planner knows whether the partial status index applies
+            // (the status is one of a fixed set of words).
+            sql.push(format_args!(" AND d.status = '{}'", status.as_str()));
+        }
+        if let Some(sender) = &self.sender {
+            sql.push(" AND email_bare_address(m.address_from) = ")
+                .push_bind(sender.clone());
+        }
+    }
+
+    /// ` AND …` for the time bounds, on the creation time and id of `table`.
+    fn push_bounds(&self, sql: &mut QueryBuilder<Postgres>, table: &str) {
+        if let Some(after) = self.after {
+            sql.push(format_args!(" AND {table}.created_at >= "))
+                .push_bind(after);
+        }
+        if let Some((created_at, id)) = self.before {
+            sql.push(format_args!(
+                " AND ({table}.created_at, {table}.email_id) < ("
+            ))
+            .push_bind(created_at)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+        }
+    }
+
+    /// The newest `wanted` matches.
+    pub(super) async fn newest(
+        &self,
+        pool: &PgPool,
+        wanted: usize,
+        probes: &Probes,
+    ) -> Result<Newest> {
+        if wanted == 0 {
+            return Ok(Newest {
+                keys: Vec::new(),
+                complete: false,
+            });
+        }
+        if !self.indexed() {
+            return self.in_order(pool, wanted).await;
+        }
+        if self.expected(pool).await? <= probes.read_all_expected {
+            let all = self.read_all(pool, probes.read_all_max + 1).await?;
+            if all.len() as i64 <= probes.read_all_max {
+                return Ok(Newest::of(all, wanted, true));
+            }
+        }
+        let mut walk = self.walk(pool, probes.walk_rows, self.before).await?;
+        if walk.exhausted || walk.hits.len() >= wanted {
+            return Ok(Newest::of(walk.hits, wanted, walk.exhausted));
+        }
+        // Matches dense enough among the newest rows: more of them is cheaper than hours.
+        if !walk.hits.is_empty() {
+            let rows = (wanted - walk.hits.len()) as i64 * walk.rows / walk.hits.len() as i64;
+            let rows = rows + rows / 4 + 1;
+            if walk.rows + rows <= probes.walk_max_rows {
+                let more = self.walk(pool, rows, walk.last).await?;
+                walk.hits.extend(more.hits);
+                walk.rows += more.rows;
+                walk.last = more.last.or(walk.last);
+                walk.exhausted = more.exhausted;
+                if walk.exhausted || walk.hits.len() >= wanted {
+                    return Ok(Newest::of(walk.hits, wanted, walk.exhausted));
+                }
+            }
+        }
+        let mut keys = walk.hits;
+        let complete = self.by_hours(pool, wanted, walk.last, &mut keys).await?;
+        Ok(Newest::of(keys, wanted, complete))
+    }
+
+    /// Without words, recipient or tag: one read of a btree in newest-first order.
+    async fn in_order(&self, pool: &PgPool, wanted: usize) -> Result<Newest> {
+        // The status index gives the order when it holds the status asked for; else the
+        // sender's, or the newest-first index, walked and filtered.
+        let table = match self.status {
+            Some(status) if status_indexed(status) => "d",
+            _ => "m",
+        };
+        let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at");
+        sql.push(self.tables()).push(" WHERE TRUE");
+        self.push_filters(&mut sql);
+        self.push_bounds(&mut sql, table);
+        sql.push(format_args!(
+            " ORDER BY {table}.created_at DESC, {table}.email_id DESC LIMIT "
+        ))
+        .push_bind(wanted as i64);
+        let keys = fetch_keys(pool, sql).await?;
+        let complete = keys.len() < wanted;
+        Ok(Newest::of(keys, wanted, complete))
+    }
+
+    /// How many candidates the planner expects the GIN index to give: the indexed
+    /// conditions only, since it badly underestimates the filters (a regular expression
+    /// gets a default guess) and reading the candidates is what costs.
+    async fn expected(&self, pool: &PgPool) -> Result<f64> {
+        let mut sql =
+            QueryBuilder::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM email_messages m WHERE TRUE");
+        self.push_indexed(&mut sql);
+        self.push_bounds(&mut sql, "m");
+        let (plan,): (Json<serde_json::Value>,) = sql
+            .build_query_as()
+            .persistent(false)
+            .fetch_one(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(plan.0[0]["Plan"]["Plan Rows"]
+            .as_f64()
+            .unwrap_or(f64::INFINITY))
+    }
+
+    /// Every match, up to `limit`, in no order.
+    async fn read_all(&self, pool: &PgPool, limit: i64) -> Result<Vec<Key>> {
+        let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at");
+        sql.push(self.tables()).push(" WHERE TRUE");
+        self.push_indexed(&mut sql);
+        self.push_filters(&mut sql);
+        self.push_bounds(&mut sql, "m");
+        sql.push(" LIMIT ").push_bind(limit);
+        fetch_keys(pool, sql).await
+    }
+
+    /// The newest `rows` rows older than `before`, checked against every condition.
+    async fn walk(&self, pool: &PgPool, rows: i64, before: Option<Key>) -> Result<Walk> {
+        let bounded = Matching {
+            before,
+            ..self.clone()
+        };
+        let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at, coalesce(TRUE");
+        self.push_indexed(&mut sql);
+        self.push_filters(&mut sql);
+        sql.push(
+            ", FALSE) FROM (SELECT m.email_id, m.created_at, m.address_from, m.address_to, \
+             m.search, m.tags FROM email_messages m WHERE TRUE",
+        );
+        bounded.push_bounds(&mut sql, "m");
+        sql.push(" ORDER BY m.created_at DESC, m.email_id DESC LIMIT ")
+            .push_bind(rows)
+            .push(") m");
+        if self.status.is_some() {
+            sql.push(" LEFT JOIN email_deliveries d ON d.email_id = m.email_id");
+        }
+        sql.push(" ORDER BY m.created_at DESC, m.email_id DESC");
+        let checked: Vec<(Uuid, DateTime<Utc>, bool)> = sql
+            .build_query_as()
+            .persistent(false)
+            .fetch_all(pool)
+            .await
+            .map_err(db_error)?;
+        Ok(Walk {
+            rows: checked.len() as i64,
+            exhausted: (checked.len() as i64) < rows,
+            last: checked.last().map(|&(id, at, _)| (at, id)).or(before),
+            hits: checked
+                .into_iter()
+                .filter(|&(_, _, hit)| hit)
+                .map(|(id, at, _)| (at, id))
+                .collect(),
+        })
+    }
+
+    /// The matches older than `before`, a span of hours (or days) at a time, newest
+    /// first, added to `keys` until it holds `wanted`. Answers whether every match was
+    /// read.
+    async fn by_hours(
+        &self,
+        pool: &PgPool,
+        wanted: usize,
+        before: Option<Key>,
+        keys: &mut Vec<Key>,
+    ) -> Result<bool> {
+        let bounded = Matching {
+            before,
+            ..self.clone()
+        };
+        let (oldest, newest): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+            sqlx::query_as("SELECT min(created_at), max(created_at) FROM email_messages")
+                .fetch_one(pool)
+                .await
+                .map_err(db_error)?;
+        let (Some(oldest), Some(newest)) = (oldest, newest) else {
+            return Ok(true);
+        };
+        let oldest = hour_of(self.after.map_or(oldest, |after| after.max(oldest)));
+        let mut hour = hour_of(before.map_or(newest, |(at, _)| at.min(newest)));
+        let mut tx = pool.begin().await.map_err(db_error)?;
+        // The planner takes the hours and the words for independent: for the hour of a
+        // burst of emails without the word it expects so many matches that reading the
+        // whole table looks cheaper, or hashing every delivery state of the status asked
+        // for, or a parallel scan whose workers take longer to start than the read takes.
+        // The matches of a few hours are few: read them from the index, and their states
+        // by primary key.
+        sqlx::raw_sql(
+            "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
+             SET LOCAL enable_mergejoin = off; SET LOCAL max_parallel_workers_per_gather = 0",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut span: i32 = 1;
+        let complete = loop {
+            let slice = Slice::ending_at(hour, span).not_before(oldest);
+            let still_wanted = wanted - keys.len();
+            let mut sql =
+                QueryBuilder::new("WITH s AS MATERIALIZED (SELECT m.email_id, m.created_at");
+            // The hours as a subquery, not an array: given thousands of constants, the
+            // planner estimates each one's rows, which took longer than the read.
+            let (column, low, high) = match slice {
+                Slice::Hours(low, high) => ("email_created_hour", low, high),
+                Slice::Days(low, high) => ("email_created_day", low, high),
+            };
+            sql.push(self.tables())
+                .push(format_args!(
+                    " WHERE {column}(m.created_at) = ANY(ARRAY(SELECT generate_series("
+                ))
+                .push_bind(low)
+                .push(", ")
+                .push_bind(high)
+                .push(")))");
+            bounded.push_indexed(&mut sql);
+            bounded.push_filters(&mut sql);
+            bounded.push_bounds(&mut sql, "m");
+            sql.push(
+                ") SELECT email_id, created_at FROM s \
+                 ORDER BY created_at DESC, email_id DESC LIMIT ",
+            )
+            .push_bind(still_wanted as i64);
+            let found = fetch_keys(&mut *tx, sql).await?;
+            let found_here = found.len();
+            keys.extend(found);
+            if keys.len() >= wanted {
+                break false;
+            }
+            let low = slice.first_hour();
+            if low <= oldest {
+                break true;
+            }
+            span = next_span(hour - low + 1, found_here, still_wanted);
+            hour = low - 1;
+        };
+        tx.commit().await.map_err(db_error)?;
+        Ok(complete)
+    }
+}
+
+/// The hours one read takes, newest last, both ends included: counted in hours, or in
+/// whole days (`email_created_day`), whose thousands of hours would each cost the index a
+/// lookup of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slice {
+    Hours(i32, i32),
+    Days(i32, i32),
+}
+
+impl Slice {
+    /// The `span` hours up to `hour`: whole days when they are a day or more and end
+    /// where a day ends; else hours, which stop at the start of `hour`'s day when they
+    /// are a day or more, so the next read is whole days.
+    fn ending_at(hour: i32, span: i32) -> Self {
+        let next_day = (hour + 1).div_euclid(24);
+        if span >= 24 && (hour + 1).rem_euclid(24) == 0 {
+            Slice::Days(next_day - span / 24, next_day - 1)
+        } else if span >= 24 {
+            Slice::Hours(hour.div_euclid(24) * 24, hour)
+        } else {
+            Slice::Hours(hour - span + 1, hour)
+        }
+    }
+
+    /// The same, cut so it starts no earlier than the day or hour of `oldest` (an hour).
+    fn not_before(self, oldest: i32) -> Self {
+        match self {
+            Slice::Hours(low, high) => Slice::Hours(low.max(oldest), high),
+            Slice::Days(low, high) => Slice::Days(low.max(oldest.div_euclid(24)), high),
+        }
+    }
+
+    /// The oldest hour it covers.
+    fn first_hour(self) -> i32 {
+        match self {
+            Slice::Hours(low, _) => low,
+            Slice::Days(low, _) => low * 24,
+        }
+    }
+}
+
+/// The hours the next read takes: eight times as many after one that found nothing,
+/// else as many as the last one's density says are needed, a quarter more, and at most
+/// sixteen times as many.
+fn next_span(span: i32, found: usize, still_wanted: usize) -> i32 {
+    if found == 0 {
+        return span.saturating_mul(8);
+    }
+    let needed = (still_wanted - found) as f64 * f64::from(span) / found as f64 * 1.25;
+    (needed.ceil() as i32).clamp(1, span.saturating_mul(16))
+}
+
+/// What a walk of the newest rows found.
+struct Walk {
+    /// The matches, newest first.
+    hits: Vec<Key>,
+    /// Rows read.
+    rows: i64,
+    /// The last row read (or where the walk started, when it read none).
+    last: Option<Key>,
+    /// Whether no rows are left past the last one read.
+    exhausted: bool,
+}
+
+async fn fetch_keys<'c, E>(executor: E, mut sql: QueryBuilder<Postgres>) -> Result<Vec<Key>>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
+    let rows: Vec<(Uuid, DateTime<Utc>)> = sql
+        .build_query_as()
+        .persistent(false)
+        .fetch_all(executor)
+        .await
+        .map_err(db_error)?;
+    Ok(rows.into_iter().map(|(id, at)| (at, id)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hour_is_counted_from_the_epoch_as_postgres_counts_it() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        assert_eq!(hour_of(at("1970-01-01T00:59:59.999999Z")), 0);
+        assert_eq!(hour_of(at("1970-01-01T01:00:00Z")), 1);
+        assert_eq!(hour_of(at("1969-12-31T23:59:59.5Z")), -1);
+        assert_eq!(hour_of(at("2026-12-04T18:30:00+02:00")), 499_000);
+    }
+
+    #[test]
+    fn slices_are_whole_days_once_a_day_long_and_aligned_else_hours() {
+        // 30 hours up to 09:00 of day 100: the hours back to that day's start first.
+        assert_eq!(Slice::ending_at(100 * 24 + 9, 30), Slice::Hours(2400, 2409));
+        // Then, from the end of day 99, whole days: 30 hours is one day.
+        assert_eq!(Slice::ending_at(100 * 24 - 1, 30), Slice::Days(99, 99));
+        assert_eq!(Slice::ending_at(100 * 24 - 1, 24 * 8), Slice::Days(92, 99));
+        assert_eq!(Slice::Days(92, 99).first_hour(), 92 * 24);
+        // Short spans are hours, across the start of a day too.
+        assert_eq!(Slice::ending_at(2401, 8), Slice::Hours(2394, 2401));
+        // Never before the oldest email's hour, or its day.
+        assert_eq!(
+            Slice::Hours(2394, 2401).not_before(2398),
+            Slice::Hours(2398, 2401)
+        );
+        assert_eq!(
+            Slice::Days(92, 99).not_before(95 * 24 + 5),
+            Slice::Days(95, 99)
+        );
+        // Before the epoch, days and hours count down the same way.
+        assert_eq!(Slice::ending_at(-1, 48), Slice::Days(-2, -1));
+        assert_eq!(Slice::ending_at(-5, 48), Slice::Hours(-24, -5));
+    }
+
+    #[test]
+    fn spans_grow_eightfold_after_nothing_and_by_density_after_something() {
+        assert_eq!(next_span(1, 0, 21), 8);
+        assert_eq!(next_span(8, 0, 21), 64);
+        // 10 of 21 in 4 hours: 11 more at 2.5 an hour, a quarter more: 6 hours.
+        assert_eq!(next_span(4, 10, 21), 6);
+        // One match in an hour, 1,000 still wanted: capped at 16 times the span.
+        assert_eq!(next_span(1, 1, 1_001), 16);
+        assert_eq!(next_span(100, 99, 100), 2);
+    }
+}
