@@ -303,22 +303,37 @@ fn listings(now: DateTime<Utc>) -> Vec<ListQuery> {
 }
 
 /// Probes that send queries down each way: the defaults; never reading all matches and
-/// walking a handful of rows (so the hours are read); reading all when the planner
-/// expects any number, overflowing at once (so the other ways take over); reading all.
-fn probe_sets() -> [Probes; 4] {
+/// walking a handful of rows, so the hours and days are read, as spans of few matches,
+/// as dense spans walked through, and as dense spans read whole once the walk's budget
+/// is spent; reading all when the planner expects any number, overflowing at once (so
+/// the other ways take over); reading all.
+fn probe_sets() -> [Probes; 6] {
+    let by_spans = Probes {
+        read_all_expected: -1.0,
+        read_all_max: 0,
+        walk_rows: 3,
+        walk_max_rows: 10,
+        span_max: 100_000,
+        dense_walk_max: 100_000,
+    };
     [
         Probes::default(),
+        by_spans,
         Probes {
-            read_all_expected: -1.0,
-            read_all_max: 0,
-            walk_rows: 3,
-            walk_max_rows: 10,
+            span_max: 3,
+            ..by_spans
+        },
+        Probes {
+            span_max: 3,
+            dense_walk_max: 6,
+            ..by_spans
         },
         Probes {
             read_all_expected: f64::INFINITY,
             read_all_max: 4,
             walk_rows: 5,
             walk_max_rows: 40,
+            ..Probes::default()
         },
         Probes {
             read_all_expected: f64::INFINITY,

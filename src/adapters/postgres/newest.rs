@@ -12,15 +12,17 @@
 //!   `email_deliveries_status_idx` and `email_messages_sender_idx` end in
 //!   `(created_at, email_id)`.
 //! - Words, a To recipient and a tag go to the GIN index `email_messages_search_idx`,
-//!   which also holds each email's hour of creation. Three ways are tried in turn:
+//!   which also holds each email's minute, hour and day of creation. Three ways are
+//!   tried in turn:
 //!   1. When the planner expects few matches, all of them are read and sorted.
 //!   2. Else the newest rows are read and checked (a few thousand, more when they match
 //!      densely): what is common among the newest emails ends here.
-//!   3. Else the matches of a few hours at a time, newest hours first: each read
-//!      costs about the matches of those hours, which are all older than those of the
-//!      hours before. The next span of hours is sized from how densely the last one
-//!      matched, so a rare word goes back through the table in a few reads and a
-//!      common one stops after the hours it needs.
+//!   3. Else the matches of a span of minutes, hours or days at a time, newest first:
+//!      each read costs about the matches of its span, which are all older than those
+//!      of the spans before. The next span is sized from how densely the last one
+//!      matched, so a rare word goes back through the table in a few reads and a common
+//!      one stops after the span it needs. A span with more matches than a read should
+//!      return (a burst of matching emails) is walked row by row instead, newest first.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, QueryBuilder, types::Json};
@@ -46,6 +48,12 @@ pub struct Probes {
     pub walk_rows: i64,
     /// Most rows that walk is extended to when its matches were dense enough.
     pub walk_max_rows: i64,
+    /// Most matches one read of a span returns (at least twice as many as are still
+    /// wanted); a span holding more is dense, and its newest rows are walked instead.
+    pub span_max: i64,
+    /// Most rows walked through one dense span; past them the span's matches are read
+    /// whole after all.
+    pub dense_walk_max: i64,
 }
 
 impl Default for Probes {
@@ -59,6 +67,8 @@ impl Default for Probes {
             read_all_max: 5_000,
             walk_rows: 2_000,
             walk_max_rows: 16_000,
+            span_max: 1_000,
+            dense_walk_max: 64_000,
         }
     }
 }
@@ -103,9 +113,13 @@ fn status_indexed(status: EmailStatus) -> bool {
     !matches!(status, EmailStatus::Queued | EmailStatus::Sending)
 }
 
-/// The hour of a moment since the Unix epoch, as `email_created_hour` computes it.
-fn hour_of(at: DateTime<Utc>) -> i32 {
-    i32::try_from(at.timestamp().div_euclid(3600)).unwrap_or(i32::MIN)
+/// Minutes in an hour and in a day.
+const HOUR: i32 = 60;
+const DAY: i32 = 24 * HOUR;
+
+/// The minute of a moment since the Unix epoch, as `email_created_minute` computes it.
+fn minute_of(at: DateTime<Utc>) -> i32 {
+    i32::try_from(at.timestamp().div_euclid(60)).unwrap_or(i32::MIN)
 }
 
 /// A pattern matching `address` as one whole mailbox of a header-form list (after a
@@ -215,7 +229,7 @@ impl Matching {
         if walk.exhausted || walk.hits.len() >= wanted {
             return Ok(Newest::of(walk.hits, wanted, walk.exhausted));
         }
-        // Matches dense enough among the newest rows: more of them is cheaper than hours.
+        // Matches dense enough among the newest rows: more of them is cheaper than spans.
         if !walk.hits.is_empty() {
             let rows = (wanted - walk.hits.len()) as i64 * walk.rows / walk.hits.len() as i64;
             let rows = rows + rows / 4 + 1;
@@ -231,7 +245,9 @@ impl Matching {
             }
         }
         let mut keys = walk.hits;
-        let complete = self.by_hours(pool, wanted, walk.last, &mut keys).await?;
+        let complete = self
+            .by_spans(pool, wanted, walk.last, probes, &mut keys)
+            .await?;
         Ok(Newest::of(keys, wanted, complete))
     }
 
@@ -292,9 +308,11 @@ impl Matching {
             before,
             ..self.clone()
         };
+        // The filters first: a recipient's address is cheaper to check than its words,
+        // whose stored vector would be decompressed for each row.
         let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at, coalesce(TRUE");
-        self.push_indexed(&mut sql);
         self.push_filters(&mut sql);
+        self.push_indexed(&mut sql);
         sql.push(
             ", FALSE) FROM (SELECT m.email_id, m.created_at, m.address_from, m.address_to, \
              m.search, m.tags FROM email_messages m WHERE TRUE",
@@ -325,17 +343,83 @@ impl Matching {
         })
     }
 
-    /// The matches older than `before`, a span of hours (or days) at a time, newest
-    /// first, added to `keys` until it holds `wanted`. Answers whether every match was
-    /// read.
-    async fn by_hours(
+    /// The keys of the matches created in `slice` (older than `before`), at most `cap`
+    /// of them, in no order.
+    fn span_query(&self, slice: Slice, cap: Option<i64>) -> QueryBuilder<Postgres> {
+        let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at");
+        // The span as a subquery, not an array: given thousands of constants, the
+        // planner estimates each one's rows, which took longer than the read.
+        let (column, low, high) = match slice {
+            Slice::Minutes(low, high) => ("email_created_minute", low, high),
+            Slice::Hours(low, high) => ("email_created_hour", low, high),
+            Slice::Days(low, high) => ("email_created_day", low, high),
+        };
+        sql.push(self.tables())
+            .push(format_args!(
+                " WHERE {column}(m.created_at) = ANY(ARRAY(SELECT generate_series("
+            ))
+            .push_bind(low)
+            .push(", ")
+            .push_bind(high)
+            .push(")))");
+        self.push_indexed(&mut sql);
+        self.push_filters(&mut sql);
+        self.push_bounds(&mut sql, "m");
+        if let Some(cap) = cap {
+            sql.push(" LIMIT ").push_bind(cap);
+        }
+        sql
+    }
+
+    /// Walks the newest rows older than `before` until `wanted` matches are found, the
+    /// walk leaves `slice`, no rows are left, or `dense_walk_max` rows were read.
+    async fn walk_through(
         &self,
         pool: &PgPool,
         wanted: usize,
         before: Option<Key>,
+        slice: Slice,
+        probes: &Probes,
+    ) -> Result<Walk> {
+        let mut walked = Walk {
+            hits: Vec::new(),
+            rows: 0,
+            last: before,
+            exhausted: false,
+        };
+        // A few rows first, twice as many each time: the matches may start at once.
+        let mut chunk = probes.walk_rows.max(1);
+        while walked.hits.len() < wanted
+            && !walked.exhausted
+            && walked.rows < probes.dense_walk_max
+            && walked
+                .last
+                .is_none_or(|(at, _)| minute_of(at) >= slice.first_minute())
+        {
+            let rows = chunk.min(probes.dense_walk_max - walked.rows).max(1);
+            chunk = (chunk * 2).min(probes.walk_max_rows.max(1));
+            let more = self.walk(pool, rows, walked.last).await?;
+            walked.hits.extend(more.hits);
+            walked.rows += more.rows;
+            walked.last = more.last.or(walked.last);
+            walked.exhausted = more.exhausted;
+        }
+        walked.hits.truncate(wanted);
+        Ok(walked)
+    }
+
+    /// The matches older than `before`, a span of minutes, hours or days at a time,
+    /// newest first, added to `keys` until it holds `wanted`. Answers whether every
+    /// match was read.
+    async fn by_spans(
+        &self,
+        pool: &PgPool,
+        wanted: usize,
+        before: Option<Key>,
+        probes: &Probes,
         keys: &mut Vec<Key>,
     ) -> Result<bool> {
-        let bounded = Matching {
+        let mut bounded = Matching {
             before,
             ..self.clone()
         };
@@ -347,14 +431,14 @@ impl Matching {
         let (Some(oldest), Some(newest)) = (oldest, newest) else {
             return Ok(true);
         };
-        let oldest = hour_of(self.after.map_or(oldest, |after| after.max(oldest)));
-        let mut hour = hour_of(before.map_or(newest, |(at, _)| at.min(newest)));
+        let oldest = minute_of(self.after.map_or(oldest, |after| after.max(oldest)));
+        let mut minute = minute_of(before.map_or(newest, |(at, _)| at.min(newest)));
         let mut tx = pool.begin().await.map_err(db_error)?;
-        // The planner takes the hours and the words for independent: for the hour of a
+        // The planner takes the span and the words for independent: for the hour of a
         // burst of emails without the word it expects so many matches that reading the
         // whole table looks cheaper, or hashing every delivery state of the status asked
         // for, or a parallel scan whose workers take longer to start than the read takes.
-        // The matches of a few hours are few: read them from the index, and their states
+        // The matches of a span are few: read them from the index, and their states
         // by primary key.
         sqlx::raw_sql(
             "SET LOCAL enable_seqscan = off; SET LOCAL enable_hashjoin = off; \
@@ -365,92 +449,117 @@ impl Matching {
         .map_err(db_error)?;
         let mut span: i32 = 1;
         let complete = loop {
-            let slice = Slice::ending_at(hour, span).not_before(oldest);
+            let slice = Slice::ending_at(minute, span).not_before(oldest);
             let still_wanted = wanted - keys.len();
-            let mut sql =
-                QueryBuilder::new("WITH s AS MATERIALIZED (SELECT m.email_id, m.created_at");
-            // The hours as a subquery, not an array: given thousands of constants, the
-            // planner estimates each one's rows, which took longer than the read.
-            let (column, low, high) = match slice {
-                Slice::Hours(low, high) => ("email_created_hour", low, high),
-                Slice::Days(low, high) => ("email_created_day", low, high),
-            };
-            sql.push(self.tables())
-                .push(format_args!(
-                    " WHERE {column}(m.created_at) = ANY(ARRAY(SELECT generate_series("
-                ))
-                .push_bind(low)
-                .push(", ")
-                .push_bind(high)
-                .push(")))");
-            bounded.push_indexed(&mut sql);
-            bounded.push_filters(&mut sql);
-            bounded.push_bounds(&mut sql, "m");
-            sql.push(
-                ") SELECT email_id, created_at FROM s \
-                 ORDER BY created_at DESC, email_id DESC LIMIT ",
-            )
-            .push_bind(still_wanted as i64);
-            let found = fetch_keys(&mut *tx, sql).await?;
+            let cap = (2 * still_wanted as i64).max(probes.span_max);
+            let mut found = fetch_keys(&mut *tx, bounded.span_query(slice, Some(cap))).await?;
             let found_here = found.len();
+            if found_here as i64 >= cap {
+                // More matches than a read should return: the span is dense (a burst of
+                // matching emails), where walking its newest rows finds a page sooner.
+                // From the top of the span: the matches above it are in `keys` already.
+                let top = DateTime::from_timestamp((i64::from(minute) + 1) * 60, 0)
+                    .map(|at| (at, Uuid::nil()));
+                let from = [bounded.before, top].into_iter().flatten().min();
+                let dense = self
+                    .walk_through(pool, still_wanted, from, slice, probes)
+                    .await?;
+                keys.extend(dense.hits);
+                if keys.len() >= wanted {
+                    break false;
+                }
+                if dense.exhausted {
+                    break true;
+                }
+                if dense
+                    .last
+                    .is_some_and(|(at, _)| minute_of(at) >= slice.first_minute())
+                {
+                    // Walked as far as allowed without leaving the span: read the rest
+                    // of its matches whole after all.
+                    bounded.before = dense.last;
+                    found = fetch_keys(&mut *tx, bounded.span_query(slice, None)).await?;
+                } else {
+                    // Walked out of the span: go on below the last row walked.
+                    bounded.before = dense.last;
+                    minute = dense.last.map_or(oldest, |(at, _)| minute_of(at));
+                    span = 1;
+                    continue;
+                }
+            }
+            found.sort_unstable_by(|a, b| b.cmp(a));
+            found.truncate(still_wanted);
             keys.extend(found);
             if keys.len() >= wanted {
                 break false;
             }
-            let low = slice.first_hour();
+            let low = slice.first_minute();
             if low <= oldest {
                 break true;
             }
-            span = next_span(hour - low + 1, found_here, still_wanted);
-            hour = low - 1;
+            span = next_span(minute - low + 1, found_here.min(still_wanted), still_wanted);
+            minute = low - 1;
         };
         tx.commit().await.map_err(db_error)?;
         Ok(complete)
     }
 }
 
-/// The hours one read takes, newest last, both ends included: counted in hours, or in
-/// whole days (`email_created_day`), whose thousands of hours would each cost the index a
-/// lookup of their own.
+/// The minutes one read takes, newest last, both ends included: counted in minutes,
+/// hours or whole days (`email_created_minute`, `_hour`, `_day`), so a read over months
+/// looks up a key per day rather than one per minute, and a burst of emails in the last
+/// hour can still be read a few minutes at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Slice {
+    Minutes(i32, i32),
     Hours(i32, i32),
     Days(i32, i32),
 }
 
 impl Slice {
-    /// The `span` hours up to `hour`: whole days when they are a day or more and end
-    /// where a day ends; else hours, which stop at the start of `hour`'s day when they
-    /// are a day or more, so the next read is whole days.
-    fn ending_at(hour: i32, span: i32) -> Self {
-        let next_day = (hour + 1).div_euclid(24);
-        if span >= 24 && (hour + 1).rem_euclid(24) == 0 {
-            Slice::Days(next_day - span / 24, next_day - 1)
-        } else if span >= 24 {
-            Slice::Hours(hour.div_euclid(24) * 24, hour)
+    /// The `span` minutes up to `minute`, in the coarsest unit that fits: whole days when
+    /// they are a day or more and end where a day ends, whole hours when they are an hour
+    /// or more and end where an hour ends. A span that is long but does not end there
+    /// stops where the hour or day starts instead, so the next read is in the coarser
+    /// unit.
+    fn ending_at(minute: i32, span: i32) -> Self {
+        let end = minute + 1;
+        let hour = minute.div_euclid(HOUR);
+        if span >= DAY && end.rem_euclid(DAY) == 0 {
+            let last = end.div_euclid(DAY) - 1;
+            Slice::Days(last - span / DAY + 1, last)
+        } else if span >= DAY && end.rem_euclid(HOUR) == 0 {
+            Slice::Hours(minute.div_euclid(DAY) * DAY / HOUR, hour)
+        } else if span >= HOUR && end.rem_euclid(HOUR) == 0 {
+            Slice::Hours(hour - span / HOUR + 1, hour)
+        } else if span >= HOUR {
+            Slice::Minutes(hour * HOUR, minute)
         } else {
-            Slice::Hours(hour - span + 1, hour)
+            Slice::Minutes(minute - span + 1, minute)
         }
     }
 
-    /// The same, cut so it starts no earlier than the day or hour of `oldest` (an hour).
+    /// The same, cut so it starts no earlier than the minute, hour or day of `oldest`
+    /// (a minute).
     fn not_before(self, oldest: i32) -> Self {
         match self {
-            Slice::Hours(low, high) => Slice::Hours(low.max(oldest), high),
-            Slice::Days(low, high) => Slice::Days(low.max(oldest.div_euclid(24)), high),
+            Slice::Minutes(low, high) => Slice::Minutes(low.max(oldest), high),
+            Slice::Hours(low, high) => Slice::Hours(low.max(oldest.div_euclid(HOUR)), high),
+            Slice::Days(low, high) => Slice::Days(low.max(oldest.div_euclid(DAY)), high),
         }
     }
 
-    /// The oldest hour it covers.
-    fn first_hour(self) -> i32 {
+    /// The oldest minute it covers.
+    fn first_minute(self) -> i32 {
         match self {
-            Slice::Hours(low, _) => low,
-            Slice::Days(low, _) => low * 24,
+            Slice::Minutes(low, _) => low,
+            Slice::Hours(low, _) => low * HOUR,
+            Slice::Days(low, _) => low * DAY,
         }
     }
 }
 
-/// The hours the next read takes: eight times as many after one that found nothing,
+/// The minutes the next read takes: eight times as many after one that found nothing,
 /// else as many as the last one's density says are needed, a quarter more, and at most
 /// sixteen times as many.
 fn next_span(span: i32, found: usize, still_wanted: usize) -> i32 {
@@ -491,45 +600,81 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hour_is_counted_from_the_epoch_as_postgres_counts_it() {
+    fn the_minute_is_counted_from_the_epoch_as_postgres_counts_it() {
         let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
-        assert_eq!(hour_of(at("1970-01-01T00:59:59.999999Z")), 0);
-        assert_eq!(hour_of(at("1970-01-01T01:00:00Z")), 1);
-        assert_eq!(hour_of(at("1969-12-31T23:59:59.5Z")), -1);
-        assert_eq!(hour_of(at("2026-12-04T18:30:00+02:00")), 499_000);
+        assert_eq!(minute_of(at("1970-01-01T00:00:59.999999Z")), 0);
+        assert_eq!(minute_of(at("1970-01-01T00:01:00Z")), 1);
+        assert_eq!(minute_of(at("1969-12-31T23:59:59.5Z")), -1);
+        assert_eq!(minute_of(at("2026-12-04T18:30:00+02:00")), 29_940_030);
     }
 
     #[test]
-    fn slices_are_whole_days_once_a_day_long_and_aligned_else_hours() {
-        // 30 hours up to 09:00 of day 100: the hours back to that day's start first.
-        assert_eq!(Slice::ending_at(100 * 24 + 9, 30), Slice::Hours(2400, 2409));
-        // Then, from the end of day 99, whole days: 30 hours is one day.
-        assert_eq!(Slice::ending_at(100 * 24 - 1, 30), Slice::Days(99, 99));
-        assert_eq!(Slice::ending_at(100 * 24 - 1, 24 * 8), Slice::Days(92, 99));
-        assert_eq!(Slice::Days(92, 99).first_hour(), 92 * 24);
-        // Short spans are hours, across the start of a day too.
-        assert_eq!(Slice::ending_at(2401, 8), Slice::Hours(2394, 2401));
-        // Never before the oldest email's hour, or its day.
+    fn slices_take_the_coarsest_unit_that_fits_where_they_end() {
+        let day = 20_000;
+        let noon = day * DAY + 12 * HOUR;
+        // Short spans are minutes, across the start of an hour too.
         assert_eq!(
-            Slice::Hours(2394, 2401).not_before(2398),
-            Slice::Hours(2398, 2401)
+            Slice::ending_at(noon + 3, 8),
+            Slice::Minutes(noon - 4, noon + 3)
+        );
+        // An hour or more, not ending where an hour ends: back to the hour's start.
+        assert_eq!(
+            Slice::ending_at(noon + 9, 90),
+            Slice::Minutes(noon, noon + 9)
+        );
+        // Then whole hours: 90 minutes is one hour, 8 hours is 8.
+        let hour = noon / HOUR;
+        assert_eq!(
+            Slice::ending_at(noon - 1, 90),
+            Slice::Hours(hour - 1, hour - 1)
         );
         assert_eq!(
-            Slice::Days(92, 99).not_before(95 * 24 + 5),
-            Slice::Days(95, 99)
+            Slice::ending_at(noon - 1, 8 * HOUR),
+            Slice::Hours(hour - 8, hour - 1)
         );
-        // Before the epoch, days and hours count down the same way.
-        assert_eq!(Slice::ending_at(-1, 48), Slice::Days(-2, -1));
-        assert_eq!(Slice::ending_at(-5, 48), Slice::Hours(-24, -5));
+        // A day or more, ending at an hour's end but not a day's: back to the day's start.
+        assert_eq!(
+            Slice::ending_at(noon - 1, 2 * DAY),
+            Slice::Hours(day * 24, hour - 1)
+        );
+        // Then whole days.
+        assert_eq!(
+            Slice::ending_at(day * DAY - 1, 2 * DAY),
+            Slice::Days(day - 2, day - 1)
+        );
+        assert_eq!(
+            Slice::Days(day - 2, day - 1).first_minute(),
+            (day - 2) * DAY
+        );
+        assert_eq!(
+            Slice::Hours(hour - 8, hour - 1).first_minute(),
+            noon - 8 * HOUR
+        );
+        // Never before the oldest email's minute, hour or day.
+        assert_eq!(
+            Slice::Minutes(noon - 4, noon + 3).not_before(noon),
+            Slice::Minutes(noon, noon + 3)
+        );
+        assert_eq!(
+            Slice::Hours(hour - 8, hour - 1).not_before(noon - 2 * HOUR - 5),
+            Slice::Hours(hour - 3, hour - 1)
+        );
+        assert_eq!(
+            Slice::Days(day - 9, day - 1).not_before((day - 3) * DAY + 7),
+            Slice::Days(day - 3, day - 1)
+        );
+        // Before the epoch, the units count down the same way.
+        assert_eq!(Slice::ending_at(-1, 2 * DAY), Slice::Days(-2, -1));
+        assert_eq!(Slice::ending_at(-5, 2 * HOUR), Slice::Minutes(-HOUR, -5));
     }
 
     #[test]
     fn spans_grow_eightfold_after_nothing_and_by_density_after_something() {
         assert_eq!(next_span(1, 0, 21), 8);
         assert_eq!(next_span(8, 0, 21), 64);
-        // 10 of 21 in 4 hours: 11 more at 2.5 an hour, a quarter more: 6 hours.
+        // 10 of 21 in 4 minutes: 11 more at 2.5 a minute, a quarter more: 6 minutes.
         assert_eq!(next_span(4, 10, 21), 6);
-        // One match in an hour, 1,000 still wanted: capped at 16 times the span.
+        // One match in a minute, 1,000 still wanted: capped at 16 times the span.
         assert_eq!(next_span(1, 1, 1_001), 16);
         assert_eq!(next_span(100, 99, 100), 2);
     }
