@@ -550,14 +550,15 @@ phase search "$LOAD" --bench search --url "http://127.0.0.1:$HTTP_PORT" --key "$
   --term "user4242@example.com" --term "refund -payment" --term ""
 note_rss search
 # The listing's filters alone and combined, each first page and then pages deep by
-# cursor: a common and a rare status, tag, recipient and sender, a time range, words.
+# cursor: a common and a rare status (and one no email has by then: queued), tag,
+# recipient and sender, a time range, words.
 # BENCH_LIST_ROUNDS=0 leaves it out (a binary from before the listing has none).
 if [ "$LIST_ROUNDS" -gt 0 ]; then
 LIST_AFTER="$(date -u -d '-90 days' +%Y-%m-%dT%H:%M:%SZ)"
 LIST_BEFORE="$(date -u -d '-30 days' +%Y-%m-%dT%H:%M:%SZ)"
 phase list "$LOAD" --bench list --url "http://127.0.0.1:$HTTP_PORT" --key "$KEY" \
   --rounds "$LIST_ROUNDS" --deep-pages "$((LIST_ROUNDS * 2))" \
-  --query "limit=20" --query "status=sent" --query "status=failed" \
+  --query "limit=20" --query "status=sent" --query "status=failed" --query "status=queued" \
   --query "tag=campaign:spring-3" --query "tag=plan:enterprise" \
   --query "to=user4242@example.com" --query "to=rest@example.com" \
   --query "from=noreply@shop.example" --query "from=nobody@nowhere.example" \

@@ -179,6 +179,11 @@ impl Matching {
             // A literal, so the planner knows whether the partial status index applies
             // (the status is one of a fixed set of words).
             sql.push(format_args!(" AND d.status = '{}'", status.as_str()));
+            if !status_indexed(status) {
+                // Always so for these (only a final email has none), and it lets the
+                // planner read the index of unfinished emails instead of every state.
+                sql.push(" AND d.next_attempt_at IS NOT NULL");
+            }
         }
         if let Some(sender) = &self.sender {
             sql.push(" AND email_bare_address(m.address_from) = ")
