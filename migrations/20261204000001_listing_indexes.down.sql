@@ -1,5 +1,5 @@
 DROP INDEX email_deliveries_status_idx;
-ALTER TABLE email_deliveries DROP COLUMN created_at;
+ALTER TABLE email_deliveries DROP COLUMN message_created_at;
 DROP INDEX email_messages_sender_idx;
 DROP INDEX email_messages_search_idx;
 CREATE INDEX email_messages_search_idx ON email_messages USING gin (search);

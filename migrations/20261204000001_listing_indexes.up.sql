@@ -45,15 +45,17 @@ CREATE INDEX email_messages_sender_idx ON email_messages
     (email_bare_address(address_from), created_at DESC, email_id DESC);
 
 -- The message's creation time beside its state, so one btree gives the newest emails of
--- a status. Inserted with the message (in one transaction, where now() is one time).
-ALTER TABLE email_deliveries ADD COLUMN created_at timestamptz;
-UPDATE email_deliveries d SET created_at = m.created_at
+-- a status. Inserted with the message (in one transaction, where now() is one time). Not
+-- named created_at: instances of the version before, still running while this one
+-- starts, join the two tables with an unqualified created_at.
+ALTER TABLE email_deliveries ADD COLUMN message_created_at timestamptz;
+UPDATE email_deliveries d SET message_created_at = m.created_at
     FROM email_messages m WHERE m.email_id = d.email_id;
 ALTER TABLE email_deliveries
-    ALTER COLUMN created_at SET DEFAULT now(),
-    ALTER COLUMN created_at SET NOT NULL;
+    ALTER COLUMN message_created_at SET DEFAULT now(),
+    ALTER COLUMN message_created_at SET NOT NULL;
 -- Every email passes through queued and sending, which a listing by status rarely asks
 -- for and which would cost two more index entries per email: those are left out (the
 -- newest-first walk finds them, being the newest).
 CREATE INDEX email_deliveries_status_idx ON email_deliveries
-    (status, created_at DESC, email_id DESC) WHERE status NOT IN ('queued', 'sending');
+    (status, message_created_at DESC, email_id DESC) WHERE status NOT IN ('queued', 'sending');

@@ -7,5 +7,5 @@ WITH message AS (
           'Hello, this is a message of the mailroom benchmark. Your order has shipped and will arrive within three working days. Track it in your account; reply to this email if anything is missing. Thank you for shopping with us.',
           NULL, NULL)
   RETURNING email_id, created_at)
-INSERT INTO email_deliveries (email_id, created_at) SELECT email_id, created_at FROM message
+INSERT INTO email_deliveries (email_id, message_created_at) SELECT email_id, created_at FROM message
 RETURNING email_id, status, (SELECT created_at FROM message);

@@ -50,7 +50,7 @@ WITH words AS (
   FROM rows, words, subjects, domains
   RETURNING email_id
 )
-INSERT INTO email_deliveries (email_id, status, attempts, created_at, updated_at, sent_at,
+INSERT INTO email_deliveries (email_id, status, attempts, message_created_at, updated_at, sent_at,
                               next_attempt_at)
 SELECT id, CASE WHEN g % 250 = 0 THEN 'failed' ELSE 'sent' END, 1,
        now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 30),

@@ -198,7 +198,7 @@ async fn the_creation_time_is_copied_beside_each_state_and_lists_by_status() {
     MIGRATOR.run(&db).await.unwrap();
     let differing: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM email_deliveries d JOIN email_messages m USING (email_id) \
-         WHERE d.created_at IS DISTINCT FROM m.created_at",
+         WHERE d.message_created_at IS DISTINCT FROM m.created_at",
     )
     .fetch_one(&db)
     .await

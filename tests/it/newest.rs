@@ -120,7 +120,7 @@ async fn fill(db: &PgPool) -> DateTime<Utc> {
          messages AS (INSERT INTO email_messages (email_id, address_from, address_to, \
              subject, message, tags, created_at) \
              SELECT id, sender, rcpt, subject, message, tags, at FROM rows) \
-         INSERT INTO email_deliveries (email_id, status, created_at, next_attempt_at) \
+         INSERT INTO email_deliveries (email_id, status, message_created_at, next_attempt_at) \
          SELECT id, status, at, CASE WHEN status IN ('queued', 'sending', 'deferred') \
              THEN now() END FROM rows",
     )

@@ -889,7 +889,7 @@ async fn insert_rows(conn: &mut sqlx::PgConnection, emails: &[&NewEmail]) -> Res
              ON CONFLICT DO NOTHING \
              RETURNING email_id, created_at), \
          deliveries AS ( \
-             INSERT INTO email_deliveries (email_id, created_at, scheduled_at, status, \
+             INSERT INTO email_deliveries (email_id, message_created_at, scheduled_at, status, \
                  next_attempt_at) \
              SELECT DISTINCT ON (m.email_id) m.email_id, m.created_at, s.at, \
                  CASE WHEN s.at > now() THEN 'scheduled' ELSE 'queued' END, \

@@ -108,6 +108,23 @@ impl Newest {
     }
 }
 
+/// Whose creation time and id a query orders and bounds by: the message's, or the copy
+/// beside the delivery state, which `email_deliveries_status_idx` is in the order of.
+#[derive(Debug, Clone, Copy)]
+enum Order {
+    ByMessage,
+    ByState,
+}
+
+impl Order {
+    fn columns(self) -> (&'static str, &'static str) {
+        match self {
+            Order::ByMessage => ("m.created_at", "m.email_id"),
+            Order::ByState => ("d.message_created_at", "d.email_id"),
+        }
+    }
+}
+
 /// Statuses `email_deliveries_status_idx` holds (its WHERE clause).
 fn status_indexed(status: EmailStatus) -> bool {
     !matches!(status, EmailStatus::Queued | EmailStatus::Sending)
@@ -191,20 +208,20 @@ impl Matching {
         }
     }
 
-    /// ` AND …` for the time bounds, on the creation time and id of `table`.
-    fn push_bounds(&self, sql: &mut QueryBuilder<Postgres>, table: &str) {
+    /// ` AND …` for the time bounds, on the creation time and id of `order` (the
+    /// message's, or its copy beside the delivery state).
+    fn push_bounds(&self, sql: &mut QueryBuilder<Postgres>, order: Order) {
+        let (created_at, email_id) = order.columns();
         if let Some(after) = self.after {
-            sql.push(format_args!(" AND {table}.created_at >= "))
+            sql.push(format_args!(" AND {created_at} >= "))
                 .push_bind(after);
         }
-        if let Some((created_at, id)) = self.before {
-            sql.push(format_args!(
-                " AND ({table}.created_at, {table}.email_id) < ("
-            ))
-            .push_bind(created_at)
-            .push(", ")
-            .push_bind(id)
-            .push(")");
+        if let Some((at, id)) = self.before {
+            sql.push(format_args!(" AND ({created_at}, {email_id}) < ("))
+                .push_bind(at)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
         }
     }
 
@@ -260,16 +277,17 @@ impl Matching {
     async fn in_order(&self, pool: &PgPool, wanted: usize) -> Result<Newest> {
         // The status index gives the order when it holds the status asked for; else the
         // sender's, or the newest-first index, walked and filtered.
-        let table = match self.status {
-            Some(status) if status_indexed(status) => "d",
-            _ => "m",
+        let order = match self.status {
+            Some(status) if status_indexed(status) => Order::ByState,
+            _ => Order::ByMessage,
         };
+        let (created_at, email_id) = order.columns();
         let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at");
         sql.push(self.tables()).push(" WHERE TRUE");
         self.push_filters(&mut sql);
-        self.push_bounds(&mut sql, table);
+        self.push_bounds(&mut sql, order);
         sql.push(format_args!(
-            " ORDER BY {table}.created_at DESC, {table}.email_id DESC LIMIT "
+            " ORDER BY {created_at} DESC, {email_id} DESC LIMIT "
         ))
         .push_bind(wanted as i64);
         let keys = fetch_keys(pool, sql).await?;
@@ -284,7 +302,7 @@ impl Matching {
         let mut sql =
             QueryBuilder::new("EXPLAIN (FORMAT JSON) SELECT 1 FROM email_messages m WHERE TRUE");
         self.push_indexed(&mut sql);
-        self.push_bounds(&mut sql, "m");
+        self.push_bounds(&mut sql, Order::ByMessage);
         let (plan,): (Json<serde_json::Value>,) = sql
             .build_query_as()
             .persistent(false)
@@ -302,7 +320,7 @@ impl Matching {
         sql.push(self.tables()).push(" WHERE TRUE");
         self.push_indexed(&mut sql);
         self.push_filters(&mut sql);
-        self.push_bounds(&mut sql, "m");
+        self.push_bounds(&mut sql, Order::ByMessage);
         sql.push(" LIMIT ").push_bind(limit);
         fetch_keys(pool, sql).await
     }
@@ -322,7 +340,7 @@ impl Matching {
             ", FALSE) FROM (SELECT m.email_id, m.created_at, m.address_from, m.address_to, \
              m.search, m.tags FROM email_messages m WHERE TRUE",
         );
-        bounded.push_bounds(&mut sql, "m");
+        bounded.push_bounds(&mut sql, Order::ByMessage);
         sql.push(" ORDER BY m.created_at DESC, m.email_id DESC LIMIT ")
             .push_bind(rows)
             .push(") m");
@@ -369,7 +387,7 @@ impl Matching {
             .push(")))");
         self.push_indexed(&mut sql);
         self.push_filters(&mut sql);
-        self.push_bounds(&mut sql, "m");
+        self.push_bounds(&mut sql, Order::ByMessage);
         if let Some(cap) = cap {
             sql.push(" LIMIT ").push_bind(cap);
         }

@@ -17,8 +17,8 @@ use crate::{
 
 /// The columns of an [`EmailRow`], as a literal so queries stay `&'static str`. They are
 /// read from the view `emails` or, after an update of `email_deliveries d`, from it and
-/// `email_messages m` joined: either way under the alias `m` for the two columns both
-/// tables have (`email_id`, `created_at`).
+/// `email_messages m` joined: either way under the alias `m` for `email_id`, which both
+/// tables have, and for `created_at`, the message's.
 macro_rules! columns {
     () => {
         "m.email_id, address_from, address_to, address_cc, address_bcc, reply_to, subject, \
