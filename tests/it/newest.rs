@@ -18,7 +18,7 @@ use mailroom::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::migrated_store;
+use crate::helpers::{Cleanup, Isolation, migrated_store};
 
 /// Fails with where `got` first differs from `want`, rather than both lists whole.
 fn assert_same(got: &[Uuid], want: &[Uuid], context: &str) {
@@ -444,4 +444,43 @@ async fn every_search_page_and_count_is_what_a_plain_read_gives_whichever_way_is
             }
         }
     }
+}
+
+/// A listing holds one connection at a time, even when it walks a dense span inside the
+/// transaction that reads the spans: on a pool of one it would otherwise wait for
+/// itself until the pool's acquire timeout.
+#[tokio::test]
+async fn a_listing_needs_one_connection_at_a_time() {
+    let isolation = Isolation::new();
+    let _cleanup = Cleanup(isolation.clone());
+    let settings = isolation.settings(|settings| {
+        settings.database.max_connections = 1;
+        settings.database.min_connections = 0;
+        settings.database.acquire_timeout = std::time::Duration::from_secs(2);
+    });
+    let db = mailroom::adapters::postgres::pool(&settings.database).unwrap();
+    mailroom::adapters::postgres::create_and_migrate(&settings.database, &db)
+        .await
+        .unwrap();
+    fill(&db).await;
+    // A walk too short to find the page, then spans of the burst, which are dense.
+    let dense = Probes {
+        read_all_expected: -1.0,
+        read_all_max: 0,
+        walk_rows: 3,
+        walk_max_rows: 3,
+        span_max: 3,
+        dense_walk_max: 100_000,
+    };
+    let store = PgEmailStore::new(db.clone(), 40, std::time::Duration::from_secs(86_400))
+        .with_probes(dense);
+    let page = store
+        .list(&ListQuery {
+            search: Some("burst".into()),
+            limit: 7,
+            ..Default::default()
+        })
+        .await
+        .expect("a listing on a pool of one connection");
+    assert_eq!(page.items.len(), 7);
 }

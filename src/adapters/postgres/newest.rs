@@ -25,7 +25,7 @@
 //!      return (a burst of matching emails) is walked row by row instead, newest first.
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder, types::Json};
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder, types::Json};
 use uuid::Uuid;
 
 use crate::{domain::EmailStatus, error::Result};
@@ -326,7 +326,10 @@ impl Matching {
     }
 
     /// The newest `rows` rows older than `before`, checked against every condition.
-    async fn walk(&self, pool: &PgPool, rows: i64, before: Option<Key>) -> Result<Walk> {
+    async fn walk<'c, E>(&self, executor: E, rows: i64, before: Option<Key>) -> Result<Walk>
+    where
+        E: sqlx::Executor<'c, Database = Postgres>,
+    {
         let bounded = Matching {
             before,
             ..self.clone()
@@ -351,7 +354,7 @@ impl Matching {
         let checked: Vec<(Uuid, DateTime<Utc>, bool)> = sql
             .build_query_as()
             .persistent(false)
-            .fetch_all(pool)
+            .fetch_all(executor)
             .await
             .map_err(db_error)?;
         Ok(Walk {
@@ -398,7 +401,7 @@ impl Matching {
     /// walk leaves `slice`, no rows are left, or `dense_walk_max` rows were read.
     async fn walk_through(
         &self,
-        pool: &PgPool,
+        conn: &mut PgConnection,
         wanted: usize,
         before: Option<Key>,
         slice: Slice,
@@ -421,7 +424,7 @@ impl Matching {
         {
             let rows = chunk.min(probes.dense_walk_max - walked.rows).max(1);
             chunk = (chunk * 2).min(probes.walk_max_rows.max(1));
-            let more = self.walk(pool, rows, walked.last).await?;
+            let more = self.walk(&mut *conn, rows, walked.last).await?;
             walked.hits.extend(more.hits);
             walked.rows += more.rows;
             walked.last = more.last.or(walked.last);
@@ -484,8 +487,9 @@ impl Matching {
                 let top = DateTime::from_timestamp((i64::from(minute) + 1) * 60, 0)
                     .map(|at| (at, Uuid::nil()));
                 let from = [bounded.before, top].into_iter().flatten().min();
+                // On this transaction's connection: a listing holds one at a time.
                 let dense = self
-                    .walk_through(pool, still_wanted, from, slice, probes)
+                    .walk_through(&mut tx, still_wanted, from, slice, probes)
                     .await?;
                 keys.extend(dense.hits);
                 if keys.len() >= wanted {
