@@ -453,12 +453,12 @@ impl EmailStore for PgEmailStore {
         // One row past the page tells whether more follow.
         let wanted = i64::from(query.size) + 1;
         let offset = query.offset();
+        let matching = newest::Matching {
+            words: query.text.clone(),
+            ..Default::default()
+        };
         let (counted, keys) = match &query.text {
-            Some(words) => {
-                let matching = newest::Matching {
-                    words: Some(words.clone()),
-                    ..Default::default()
-                };
+            Some(_) => {
                 let newest = matching
                     .newest(&self.pool, limit as usize + 1, &self.probes)
                     .await?;
@@ -493,11 +493,8 @@ impl EmailStore for PgEmailStore {
             None => {
                 let mut sql: sqlx::QueryBuilder<Postgres> =
                     sqlx::QueryBuilder::new(concat!("SELECT ", columns!(), " FROM emails m"));
-                if let Some(words) = &query.text {
-                    sql.push(" WHERE search @@ websearch_to_tsquery('english', ")
-                        .push_bind(words.clone())
-                        .push(")");
-                }
+                sql.push(" WHERE TRUE");
+                matching.push_indexed(&mut sql);
                 sql.push(" ORDER BY created_at DESC, email_id DESC LIMIT ")
                     .push_bind(wanted)
                     .push(" OFFSET ")

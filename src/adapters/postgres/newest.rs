@@ -168,7 +168,7 @@ impl Matching {
     }
 
     /// ` AND …` for each condition the GIN index serves.
-    fn push_indexed(&self, sql: &mut QueryBuilder<Postgres>) {
+    pub(super) fn push_indexed(&self, sql: &mut QueryBuilder<Postgres>) {
         if let Some(words) = &self.words {
             sql.push(" AND m.search @@ websearch_to_tsquery('english', ")
                 .push_bind(words.clone())
@@ -256,11 +256,7 @@ impl Matching {
             let rows = (wanted - walk.hits.len()) as i64 * walk.rows / walk.hits.len() as i64;
             let rows = rows + rows / 4 + 1;
             if walk.rows + rows <= probes.walk_max_rows {
-                let more = self.walk(pool, rows, walk.last).await?;
-                walk.hits.extend(more.hits);
-                walk.rows += more.rows;
-                walk.last = more.last.or(walk.last);
-                walk.exhausted = more.exhausted;
+                walk.go_on(self.walk(pool, rows, walk.last).await?);
                 if walk.exhausted || walk.hits.len() >= wanted {
                     return Ok(Newest::of(walk.hits, wanted, walk.exhausted));
                 }
@@ -424,11 +420,7 @@ impl Matching {
         {
             let rows = chunk.min(probes.dense_walk_max - walked.rows).max(1);
             chunk = (chunk * 2).min(probes.walk_max_rows.max(1));
-            let more = self.walk(&mut *conn, rows, walked.last).await?;
-            walked.hits.extend(more.hits);
-            walked.rows += more.rows;
-            walked.last = more.last.or(walked.last);
-            walked.exhausted = more.exhausted;
+            walked.go_on(self.walk(&mut *conn, rows, walked.last).await?);
         }
         walked.hits.truncate(wanted);
         Ok(walked)
@@ -607,6 +599,16 @@ struct Walk {
     last: Option<Key>,
     /// Whether no rows are left past the last one read.
     exhausted: bool,
+}
+
+impl Walk {
+    /// Adds the walk that went on from where this one stopped.
+    fn go_on(&mut self, more: Walk) {
+        self.hits.extend(more.hits);
+        self.rows += more.rows;
+        self.last = more.last.or(self.last);
+        self.exhausted = more.exhausted;
+    }
 }
 
 async fn fetch_keys<'c, E>(executor: E, mut sql: QueryBuilder<Postgres>) -> Result<Vec<Key>>

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-
 use uuid::Uuid;
 
 use super::{EmailRow, PgEmailStore, columns, db_error, insert_rows, newest::Matching};
