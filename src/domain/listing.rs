@@ -4,7 +4,7 @@
 use base64::Engine;
 use chrono::{DateTime, Utc};
 
-use super::{EmailId, EmailStatus, Field, Violation, Violations};
+use super::{Email, EmailId, EmailStatus, Field, Violation, Violations};
 
 /// Page size when none is given.
 pub const DEFAULT_LIST_LIMIT: u32 = 20;
@@ -117,6 +117,28 @@ fn given(value: Option<&str>) -> Option<&str> {
 }
 
 impl ListQuery {
+    /// Whether `email` passes the filters that need no full-text search: status, tag, To
+    /// recipient, sender and time bounds (`search` and the cursor aside).
+    pub fn admits(&self, email: &Email) -> bool {
+        let address_is =
+            |address: &super::Address, wanted: &String| address.as_str().to_lowercase() == *wanted;
+        self.status.is_none_or(|status| email.status == status)
+            && self
+                .tag
+                .as_ref()
+                .is_none_or(|(name, value)| email.tags.get(name) == Some(value))
+            && self
+                .to
+                .as_ref()
+                .is_none_or(|to| email.to.iter().any(|m| address_is(&m.address, to)))
+            && self
+                .from
+                .as_ref()
+                .is_none_or(|from| address_is(&email.from.address, from))
+            && self.created_after.is_none_or(|t| email.created_at >= t)
+            && self.created_before.is_none_or(|t| email.created_at < t)
+    }
+
     /// Checks listing parameters, naming every bad one at once.
     pub fn parse(params: ListParams<'_>) -> Result<Self, Violations> {
         let mut violations = Vec::new();

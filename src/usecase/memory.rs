@@ -267,27 +267,7 @@ impl EmailStore for MemoryStore {
         let mut found: Vec<&Email> = state
             .emails
             .values()
-            .filter(|e| query.status.is_none_or(|status| e.status == status))
-            .filter(|e| {
-                query
-                    .tag
-                    .as_ref()
-                    .is_none_or(|(name, value)| e.tags.get(name) == Some(value))
-            })
-            .filter(|e| {
-                query.to.as_ref().is_none_or(|to| {
-                    e.to.iter()
-                        .any(|m| m.address.as_str().to_lowercase() == *to)
-                })
-            })
-            .filter(|e| {
-                query
-                    .from
-                    .as_ref()
-                    .is_none_or(|from| e.from.address.as_str().to_lowercase() == *from)
-            })
-            .filter(|e| query.created_after.is_none_or(|t| e.created_at >= t))
-            .filter(|e| query.created_before.is_none_or(|t| e.created_at < t))
+            .filter(|e| query.admits(e))
             .filter(|e| {
                 query
                     .cursor
