@@ -18,7 +18,7 @@ use mailroom::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Cleanup, Isolation, migrated_store};
+use crate::helpers::{migrated_database, migrated_store};
 
 /// Fails with where `got` first differs from `want`, rather than both lists whole.
 fn assert_same(got: &[Uuid], want: &[Uuid], context: &str) {
@@ -433,17 +433,12 @@ async fn every_search_page_and_count_is_what_a_plain_read_gives_whichever_way_is
 /// itself until the pool's acquire timeout.
 #[tokio::test]
 async fn a_listing_needs_one_connection_at_a_time() {
-    let isolation = Isolation::new();
-    let _cleanup = Cleanup(isolation.clone());
-    let settings = isolation.settings(|settings| {
+    let (_cleanup, _, db) = migrated_database(|settings| {
         settings.database.max_connections = 1;
         settings.database.min_connections = 0;
         settings.database.acquire_timeout = std::time::Duration::from_secs(2);
-    });
-    let db = mailroom::adapters::postgres::pool(&settings.database).unwrap();
-    mailroom::adapters::postgres::create_and_migrate(&settings.database, &db)
-        .await
-        .unwrap();
+    })
+    .await;
     fill(&db).await;
     // A walk too short to find the page, then spans of the burst, which are dense.
     let dense = Probes {

@@ -18,7 +18,7 @@ use mailroom::{
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::helpers::{Cleanup, Isolation, eventually, migrated_store};
+use crate::helpers::{eventually, migrated_database, migrated_store};
 
 /// Index scans PostgreSQL has counted on an index.
 async fn index_scans(db: &PgPool, index: &str) -> i64 {
@@ -42,17 +42,12 @@ async fn rows_updated(db: &PgPool) -> i64 {
 
 #[tokio::test]
 async fn claiming_and_finishing_a_batch_read_only_its_emails_when_statistics_are_stale() {
-    let isolation = Isolation::new();
-    let _cleanup = Cleanup(isolation.clone());
     // One connection, so every statement's counters come from one backend.
-    let settings = isolation.settings(|settings| {
+    let (_cleanup, settings, db) = migrated_database(|settings| {
         settings.database.max_connections = 1;
         settings.database.min_connections = 0;
-    });
-    let db = postgres::pool(&settings.database).unwrap();
-    postgres::create_and_migrate(&settings.database, &db)
-        .await
-        .unwrap();
+    })
+    .await;
 
     // Statistics taken while nothing was due, then a burst of queued emails they do not
     // know about.

@@ -258,16 +258,25 @@ async fn delete_redis_keys(url: &str, prefix: &str) -> redis::RedisResult<()> {
 /// binary rather than an in-process application.
 pub struct Cleanup(pub Isolation);
 
-/// A migrated database of its own and the email store on it, for tests of the store
-/// without a running service. The database goes when the `Cleanup` is dropped.
-pub async fn migrated_store() -> (Cleanup, PgPool, PgEmailStore) {
+/// A migrated database of its own, with the settings `configure` makes (a pool of one
+/// connection, say) and a pool on it. The database goes when the `Cleanup` is dropped.
+pub async fn migrated_database(
+    configure: impl FnOnce(&mut Settings),
+) -> (Cleanup, Settings, PgPool) {
     let isolation = Isolation::new();
     let cleanup = Cleanup(isolation.clone());
-    let settings = isolation.settings(|_| {});
+    let settings = isolation.settings(configure);
     let db = postgres::pool(&settings.database).unwrap();
     postgres::create_and_migrate(&settings.database, &db)
         .await
         .unwrap();
+    (cleanup, settings, db)
+}
+
+/// A migrated database of its own and the email store on it, for tests of the store
+/// without a running service. The database goes when the `Cleanup` is dropped.
+pub async fn migrated_store() -> (Cleanup, PgPool, PgEmailStore) {
+    let (cleanup, _, db) = migrated_database(|_| {}).await;
     let store = PgEmailStore::new(db.clone(), 1000, Duration::from_secs(86_400));
     (cleanup, db, store)
 }
