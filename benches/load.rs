@@ -290,15 +290,21 @@ async fn publish(
     let publish_secs = started.elapsed().as_secs_f64();
 
     // Poll until every email of this run is sent (or failed, which is an error here).
+    // Only rows created since the run began can be this run's, and the newest-first index
+    // finds those: a poll that read the whole table (five times a second) would compete
+    // with the service for the CPU on a large table and measure itself (on 1,000,000 rows
+    // it read about 100 heap blocks per email delivered).
     let pattern = format!("{tag} %");
+    let since = started_wall - chrono::Duration::seconds(5);
     let deadline = Instant::now() + timeout;
     let (created, sent, failed) = loop {
         let (created, sent, failed): (i64, i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE status = 'sent'), \
                     count(*) FILTER (WHERE status = 'failed') \
-             FROM emails WHERE subject LIKE $1",
+             FROM emails WHERE created_at >= $2 AND subject LIKE $1",
         )
         .bind(&pattern)
+        .bind(since)
         .fetch_one(&pool)
         .await?;
         if sent + failed >= count as i64 || Instant::now() > deadline {
@@ -310,9 +316,12 @@ async fn publish(
     let (last_created, last_sent): (
         Option<chrono::DateTime<chrono::Utc>>,
         Option<chrono::DateTime<chrono::Utc>>,
-    ) = sqlx::query_as("SELECT max(created_at), max(sent_at) FROM emails WHERE subject LIKE $1")
-        .bind(&pattern)
-        .fetch_one(&pool)
+    ) = sqlx::query_as(
+        "SELECT max(created_at), max(sent_at) FROM emails WHERE created_at >= $2 AND subject LIKE $1",
+    )
+    .bind(&pattern)
+    .bind(since)
+    .fetch_one(&pool)
         .await?;
     let secs_to = |t: Option<chrono::DateTime<chrono::Utc>>| {
         t.map(|t| (t - started_wall).num_microseconds().unwrap_or(0) as f64 / 1e6)
