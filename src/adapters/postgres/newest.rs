@@ -186,12 +186,27 @@ impl Matching {
         }
     }
 
-    /// ` AND …` for each condition checked on the rows.
+    /// ` AND …` for each condition checked on the rows (`d` the delivery state, `m` the
+    /// message).
     fn push_filters(&self, sql: &mut QueryBuilder<Postgres>) {
+        self.push_message_filters(sql);
+        self.push_status(sql);
+    }
+
+    /// ` AND …` for the conditions on the message's addresses.
+    fn push_message_filters(&self, sql: &mut QueryBuilder<Postgres>) {
         if let Some(recipient) = &self.recipient {
             sql.push(" AND lower(m.address_to) ~ ")
                 .push_bind(whole_address(recipient));
         }
+        if let Some(sender) = &self.sender {
+            sql.push(" AND email_bare_address(m.address_from) = ")
+                .push_bind(sender.clone());
+        }
+    }
+
+    /// ` AND …` for the status, on the delivery state `d`.
+    fn push_status(&self, sql: &mut QueryBuilder<Postgres>) {
         if let Some(status) = self.status {
             // A literal, so the planner knows whether the partial status index applies
             // (the status is one of a fixed set of words).
@@ -201,10 +216,6 @@ impl Matching {
                 // planner read the index of unfinished emails instead of every state.
                 sql.push(" AND d.next_attempt_at IS NOT NULL");
             }
-        }
-        if let Some(sender) = &self.sender {
-            sql.push(" AND email_bare_address(m.address_from) = ")
-                .push_bind(sender.clone());
         }
     }
 
@@ -330,11 +341,20 @@ impl Matching {
             before,
             ..self.clone()
         };
-        // The filters first: a recipient's address is cheaper to check than its words,
-        // whose stored vector would be decompressed for each row.
+        // The indexed conditions first, so that the others run on their matches only:
+        // on 20,000 rows a stored vector's match took 0.5 ms (a tag's containment is of
+        // the same kind), the recipient's regular expression 52 ms, the sender's bare
+        // address 27 ms, and a join to every row's delivery state 80 ms (800 ms when the
+        // planner hashed every state instead); the state is looked up for the rows that
+        // match the rest.
         let mut sql = QueryBuilder::new("SELECT m.email_id, m.created_at, coalesce(TRUE");
-        self.push_filters(&mut sql);
         self.push_indexed(&mut sql);
+        self.push_message_filters(&mut sql);
+        if self.status.is_some() {
+            sql.push(" AND EXISTS (SELECT 1 FROM email_deliveries d WHERE d.email_id = m.email_id");
+            self.push_status(&mut sql);
+            sql.push(")");
+        }
         sql.push(
             ", FALSE) FROM (SELECT m.email_id, m.created_at, m.address_from, m.address_to, \
              m.search, m.tags FROM email_messages m WHERE TRUE",
@@ -342,11 +362,7 @@ impl Matching {
         bounded.push_bounds(&mut sql, Order::ByMessage);
         sql.push(" ORDER BY m.created_at DESC, m.email_id DESC LIMIT ")
             .push_bind(rows)
-            .push(") m");
-        if self.status.is_some() {
-            sql.push(" LEFT JOIN email_deliveries d ON d.email_id = m.email_id");
-        }
-        sql.push(" ORDER BY m.created_at DESC, m.email_id DESC");
+            .push(") m ORDER BY m.created_at DESC, m.email_id DESC");
         let checked: Vec<(Uuid, DateTime<Utc>, bool)> = sql
             .build_query_as()
             .persistent(false)
@@ -393,32 +409,29 @@ impl Matching {
         sql
     }
 
-    /// Walks the newest rows older than `before` until `wanted` matches are found, the
-    /// walk leaves `slice`, no rows are left, or `dense_walk_max` rows were read.
+    /// Walks on from `walked` through the newest rows until `wanted` matches are found,
+    /// the walk leaves `slice`, no rows are left, or `max_rows` rows were read in all;
+    /// at most `walk_max_rows` at a time.
     async fn walk_through(
         &self,
         conn: &mut PgConnection,
         wanted: usize,
-        before: Option<Key>,
+        mut walked: Walk,
         slice: Slice,
+        max_rows: i64,
         probes: &Probes,
     ) -> Result<Walk> {
-        let mut walked = Walk {
-            hits: Vec::new(),
-            rows: 0,
-            last: before,
-            exhausted: false,
-        };
-        // A few rows first, twice as many each time: the matches may start at once.
-        let mut chunk = probes.walk_rows.max(1);
+        // A few rows first, twice as many each time: the matches may start at once. In
+        // a burst of matches the first rows are all matches, and every match costs its
+        // filters (a recipient's regular expression), so the first chunk is sized by
+        // the matches wanted, not by the rows a walk of unknown ground takes.
+        let mut chunk = (4 * wanted as i64).max(1);
         while walked.hits.len() < wanted
             && !walked.exhausted
-            && walked.rows < probes.dense_walk_max
-            && walked
-                .last
-                .is_none_or(|(at, _)| minute_of(at) >= slice.first_minute())
+            && walked.rows < max_rows
+            && within(walked.last, slice)
         {
-            let rows = chunk.min(probes.dense_walk_max - walked.rows).max(1);
+            let rows = chunk.min(max_rows - walked.rows).max(1);
             chunk = (chunk * 2).min(probes.walk_max_rows.max(1));
             walked.go_on(self.walk(&mut *conn, rows, walked.last).await?);
         }
@@ -468,55 +481,108 @@ impl Matching {
         let mut span: i32 = 1;
         let complete = loop {
             let slice = Slice::ending_at(minute, span).not_before(oldest);
-            let still_wanted = wanted - keys.len();
-            let cap = (2 * still_wanted as i64).max(probes.span_max);
-            let mut found = fetch_keys(&mut *tx, bounded.span_query(slice, Some(cap))).await?;
-            let found_here = found.len();
-            if found_here as i64 >= cap {
-                // More matches than a read should return: the span is dense (a burst of
-                // matching emails), where walking its newest rows finds a page sooner.
-                // From the top of the span: the matches above it are in `keys` already.
-                let top = DateTime::from_timestamp((i64::from(minute) + 1) * 60, 0)
-                    .map(|at| (at, Uuid::nil()));
-                let from = [bounded.before, top].into_iter().flatten().min();
-                // On this transaction's connection: a listing holds one at a time.
-                let dense = self
-                    .walk_through(&mut tx, still_wanted, from, slice, probes)
+            let low = slice.first_minute();
+            let span_wanted = wanted - keys.len();
+            // From the top of the span: the matches above it are in `keys` already.
+            let top = DateTime::from_timestamp((i64::from(minute) + 1) * 60, 0)
+                .map(|at| (at, Uuid::nil()));
+            let from = [bounded.before, top].into_iter().flatten().min();
+            // A span of minutes gets a glance at its newest rows first. The index read of
+            // a span returns every match in it before the first one (30 ms for a burst
+            // of 150,000, however few are wanted), where a burst's newest rows give the
+            // page at once; a span without a burst pays for a few rows. Spans of hours
+            // and days are not glanced at: a burst fills a minute, not the top of a day.
+            let glance_rows = match slice {
+                Slice::Minutes(..) => {
+                    (4 * span_wanted as i64).clamp(1, GLANCE_ROWS.min(probes.walk_rows).max(1))
+                }
+                Slice::Hours(..) | Slice::Days(..) => 0,
+            };
+            // Walked on only in a burst: at least every other row a match. Matches any
+            // sparser are read from the index sooner.
+            let mut walked = if glance_rows > 0 {
+                self.walk(&mut *tx, glance_rows, from).await?
+            } else {
+                Walk::from(from)
+            };
+            if 2 * walked.hits.len() as i64 >= walked.rows.max(1)
+                && !walked.exhausted
+                && within(walked.last, slice)
+                && 2 * span_wanted as i64 <= probes.walk_max_rows
+            {
+                walked = self
+                    .walk_through(
+                        &mut tx,
+                        span_wanted,
+                        walked,
+                        slice,
+                        probes.walk_max_rows,
+                        probes,
+                    )
                     .await?;
-                keys.extend(dense.hits);
-                if keys.len() >= wanted {
-                    break false;
-                }
-                if dense.exhausted {
-                    break true;
-                }
-                if dense
-                    .last
-                    .is_some_and(|(at, _)| minute_of(at) >= slice.first_minute())
-                {
-                    // Walked as far as allowed without leaving the span: read the rest
-                    // of its matches whole after all.
-                    bounded.before = dense.last;
-                    found = fetch_keys(&mut *tx, bounded.span_query(slice, None)).await?;
-                } else {
-                    // Walked out of the span: go on below the last row walked.
-                    bounded.before = dense.last;
-                    minute = dense.last.map_or(oldest, |(at, _)| minute_of(at));
-                    span = 1;
-                    continue;
-                }
             }
-            found.sort_unstable_by(|a, b| b.cmp(a));
-            found.truncate(still_wanted);
-            keys.extend(found);
+            let mut found_here = walked.hits.len();
+            walked.hits.truncate(span_wanted);
+            keys.extend(walked.hits);
             if keys.len() >= wanted {
                 break false;
             }
-            let low = slice.first_minute();
+            if walked.exhausted {
+                break true;
+            }
+            bounded.before = walked.last;
+            // The rest of the span, from the index; none when the walk read all of it.
+            if within(walked.last, slice) {
+                let still_wanted = wanted - keys.len();
+                let cap = (2 * still_wanted as i64).max(probes.span_max);
+                let mut found = fetch_keys(&mut *tx, bounded.span_query(slice, Some(cap))).await?;
+                if found.len() as i64 >= cap {
+                    // More matches than a read should return: the span is dense (a burst
+                    // of matching emails further down), where walking on finds a page
+                    // sooner. On this transaction's connection: a listing holds one at a
+                    // time.
+                    let start = Walk::from(bounded.before);
+                    let dense = self
+                        .walk_through(
+                            &mut tx,
+                            still_wanted,
+                            start,
+                            slice,
+                            probes.dense_walk_max,
+                            probes,
+                        )
+                        .await?;
+                    keys.extend(dense.hits);
+                    if keys.len() >= wanted {
+                        break false;
+                    }
+                    if dense.exhausted {
+                        break true;
+                    }
+                    bounded.before = dense.last;
+                    if within(dense.last, slice) {
+                        // Walked as far as allowed without leaving the span: read the
+                        // rest of its matches whole after all.
+                        found = fetch_keys(&mut *tx, bounded.span_query(slice, None)).await?;
+                    } else {
+                        // Walked out of the span: go on below the last row walked.
+                        minute = dense.last.map_or(oldest, |(at, _)| minute_of(at));
+                        span = 1;
+                        continue;
+                    }
+                }
+                found_here += found.len();
+                found.sort_unstable_by(|a, b| b.cmp(a));
+                found.truncate(still_wanted);
+                keys.extend(found);
+                if keys.len() >= wanted {
+                    break false;
+                }
+            }
             if low <= oldest {
                 break true;
             }
-            span = next_span(minute - low + 1, found_here.min(still_wanted), still_wanted);
+            span = next_span(minute - low + 1, found_here.min(span_wanted), span_wanted);
             minute = low - 1;
         };
         tx.commit().await.map_err(db_error)?;
@@ -578,6 +644,16 @@ impl Slice {
     }
 }
 
+/// Most rows a glance at a span reads: enough to tell a burst of matches (whose first
+/// rows are nearly all matches) from a span without one.
+const GLANCE_ROWS: i64 = 32;
+
+/// Whether rows older than `last` are left in `slice`: the walk that stopped at `last`
+/// has not left it.
+fn within(last: Option<Key>, slice: Slice) -> bool {
+    last.is_none_or(|(at, _)| minute_of(at) >= slice.first_minute())
+}
+
 /// The minutes the next read takes: eight times as many after one that found nothing,
 /// else as many as the last one's density says are needed, a quarter more, and at most
 /// sixteen times as many.
@@ -602,6 +678,16 @@ struct Walk {
 }
 
 impl Walk {
+    /// A walk that has read nothing yet, starting below `before`.
+    fn from(before: Option<Key>) -> Self {
+        Walk {
+            hits: Vec::new(),
+            rows: 0,
+            last: before,
+            exhausted: false,
+        }
+    }
+
     /// Adds the walk that went on from where this one stopped.
     fn go_on(&mut self, more: Walk) {
         self.hits.extend(more.hits);
