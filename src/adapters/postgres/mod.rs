@@ -24,7 +24,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use sqlx::{
-    PgPool, Postgres,
+    Connection, PgPool, Postgres,
     migrate::{MigrateDatabase, MigrateError, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
     types::Json,
@@ -319,12 +319,17 @@ impl EmailStore for PgEmailStore {
         }
         // One statement and one commit for the whole batch. Rows whose id or idempotency
         // key is taken (by an earlier row, or by one earlier in this batch) are skipped.
-        // Attachment bytes go in the same transaction, for the rows created.
+        // Attachment bytes go in the same transaction, for the rows created. A connection
+        // keeps the buffer capacity of the largest statement or row it has carried, so one
+        // that carried attachments gives it back (`shrink_buffers`): else every connection
+        // of the pool would come to hold a batch's worth of them (megabytes) for good.
         let with_attachments = emails.iter().any(|e| !e.attachments.is_empty());
         let (created, conflicted) = if with_attachments {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let mut tx = conn.begin().await.map_err(db_error)?;
             let outcome = self.insert_expiring(&mut tx, emails).await?;
             tx.commit().await.map_err(db_error)?;
+            conn.shrink_buffers();
             outcome
         } else {
             let mut conn = self.pool.acquire().await.map_err(db_error)?;
@@ -832,13 +837,16 @@ impl EmailStore for PgEmailStore {
         err
     )]
     async fn attachment_contents(&self, id: EmailId) -> Result<Vec<Bytes>> {
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let contents: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT content FROM email_attachment_contents WHERE email_id = $1 ORDER BY position",
         )
         .bind(id.as_uuid())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
+        // The read buffer grew to the largest attachment: given back, as in `insert`.
+        conn.shrink_buffers();
         Ok(contents.into_iter().map(Bytes::from).collect())
     }
 
@@ -846,14 +854,16 @@ impl EmailStore for PgEmailStore {
         let Ok(position) = i32::try_from(index) else {
             return Ok(None);
         };
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
         let content: Option<Vec<u8>> = sqlx::query_scalar(
             "SELECT content FROM email_attachment_contents WHERE email_id = $1 AND position = $2",
         )
         .bind(id.as_uuid())
         .bind(position)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db_error)?;
+        conn.shrink_buffers();
         Ok(content.map(Bytes::from))
     }
 
