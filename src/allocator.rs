@@ -5,10 +5,11 @@
 //! (`always`, as several distributions ship it) a 2 MiB page stays resident while any of
 //! it is in use. Under a steady flow of large messages (a 100 KB attachment makes a
 //! 140 KB MIME message, built, signed and sent, and its create event decoded and stored)
-//! both kept the service's resident memory far above its heap: in the run of 2,000 such
-//! emails 187 to 227 MiB resident for an 82 MiB heap at its peak (heaptrack). Freeing
-//! after 10 ms (mimalloc 2's delay) and no transparent huge pages took it to 105 to
-//! 108 MiB; either alone, to about 155. See docs/performance.md.
+//! both kept the service's resident memory far above its heap: in a run of 2,000 such
+//! emails, 187 to 227 MiB resident for an 82 MiB heap at its peak (heaptrack). Freeing
+//! after 10 ms (mimalloc 2's delay) and no transparent huge pages took that run to 115 to
+//! 125 MiB; either alone, to about 155; a delay of 100 ms, to 130. See
+//! docs/performance.md.
 //!
 //! mimalloc's own environment variables still decide where they are set:
 //! `MIMALLOC_PURGE_DELAY` (milliseconds) and `MIMALLOC_ALLOW_THP` (1 keeps huge pages).
